@@ -1,0 +1,119 @@
+"""Metrics against values computed by hand on small constructed pieces."""
+import math
+
+import miditoolkit
+import numpy as np
+import pytest
+
+from utils import metrics as M
+
+# One bar, overlapping notes (two of them the same pitch, overlapping in time).
+#   pitch 60 on [0, 480) and [240, 720) -> sounds 720 ticks (same pitch counts once)
+#   pitch 64 on [0, 960)                -> 960 ticks
+#   pitch 67 on [480, 960)              -> 480 ticks
+#   something sounds on [0, 960)        -> 960 ticks; polyphony = 2160 / 960 = 2.25
+ONE_BAR = [(60, 0, 480), (64, 0, 960), (67, 480, 960), (60, 240, 720)]
+
+# Three bars: bar 0 one long note, bar 1 a two-note chord, bar 2 one note after a gap.
+#   sounding: [0, 2400) and [4320, 4800) -> 2880 ticks; pitch time 1920 + 3 * 480 = 3360
+THREE_BARS = [(48, 0, 1920), (72, 1920, 2400), (73, 1920, 2400), (84, 4320, 4800)]
+
+
+def test_one_bar_overlapping_notes():
+    assert M.pitch_range(ONE_BAR) == 7
+    assert M.n_pitch_classes(ONE_BAR) == 3          # C, E, G
+    assert M.polyphony(ONE_BAR) == pytest.approx(2.25)
+    assert M.bar_pitch_range(ONE_BAR) == 7
+    assert M.bar_pitch_classes(ONE_BAR) == 3
+    assert M.bar_polyphony(ONE_BAR) == pytest.approx(4 / 3)  # 4 notes, onsets 0/240/480
+
+
+def test_three_bars():
+    assert M.pitch_range(THREE_BARS) == 36
+    assert M.n_pitch_classes(THREE_BARS) == 2       # C and C#
+    assert M.polyphony(THREE_BARS) == pytest.approx(3360 / 2880)
+    assert M.bar_pitch_range(THREE_BARS) == pytest.approx((0 + 1 + 0) / 3)
+    assert M.bar_pitch_classes(THREE_BARS) == pytest.approx((1 + 2 + 1) / 3)
+    assert M.bar_polyphony(THREE_BARS) == pytest.approx((1 + 2 + 1) / 3)
+
+
+def test_empty_bars_are_left_out_of_bar_means():
+    # Bars 1 and 2 hold no onset: the bar mean is over bars 0 and 3 only.
+    notes = [(60, 0, 100), (62, 0, 100), (70, 3 * 1920, 3 * 1920 + 100)]
+    assert M.bar_pitch_range(notes) == pytest.approx((2 + 0) / 2)
+    assert M.bar_polyphony(notes) == pytest.approx((2 + 1) / 2)
+
+
+def test_empty_piece_is_nan_everywhere():
+    for notes in ([], np.zeros((0, 3)), np.zeros((0, 4))):
+        values = M.song_metrics(notes)
+        assert set(values) == set(M.METRICS)
+        assert all(math.isnan(v) for v in values.values())
+
+
+def test_zero_length_notes_have_pitches_but_no_polyphony():
+    notes = [(60, 0, 0), (72, 120, 120)]
+    assert M.pitch_range(notes) == 12
+    assert math.isnan(M.polyphony(notes))
+
+
+def test_single_note():
+    values = M.song_metrics([(60, 0, 480)])
+    assert values == {"pitch_range": 0, "pitch_classes": 1, "polyphony": 1.0,
+                      "bar_pitch_range": 0, "bar_pitch_classes": 1, "bar_polyphony": 1.0}
+
+
+def test_miditoolkit_notes_are_accepted():
+    notes = [miditoolkit.Note(velocity=80, pitch=p, start=s, end=e) for p, s, e in ONE_BAR]
+    assert M.as_note_array(notes)[:, 3].tolist() == [80] * 4
+    assert M.song_metrics(notes) == M.song_metrics(ONE_BAR)
+
+
+def test_summarize_per_quadrant_skips_nan():
+    rows = [{"pitch_range": 10.0}, {"pitch_range": 20.0}, {"pitch_range": math.nan},
+            {"pitch_range": 4.0}]
+    out = M.summarize(rows, [1, 1, 1, 3], metrics=("pitch_range",))
+    assert set(out) == {"Q1", "Q3", "all"}
+    assert out["Q1"]["pitch_range"] == (15.0, 5.0, 2)
+    assert out["Q3"]["pitch_range"] == (4.0, 0.0, 1)
+    mean, std, n = out["all"]["pitch_range"]
+    assert n == 3 and mean == pytest.approx(34 / 3) and std == pytest.approx(np.std([10, 20, 4]))
+    assert M.format_mean_std(1.234, 0.5) == "1.23 ± 0.50"
+    assert M.format_mean_std(math.nan, math.nan) == "n/a"
+
+
+def test_chord_quality_parsing():
+    assert M.chord_quality("C_M") == "M"
+    assert M.chord_quality("A#_m7") == "m7"
+    assert M.chord_quality("B_/o7_D") == "/o7"
+    assert M.chord_quality("N_N") is None
+    assert M.chord_quality("CONTI") is None
+
+
+def test_element_values_of_a_piece():
+    notes = np.array([(60, 0, 480, 80), (64, 1920 + 360, 1920 + 480, 40)])
+    piece = M.Piece(notes=notes, tempos=np.array([120.0, 90.0]), chords=["C_M", "A_m", "N_N"])
+    values = M.element_values(piece)
+    assert values["tempo"].tolist() == [120, 90]
+    assert values["chord"].tolist() == [M.CHORD_QUALITIES.index("M"), M.CHORD_QUALITIES.index("m")]
+    assert values["beat"].tolist() == [0, 3]
+    assert values["pitch"].tolist() == [60, 64]
+    assert values["duration"].tolist() == [480, 120]
+    assert values["velocity"].tolist() == [80, 40]
+    assert piece.n_bars == 2
+
+
+def test_piece_from_midi_rescales_to_480(tmp_path):
+    midi = miditoolkit.MidiFile(ticks_per_beat=384)
+    inst = miditoolkit.Instrument(program=0)
+    inst.notes = [miditoolkit.Note(velocity=70, pitch=60, start=384, end=768)]
+    midi.instruments = [inst]
+    midi.tempo_changes = [miditoolkit.TempoChange(100, 0)]
+    midi.markers = [miditoolkit.Marker("D_m7", 0)]
+    path = tmp_path / "x.mid"
+    midi.dump(str(path))
+    piece = M.piece_from_midi(path, emotion=2)
+    assert piece.notes.tolist() == [[60, 480, 960, 70]]
+    assert piece.emotion == 2 and piece.name == "x.mid"
+    assert M.element_values(piece)["chord"].tolist() == [M.CHORD_QUALITIES.index("m7")]
+    assert M.element_values(piece)["tempo"].tolist() == pytest.approx([100])

@@ -1,0 +1,322 @@
+"""Objective metrics of symbolic music, per piece and aggregated per emotion quadrant.
+
+Everything here works on a plain note array: one row per note, columns
+(pitch, start, end[, velocity]) in ticks, on the CP time grid (480 ticks per beat,
+1920 ticks per 4/4 bar). `as_note_array` also accepts miditoolkit notes.
+
+Song-level metrics follow the definitions of muspy 0.5:
+- pitch range: highest minus lowest pitch;
+- pitch classes: number of distinct pitch classes (pitch mod 12) used;
+- polyphony: mean number of distinct pitches sounding, over the time steps (ticks)
+  where at least one pitch sounds. A note sounds on [start, end); two overlapping notes
+  of the same pitch count once (muspy's piano roll is binary).
+Bar-level metrics compute, for every bar that holds at least one note onset (a note
+belongs to the bar its onset falls in), the pitch range, the number of pitch classes,
+and notes / distinct onset positions; the song value is the mean over those bars.
+
+Empty pieces: a piece with no notes (or, for polyphony, no note of positive length)
+has no defined value; every metric then returns NaN, and `summarize` leaves NaNs out
+of means and standard deviations (and counts only the pieces it used). muspy itself
+returns 0 for the pitch classes of an empty piece; we return NaN so that an empty
+generated piece cannot pull a quadrant's mean down.
+
+Element distributions (`element_values`) list, for one `Piece`, every value an element
+takes: tempo (bpm of each tempo change), chord quality (of each chord marker), beat
+position (the 16th-note position in the bar of each note onset), pitch, duration (ticks)
+and velocity (of each note).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+TICKS_PER_BEAT = 480
+TICKS_PER_BAR = 4 * TICKS_PER_BEAT
+POSITIONS_PER_BAR = 16
+TICKS_PER_POSITION = TICKS_PER_BAR // POSITIONS_PER_BAR
+
+SONG_METRICS = ("pitch_range", "pitch_classes", "polyphony")
+BAR_METRICS = ("bar_pitch_range", "bar_pitch_classes", "bar_polyphony")
+METRICS = SONG_METRICS + BAR_METRICS
+METRIC_LABELS = {
+    "pitch_range": "pitch range",
+    "pitch_classes": "pitch classes",
+    "polyphony": "polyphony",
+    "bar_pitch_range": "bar pitch range",
+    "bar_pitch_classes": "bar pitch classes",
+    "bar_polyphony": "bar notes/onset",
+}
+
+# Chord qualities produced by chorder, in a musical order (used as a categorical axis).
+CHORD_QUALITIES = ("M", "m", "o", "+", "sus2", "sus4", "7", "M7", "m7", "o7", "/o7")
+DISTRIBUTION_ELEMENTS = ("tempo", "chord", "beat", "pitch", "duration", "velocity")
+DISTRIBUTION_LABELS = {
+    "tempo": "tempo (bpm)",
+    "chord": "chord quality",
+    "beat": "beat position (16ths)",
+    "pitch": "pitch (MIDI)",
+    "duration": "duration (ticks)",
+    "velocity": "velocity",
+}
+
+
+# --------------------------------------------------------------------------- notes
+
+def as_note_array(notes) -> np.ndarray:
+    """Notes as an int64 array [N, 4] of (pitch, start, end, velocity).
+
+    Accepts an array-like [N, 3] or [N, 4] (velocity 0 when missing) or an iterable of
+    objects with `pitch`, `start`, `end` (and optionally `velocity`) attributes.
+    """
+    if isinstance(notes, np.ndarray) or (isinstance(notes, (list, tuple)) and notes
+                                          and isinstance(notes[0], (list, tuple, np.ndarray))):
+        arr = np.asarray(notes, dtype=np.int64)
+        if arr.size == 0:
+            return np.zeros((0, 4), dtype=np.int64)
+        if arr.ndim != 2 or arr.shape[1] not in (3, 4):
+            raise ValueError(f"note array must be [N, 3] or [N, 4], got shape {arr.shape}")
+        if arr.shape[1] == 3:
+            arr = np.concatenate([arr, np.zeros((len(arr), 1), dtype=np.int64)], axis=1)
+        return arr
+    rows = [(n.pitch, n.start, n.end, getattr(n, "velocity", 0)) for n in notes]
+    if not rows:
+        return np.zeros((0, 4), dtype=np.int64)
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _union_length(starts: np.ndarray, ends: np.ndarray) -> int:
+    """Total length of the union of half-open intervals [start, end)."""
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    if len(starts) == 0:
+        return 0
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    reach = np.maximum.accumulate(ends)
+    # An interval opens a new merged block when it starts after everything before it ended.
+    opens = np.ones(len(starts), dtype=bool)
+    opens[1:] = starts[1:] > reach[:-1]
+    block_id = np.cumsum(opens) - 1
+    block_start = starts[opens]
+    block_end = np.zeros(len(block_start), dtype=np.int64)
+    np.maximum.at(block_end, block_id, ends)
+    return int((block_end - block_start).sum())
+
+
+# ------------------------------------------------------------------ song-level metrics
+
+def pitch_range(notes) -> float:
+    """Highest minus lowest pitch; NaN for a piece with no notes."""
+    arr = as_note_array(notes)
+    if len(arr) == 0:
+        return math.nan
+    return float(arr[:, 0].max() - arr[:, 0].min())
+
+
+def n_pitch_classes(notes) -> float:
+    """Number of distinct pitch classes (pitch mod 12) used; NaN for no notes."""
+    arr = as_note_array(notes)
+    if len(arr) == 0:
+        return math.nan
+    return float(len(np.unique(arr[:, 0] % 12)))
+
+
+def polyphony(notes) -> float:
+    """Mean number of distinct pitches sounding over the ticks where at least one sounds.
+
+    Equals sum over pitches of the time that pitch sounds, divided by the time anything
+    sounds (both as unions of [start, end) intervals). NaN when nothing sounds.
+    """
+    arr = as_note_array(notes)
+    active = _union_length(arr[:, 1], arr[:, 2])
+    if active == 0:
+        return math.nan
+    pitch_time = 0
+    for pitch in np.unique(arr[:, 0]):
+        rows = arr[arr[:, 0] == pitch]
+        pitch_time += _union_length(rows[:, 1], rows[:, 2])
+    return pitch_time / active
+
+
+# ------------------------------------------------------------------- bar-level metrics
+
+def _bars(arr: np.ndarray, ticks_per_bar: int):
+    """Yield the notes of each bar that holds at least one onset, in bar order."""
+    if len(arr) == 0:
+        return
+    bar_of = arr[:, 1] // ticks_per_bar
+    for bar in np.unique(bar_of):
+        yield arr[bar_of == bar]
+
+
+def _bar_mean(notes, per_bar, ticks_per_bar: int) -> float:
+    values = [per_bar(bar_notes) for bar_notes in _bars(as_note_array(notes), ticks_per_bar)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def bar_pitch_range(notes, ticks_per_bar: int = TICKS_PER_BAR) -> float:
+    """Mean over non-empty bars of the bar's pitch range; NaN for no notes."""
+    return _bar_mean(notes, lambda b: b[:, 0].max() - b[:, 0].min(), ticks_per_bar)
+
+
+def bar_pitch_classes(notes, ticks_per_bar: int = TICKS_PER_BAR) -> float:
+    """Mean over non-empty bars of the number of pitch classes used; NaN for no notes."""
+    return _bar_mean(notes, lambda b: len(np.unique(b[:, 0] % 12)), ticks_per_bar)
+
+
+def bar_polyphony(notes, ticks_per_bar: int = TICKS_PER_BAR) -> float:
+    """Mean over non-empty bars of (notes in the bar) / (distinct onset times in the bar)."""
+    return _bar_mean(notes, lambda b: len(b) / len(np.unique(b[:, 1])), ticks_per_bar)
+
+
+def song_metrics(notes, ticks_per_bar: int = TICKS_PER_BAR) -> dict[str, float]:
+    """All six metrics of one piece, keyed by the names in `METRICS`."""
+    arr = as_note_array(notes)
+    return {
+        "pitch_range": pitch_range(arr),
+        "pitch_classes": n_pitch_classes(arr),
+        "polyphony": polyphony(arr),
+        "bar_pitch_range": bar_pitch_range(arr, ticks_per_bar),
+        "bar_pitch_classes": bar_pitch_classes(arr, ticks_per_bar),
+        "bar_polyphony": bar_polyphony(arr, ticks_per_bar),
+    }
+
+
+# ---------------------------------------------------------------------------- pieces
+
+@dataclass
+class Piece:
+    """What the metrics and the emotion evaluator need from one piece of music.
+
+    notes: int64 [N, 4] (pitch, start, end, velocity) in ticks at 480 ticks per beat.
+    tempos: bpm of every tempo change. chords: chord names (`C_M`, `A#_m7`, ...).
+    emotion: quadrant 1..4, or 0 when unknown.
+    """
+    notes: np.ndarray
+    tempos: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    chords: list = field(default_factory=list)
+    emotion: int = 0
+    name: str = ""
+
+    @property
+    def n_bars(self) -> int:
+        """Bars spanned by the note onsets (at least 1)."""
+        if len(self.notes) == 0:
+            return 1
+        return int(self.notes[:, 1].max() // TICKS_PER_BAR) + 1
+
+
+def _rescale(ticks, ticks_per_beat: int):
+    if ticks_per_beat == TICKS_PER_BEAT:
+        return ticks
+    return round(ticks * TICKS_PER_BEAT / ticks_per_beat)
+
+
+def piece_from_midi(midi, emotion: int = 0, name: str = "") -> Piece:
+    """A `Piece` from a MIDI path or a miditoolkit MidiFile (first non-drum track).
+
+    Times are rescaled to 480 ticks per beat; chords are read from the markers the CP
+    decoder writes (any marker whose text parses as a chord name).
+    """
+    import miditoolkit
+
+    if not isinstance(midi, miditoolkit.MidiFile):
+        path = Path(midi)
+        name = name or path.name
+        try:
+            midi = miditoolkit.MidiFile(str(path))
+        except Exception as exc:  # miditoolkit raises many kinds on a broken file
+            from utils.errors import UserError
+            raise UserError(f"{path}: cannot read MIDI ({exc})") from None
+    tpb = midi.ticks_per_beat
+    tracks = [inst for inst in midi.instruments if not inst.is_drum]
+    rows = []
+    if tracks:
+        for n in tracks[0].notes:
+            rows.append((n.pitch, _rescale(n.start, tpb), _rescale(n.end, tpb), n.velocity))
+    notes = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+    if len(notes):
+        notes = notes[np.lexsort((-notes[:, 0], notes[:, 1]))]
+    tempos = np.asarray([t.tempo for t in midi.tempo_changes], dtype=np.float64)
+    chords = [m.text for m in midi.markers if chord_quality(m.text) is not None]
+    return Piece(notes=notes, tempos=tempos, chords=chords, emotion=int(emotion), name=name)
+
+
+def piece_from_words(words, word2event, emotion: int | None = None, name: str = "",
+                     close_empty_bars: bool = False) -> Piece:
+    """A `Piece` from CP words [T, 8] via the CP decoder (`utils.cp.words_to_midi`).
+
+    The emotion defaults to the emotion field of the first word (the Emotion word).
+    """
+    from utils.cp import EMOTION_FIELD, words_to_midi
+
+    words = np.asarray(words)
+    if emotion is None:
+        emotion = int(words[0, EMOTION_FIELD]) if len(words) else 0
+    midi = words_to_midi(words, word2event, close_empty_bars=close_empty_bars)
+    return piece_from_midi(midi, emotion=emotion, name=name)
+
+
+_CHORD_RE = re.compile(r"^(?:Chord_)?([A-G]#?)_([^_]+)(?:_.*)?$")
+
+
+def chord_quality(name: str) -> str | None:
+    """Quality of a chord name like `C_M`, `A#_m7` or `C_M_E`; None for `N`/`CONTI`/other."""
+    match = _CHORD_RE.match(str(name))
+    if not match or match.group(2) not in CHORD_QUALITIES:
+        return None
+    return match.group(2)
+
+
+def element_values(piece: Piece) -> dict[str, np.ndarray]:
+    """Every value each element takes in a piece (see module docstring).
+
+    Chord quality is returned as an index into `CHORD_QUALITIES`.
+    """
+    notes = piece.notes
+    qualities = [chord_quality(c) for c in piece.chords]
+    return {
+        "tempo": np.asarray(piece.tempos, dtype=np.float64),
+        "chord": np.asarray([CHORD_QUALITIES.index(q) for q in qualities if q is not None],
+                            dtype=np.float64),
+        "beat": ((notes[:, 1] % TICKS_PER_BAR) // TICKS_PER_POSITION).astype(np.float64),
+        "pitch": notes[:, 0].astype(np.float64),
+        "duration": (notes[:, 2] - notes[:, 1]).astype(np.float64),
+        "velocity": notes[:, 3].astype(np.float64),
+    }
+
+
+# ----------------------------------------------------------------------- aggregation
+
+def summarize(rows: list[dict[str, float]], quadrants, metrics=METRICS) -> dict:
+    """Mean, standard deviation (ddof 0) and count per quadrant and overall.
+
+    rows: one dict of metric values per piece; quadrants: the piece's quadrant (1..4).
+    Returns {group: {metric: (mean, std, n)}} with groups "Q1".."Q4" (those present)
+    and "all"; NaN values are left out, a group with no finite value gives (nan, nan, 0).
+    """
+    quadrants = np.asarray(list(quadrants), dtype=np.int64)
+    groups = [(f"Q{q}", quadrants == q) for q in range(1, 5) if (quadrants == q).any()]
+    groups.append(("all", np.ones(len(quadrants), dtype=bool)))
+    out = {}
+    for group, selected in groups:
+        out[group] = {}
+        for metric in metrics:
+            values = np.asarray([r[metric] for r, s in zip(rows, selected) if s], dtype=float)
+            values = values[np.isfinite(values)]
+            if len(values) == 0:
+                out[group][metric] = (math.nan, math.nan, 0)
+            else:
+                out[group][metric] = (float(values.mean()), float(values.std()), len(values))
+    return out
+
+
+def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
+    """`mean ± std`, or `n/a` when undefined."""
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
