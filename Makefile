@@ -1,0 +1,48 @@
+# Two commands: `make demo` (the whole pipeline on the shipped EMOPIA sample, tiny preset,
+# CPU, a few minutes) and `make test`. Both create and reuse a project-local .venv.
+# TORCH selects the torch requirement, e.g. a CUDA build: make demo TORCH="torch==2.13.0 --index-url URL"
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO := demo_run
+DEMO_EPOCHS ?= 150
+PRIOR_EPOCHS ?= 150
+# Fill every core for the small CPU matrices of the tiny preset, but no more.
+export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: demo test venv clean-demo
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q
+
+demo: venv
+	$(PY) prepare_data.py --midi_dir data/sample/midis --out_dir $(DEMO)/data --name emopia
+	$(PY) MusER.py --data_path $(DEMO)/data/emopia_data.npz --dataset emopia --preset tiny \
+		--Epoch $(DEMO_EPOCHS) --model_path $(DEMO)/saved_models/MusER_TRANS_CA_GE_emopia --overwrite
+	$(PY) VQ_explore.py --data_path $(DEMO)/data/emopia_data.npz \
+		--VQ_VAE $(DEMO)/saved_models/MusER_TRANS_CA_GE_emopia --plot_flag True \
+		--vq_dict_path $(DEMO)/data/MusER_TRANS_CA_GE_emopia_VQ_dict.data \
+		--figure_dir $(DEMO)/figures/MusER_TRANS_CA_GE_emopia
+	$(PY) Prior_train.py --data_path $(DEMO)/data/emopia_data.npz --dataset emopia --preset tiny \
+		--VQ_VAE $(DEMO)/saved_models/MusER_TRANS_CA_GE_emopia \
+		--vq_dict_path $(DEMO)/data/MusER_TRANS_CA_GE_emopia_VQ_dict.data \
+		--Epoch $(PRIOR_EPOCHS) --model_path $(DEMO)/saved_models/Prior_TRANS_CA_GE_emopia --overwrite
+	$(PY) generate.py --VQ_prior $(DEMO)/saved_models/Prior_TRANS_CA_GE_emopia \
+		--VQ_VAE $(DEMO)/saved_models/MusER_TRANS_CA_GE_emopia --music_file demo \
+		--out_root $(DEMO)/generate_midi --n_per_emotion 4
+	$(PY) compute_metrics.py --generated $(DEMO)/generate_midi/demo_data.data \
+		--data_path $(DEMO)/data/emopia_data.npz --out_dir $(DEMO)/metrics
+	@echo; echo "Generated MIDI:"; ls $(DEMO)/generate_midi/demo/*.mid
+	@echo; echo "Figures:"; find $(DEMO) -name '*.png' | sort
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,106 @@
+"""Small pieces every script shares: boolean flags, device choice, logging, error exits."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+
+SAVED_MODELS = Path("saved_models")
+
+
+def str2bool(value) -> bool:
+    """Parse True/False/1/0/yes/no (argparse's `type=bool` would make 'False' true)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "t", "1", "yes", "y", "on"}:
+        return True
+    if text in {"false", "f", "0", "no", "n", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False/1/0/yes/no), got {value!r}")
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--seed", type=int, default=13, help="random seed (paper: 13)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r} is not a valid torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for CUDA, but no CUDA device is available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup_logging(log_path: str | os.PathLike | None, rank: int = 0) -> logging.Logger:
+    """Log to stdout and, when given, to a file (appending, so resumed runs keep one log).
+
+    Only rank 0 of a distributed run logs; the other ranks stay quiet.
+    """
+    logger = logging.getLogger("muser")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if log_path and rank == 0:
+        log_path = Path(log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_path, mode="a")
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    return logger
+
+
+def resolve_checkpoint(name_or_path: str, flag: str) -> Path:
+    """`NAME` -> saved_models/NAME/best.pt; a folder -> folder/best.pt; a file is used as is."""
+    path = Path(name_or_path)
+    if path.suffix in {".pt", ".pth"}:
+        candidates = [path]
+    elif path.is_dir():
+        candidates = [path / "best.pt"]
+    else:
+        candidates = [SAVED_MODELS / name_or_path / "best.pt", path / "best.pt"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{flag} {name_or_path}: no checkpoint at {candidates[0]} "
+                    f"(train one first, or pass a path to a .pt file)")
+
+
+def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run a script's main(): user errors become one line on stderr and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        code = main(args)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

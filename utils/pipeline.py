@@ -1,0 +1,164 @@
+"""What the pipeline scripts share: config flags, data tensors, run folders, encoding, VQ_dict."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.checkpoint import atomic_write_bytes
+from utils.cli import SAVED_MODELS
+from utils.errors import UserError
+
+# Config fields that come from the data, never from flags.
+DATA_FIELDS = {"vocab_sizes", "type_ids", "value_tables", "n_codes"}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls, title: str) -> None:
+    """One flag per model hyperparameter; default None means "the preset's value"."""
+    group = parser.add_argument_group(title, "defaults are the paper's values (or the --preset's)")
+    for field in dataclasses.fields(config_cls):
+        if field.name in DATA_FIELDS:
+            continue
+        default = _field_default(field)
+        if isinstance(default, bool):
+            from utils.cli import str2bool
+            group.add_argument(f"--{field.name}", type=str2bool, default=None, help=f"(default {default})")
+        elif isinstance(default, (int, float, str)):
+            group.add_argument(f"--{field.name}", type=type(default), default=None, help=f"(default {default})")
+        elif isinstance(default, (list, tuple)):
+            group.add_argument(f"--{field.name}", type=type(default[0]), nargs=len(default), default=None,
+                               help=f"(default {' '.join(map(str, default))})")
+
+
+def _field_default(field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def config_from_args(config_cls, args: argparse.Namespace, preset: str, **data_fields):
+    """Paper defaults, then the preset, then every flag the user set."""
+    from models.config import apply_preset
+
+    overrides = {}
+    for field in dataclasses.fields(config_cls):
+        value = getattr(args, field.name, None)
+        if field.name not in DATA_FIELDS and value is not None:
+            overrides[field.name] = list(value) if isinstance(value, list) else value
+    try:
+        return dataclasses.replace(apply_preset(config_cls(**data_fields), preset), **overrides)
+    except ValueError as exc:
+        raise UserError(f"model flags: {exc}") from None
+
+
+def dataset_tensors(data, max_len: int) -> dict[str, torch.Tensor]:
+    """The npz rows as tensors, cropped to the model's sequence length (tiny configs use < 1024)."""
+    if max_len > data.x.shape[1]:
+        raise UserError(f"{data.npz_path}: rows are {data.x.shape[1]} steps, but the model needs {max_len}")
+    return {
+        "x": torch.as_tensor(data.x[:, :max_len], dtype=torch.long),
+        "y": torch.as_tensor(data.y[:, :max_len], dtype=torch.long),
+        "mask": torch.as_tensor(data.mask[:, :max_len], dtype=torch.float32),
+        "seq_len": torch.as_tensor(np.minimum(data.seq_len, max_len), dtype=torch.long),
+    }
+
+
+def run_dir(model_path: str | None, default_name: str) -> Path:
+    """A bare name goes under saved_models/; anything with a folder part is used as given."""
+    name = model_path or default_name
+    path = Path(name)
+    return path if len(path.parts) > 1 or path.is_absolute() else SAVED_MODELS / name
+
+
+def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Refuse to silently overwrite an earlier run; return the checkpoint to resume from."""
+    last = out_dir / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise UserError(f"{out_dir}: --resume given, but there is no last.pt to resume from")
+        return last
+    if last.exists() and not overwrite:
+        raise UserError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it "
+                        f"or --overwrite to start again")
+    return None
+
+
+def plain_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Arguments as plain types, storable in a weights-only checkpoint."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+@torch.no_grad()
+def encode_pieces(model, y: torch.Tensor, batch_size: int, device: torch.device,
+                  desc: str = "encoding") -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantised latents [N, T, D] (float32, CPU) and code indices [N, T] of every piece, in eval mode."""
+    from tqdm import tqdm
+
+    model.eval()
+    latents, codes = [], []
+    for start in tqdm(range(0, len(y), batch_size), desc=desc, leave=False):
+        latent, code = model.encode(y[start:start + batch_size].to(device))
+        latents.append(latent.float().cpu())
+        codes.append(code.cpu())
+    return torch.cat(latents), torch.cat(codes)
+
+
+def codebook_fingerprint(model) -> str:
+    """Identifies a trained VQ-VAE by its codebook, so a VQ_dict cannot be paired with another model."""
+    codebook = model.quantizer.codebook.detach().float().cpu().contiguous().numpy()
+    return hashlib.sha1(codebook.tobytes()).hexdigest()[:16]
+
+
+def make_vq_dict(codes: torch.Tensor, fingerprint: str) -> dict:
+    """The authors' format {0: {code: compact}, 1: {compact: code}}, plus the model's fingerprint."""
+    used = sorted(int(c) for c in torch.unique(codes))
+    return {0: {c: i for i, c in enumerate(used)}, 1: {i: c for i, c in enumerate(used)},
+            "vq_vae": fingerprint}
+
+
+def save_vq_dict(path: Path, vq_dict: dict) -> None:
+    atomic_write_bytes(path, lambda handle: pickle.dump(vq_dict, handle))
+
+
+def load_vq_dict(path: Path, fingerprint: str | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: VQ_dict not found (run VQ_explore.py with this --VQ_VAE first)")
+    try:
+        with open(path, "rb") as handle:
+            vq_dict = pickle.load(handle)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable VQ_dict pickle ({type(exc).__name__})") from None
+    if not isinstance(vq_dict, dict) or 0 not in vq_dict or 1 not in vq_dict:
+        raise UserError(f"{path}: not a VQ_dict (expected keys 0 and 1)")
+    if fingerprint is not None and vq_dict.get("vq_vae") not in (None, fingerprint):
+        raise UserError(f"{path}: this VQ_dict was made from another VQ-VAE "
+                        f"(codebook {vq_dict.get('vq_vae')}, the model's is {fingerprint}); re-run VQ_explore.py")
+    return vq_dict
+
+
+def compact_codes(codes: torch.Tensor, vq_dict: dict, codebook: torch.Tensor,
+                  logger: logging.Logger, source: str) -> torch.Tensor:
+    """Map codebook indices to compact prior indices; an unseen code goes to the nearest used one.
+
+    (The authors' code raises KeyError here.)
+    """
+    used = torch.tensor(sorted(vq_dict[0]), dtype=torch.long)
+    lookup = torch.full((codebook.shape[0],), -1, dtype=torch.long)
+    lookup[used] = torch.tensor([vq_dict[0][int(c)] for c in used])
+    unseen = torch.unique(codes[lookup[codes] < 0])
+    if len(unseen):
+        distances = torch.cdist(codebook[unseen].float(), codebook[used].float())
+        lookup[unseen] = lookup[used[distances.argmin(dim=1)]]
+        logger.warning(f"warning: {len(unseen)} code(s) used by {source} are not in the VQ_dict; "
+                       f"mapped each to the nearest used code")
+    return lookup[codes]

@@ -1,0 +1,285 @@
+"""The training loop shared by MusER.py and Prior_train.py.
+
+One loop, read top to bottom: shuffle (a seeded DistributedSampler, also with one process),
+batch, forward under optional bf16 autocast, check the loss is finite, backward, clip,
+step; at the end of each epoch validate, log, write `last.pt` and (when the monitored loss
+improved) `best.pt`, both atomically, and rewrite the CSV log from the history stored in
+the checkpoint (so a resumed run never duplicates or loses rows).
+
+Interruptions: Ctrl-C or SIGTERM finishes the current step, saves a mid-epoch `last.pt`
+(batch position, running sums and RNG state included) and returns 0; `--resume` continues
+from it and gives the same weights as an uninterrupted run. A hard kill loses at most the
+current epoch: the previous `last.pt` is intact because writes are atomic.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import random
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from utils.checkpoint import atomic_write_bytes, save_checkpoint
+from utils.distributed import DistInfo, all_reduce_sum, barrier
+from utils.errors import UserError
+
+StepFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+class StopFlag:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current step."""
+
+    def __init__(self, logger: logging.Logger):
+        self.requested = False
+        self.logger = logger
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        self.logger.warning("stop requested: finishing this step and saving last.pt ...")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def split_indices(n: int, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random train/validation split of n rows (val_split = fraction held out)."""
+    if not 0.0 <= val_split < 1.0:
+        raise UserError(f"--val_split must be in [0, 1), got {val_split}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_split))
+    if val_split > 0 and n_val == 0:
+        n_val = 1
+    if n - n_val < 1:
+        raise UserError(f"--val_split {val_split} leaves no training data out of {n} pieces")
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(value):
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class MetricSums:
+    """Batch-size-weighted sums of scalar metrics, plus codebook usage counts."""
+
+    def __init__(self, n_codes: int | None, state: dict | None = None):
+        self.sums: dict[str, float] = dict(state["sums"]) if state else {}
+        self.count = state["count"] if state else 0
+        self.codes = (state["codes"].clone() if state else torch.zeros(n_codes, dtype=torch.long)) \
+            if n_codes else None
+
+    def add(self, out: dict[str, torch.Tensor], batch_size: int) -> None:
+        for key, value in out.items():
+            if key == "codes":
+                if self.codes is not None:
+                    self.codes += torch.bincount(value.reshape(-1).cpu(), minlength=len(self.codes))
+            elif value.dim() == 0:
+                self.sums[key] = self.sums.get(key, 0.0) + float(value) * batch_size
+        self.count += batch_size
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "count": self.count, "codes": self.codes}
+
+    def reduce(self, info: DistInfo) -> dict[str, float]:
+        keys = sorted(self.sums)
+        packed = torch.tensor([self.sums[k] for k in keys] + [self.count], dtype=torch.float64)
+        packed = all_reduce_sum(packed, info)
+        count = max(packed[-1].item(), 1.0)
+        result = {k: packed[i].item() / count for i, k in enumerate(keys)}
+        if self.codes is not None:
+            codes = all_reduce_sum(self.codes.clone(), info).double()
+            probs = codes / codes.sum().clamp(min=1)
+            result["code_usage"] = (codes > 0).double().mean().item()
+            result["code_perplexity"] = math.exp(-(probs * probs.clamp(min=1e-12).log()).sum().item())
+        return result
+
+
+def _batches(order: list[int], batch_size: int) -> list[list[int]]:
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _gather(data: dict[str, torch.Tensor], idx: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+    index = torch.as_tensor(idx, dtype=torch.long)
+    return {k: v[index].to(device, non_blocking=True) for k, v in data.items()}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, step_fn: StepFn, data: dict[str, torch.Tensor], batch_size: int,
+             device: torch.device, autocast, n_codes: int | None) -> dict[str, float]:
+    model.eval()
+    sums = MetricSums(n_codes)
+    n = len(next(iter(data.values())))
+    for idx in _batches(list(range(n)), batch_size):
+        with autocast():
+            out = step_fn(model, _gather(data, idx, device))
+        sums.add(out, len(idx))
+    model.train()
+    return sums.reduce(DistInfo())
+
+
+def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(path, lambda handle: handle.write(text.getvalue().encode()))
+
+
+def _plot_history(csv_path: Path, logger: logging.Logger) -> None:
+    try:
+        from utils.plotting import plot_loss_curves
+        plot_loss_curves(csv_path, csv_path.with_name("loss_curves.png"))
+    except ImportError:
+        pass
+    except Exception as exc:  # a figure must never stop a training run
+        logger.warning(f"could not draw loss curves: {exc}")
+
+
+def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tensor],
+        val: dict[str, torch.Tensor] | None, args, out_dir: Path, device: torch.device,
+        logger: logging.Logger, checkpoint_meta: dict[str, Any], dist: DistInfo = DistInfo(),
+        n_codes: int | None = None, resume: dict[str, Any] | None = None) -> int:
+    """Train `model` for args.Epoch epochs; returns the process exit code.
+
+    `step_fn(forward_model, batch)` returns a dict of scalar tensors with a "loss" entry (and
+    optionally "codes", counted for codebook usage). `args` carries Epoch, batch_size, lr,
+    clip, seed, amp, compile.
+    """
+    out_dir = Path(out_dir)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    state = {"epoch": 0, "batch": 0, "best_loss": math.inf, "history": [], "running": None}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        state.update({k: resume[k] for k in ("epoch", "batch", "best_loss", "history")})
+        state["running"] = resume.get("running")
+        _set_rng_state(resume["rng"])
+        where = f"epoch {state['epoch']}" + (f", batch {state['batch']}" if state["batch"] else "")
+        logger.info(f"resumed from {out_dir / 'last.pt'} at {where}")
+
+    forward_model = model
+    if dist.enabled:
+        ddp_device = [device.index] if device.type == "cuda" else None
+        forward_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_device)
+    if getattr(args, "compile", False):
+        try:
+            forward_model = torch.compile(forward_model)
+        except Exception as exc:
+            logger.warning(f"torch.compile unavailable here ({exc}); running eagerly")
+    use_amp = bool(getattr(args, "amp", False))
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+
+    n_train = len(next(iter(train.values())))
+    sampler = DistributedSampler(range(n_train), num_replicas=dist.world_size, rank=dist.rank,
+                                 shuffle=True, seed=args.seed, drop_last=False)
+
+    def checkpoint(epoch: int, batch: int, running: dict | None) -> dict[str, Any]:
+        return {**checkpoint_meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "batch": batch, "running": running, "best_loss": state["best_loss"],
+                "history": state["history"], "rng": _rng_state()}
+
+    model.train()
+    with StopFlag(logger) as stop:
+        for epoch in range(state["epoch"], args.Epoch):
+            sampler.set_epoch(epoch)
+            batches = _batches(list(sampler), args.batch_size)
+            start = state["batch"] if epoch == state["epoch"] else 0
+            sums = MetricSums(n_codes, state["running"] if start else None)
+            began = time.time()
+            bar = tqdm(range(start, len(batches)), initial=start, total=len(batches),
+                       desc=f"epoch {epoch + 1}/{args.Epoch}", disable=not dist.is_main, leave=False)
+            for b in bar:
+                batch = _gather(train, batches[b], device)
+                with autocast():
+                    out = step_fn(forward_model, batch)
+                loss = out["loss"]
+                flags = torch.tensor([float(not torch.isfinite(loss)), float(stop.requested)])
+                flags = all_reduce_sum(flags, dist)
+                if flags[0] > 0:
+                    logger.error(f"error: loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; "
+                                 f"training stopped, the last good checkpoint is kept in {out_dir}")
+                    return 1
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                optimizer.step()
+                sums.add({k: v.detach() for k, v in out.items()}, len(batches[b]))
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if flags[1] > 0 and b + 1 < len(batches):
+                    if dist.is_main:
+                        save_checkpoint(out_dir / "last.pt", checkpoint(epoch, b + 1, sums.state()))
+                    logger.info(f"stopped at epoch {epoch + 1}, batch {b + 1}/{len(batches)}; "
+                                f"saved {out_dir / 'last.pt'}; continue with --resume")
+                    return 0
+            bar.close()
+
+            row = {"epoch": epoch + 1, "split": "train", **sums.reduce(dist)}
+            rows = [row]
+            monitored = row["loss"]
+            if val is not None:
+                val_row = {"epoch": epoch + 1, "split": "val",
+                           **evaluate(model, step_fn, val, args.batch_size, device, autocast, n_codes)}
+                rows.append(val_row)
+                monitored = val_row["loss"]
+            state["history"] = state["history"] + rows
+            improved = monitored < state["best_loss"]
+            if improved:
+                state["best_loss"] = monitored
+            if dist.is_main:
+                ckpt = checkpoint(epoch + 1, 0, None)
+                save_checkpoint(out_dir / "last.pt", ckpt)
+                if improved:
+                    save_checkpoint(out_dir / "best.pt", ckpt)
+                write_history_csv(out_dir / "metrics.csv", state["history"])
+                _plot_history(out_dir / "metrics.csv", logger)
+            logger.info(f"epoch {epoch + 1}/{args.Epoch} " + " | ".join(_summary(r) for r in rows)
+                        + f" | {time.time() - began:.1f}s" + (" | best" if improved else ""))
+            barrier(dist)
+            if stop.requested:
+                logger.info(f"stopped after epoch {epoch + 1}; continue with --resume")
+                return 0
+    return 0
+
+
+def _summary(row: dict[str, Any]) -> str:
+    keys = [k for k in ("loss", "recon", "vq", "reg", "acc_mean", "code_usage") if k in row]
+    return f"{row['split']} " + " ".join(f"{k} {row[k]:.4f}" for k in keys)
