@@ -1,0 +1,181 @@
+"""Hyperparameters of the MusER VQ-VAE and of its emotion-conditioned prior.
+
+Defaults are the paper's values (DESIGN.md section 4). A config is a plain dataclass that
+round-trips through `to_dict` / `from_dict`, so checkpoints can rebuild the model without
+repeating hyperparameters by hand.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# Column order of a compound word; the first seven are the musical elements, and latent
+# slice k (dims [k*slice_dim, (k+1)*slice_dim)) belongs to element k.
+FIELDS = ("tempo", "chord", "bar-beat", "type", "pitch", "duration", "velocity", "emotion")
+ELEMENTS = FIELDS[:7]
+N_ELEMENTS = 7
+TYPE_FIELD = 3
+EMOTION_FIELD = 7
+
+REDUCTIONS = ("TRANS", "MEAN")
+CONDITIONINGS = ("CA", "CONCAT", "NONE")
+DECODINGS = ("GE", "G", "E")
+REG_TARGETS = ("index", "value")
+ATTENTION_KINDS = ("linear", "softmax", "full")
+DECODER_ATTENTION_KINDS = ("causal-linear", "causal-softmax", "causal-full")
+TYPE_NAMES = ("EOS", "Emotion", "Metrical", "Note")
+
+
+class _ConfigDict:
+    """to_dict / from_dict shared by both configs."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown keys {unknown}")
+        return cls(**d)
+
+
+@dataclass
+class MusERConfig(_ConfigDict):
+    vocab_sizes: list[int]                # 8 ints in FIELDS order, from the dictionary
+    emb_sizes: list[int] = field(default_factory=lambda: [128, 256, 64, 32, 512, 128, 128, 128])
+    max_len: int = 1024                   # sequence length; also the DR module's width
+    enc_d_model: int = 128
+    enc_layers: int = 8
+    enc_heads: int = 8
+    latent_dim: int = 112
+    slice_dim: int = 16
+    codebook_size: int = 512
+    commitment: float = 0.25
+    ema_decay: float = 0.99
+    ema_eps: float = 1e-5
+    dr_layers: int = 4
+    dr_heads: int = 4
+    dec_d_model: int = 256
+    dec_layers: int = 4
+    dec_heads: int = 8
+    sub_layers: int = 2
+    sub_heads: int = 8
+    dropout: float = 0.1
+    reduction: str = "TRANS"              # "TRANS" (DR transformer) or "MEAN"
+    conditioning: str = "CA"              # "CA", "CONCAT" or "NONE"
+    decoding: str = "GE"                  # "GE", "G" or "E"
+    reg_weight: float = 0.1               # 0 -> plain VQ-VAE baseline
+    reg_target: str = "index"             # "index" (paper) or "value" (musical values)
+    attention: str = "linear"             # encoder, DR and cross attention
+    decoder_attention: str = "causal-linear"  # self-attention of decoders
+    chunk_size: int = 64                  # block length of the parallel causal-linear form
+    type_ids: dict | None = None          # {'EOS','Emotion','Metrical','Note'} -> type index
+    value_tables: list[list[float]] | None = None  # per element: index -> musical value
+
+    def __post_init__(self):
+        self.vocab_sizes = [int(v) for v in self.vocab_sizes]
+        self.emb_sizes = [int(v) for v in self.emb_sizes]
+        if len(self.vocab_sizes) != len(FIELDS):
+            raise ValueError(f"vocab_sizes needs {len(FIELDS)} entries, got {len(self.vocab_sizes)}")
+        if len(self.emb_sizes) != len(FIELDS):
+            raise ValueError(f"emb_sizes needs {len(FIELDS)} entries, got {len(self.emb_sizes)}")
+        if self.latent_dim != N_ELEMENTS * self.slice_dim:
+            raise ValueError(f"latent_dim ({self.latent_dim}) must be 7 x slice_dim ({self.slice_dim})")
+        for name, value, allowed in (("reduction", self.reduction, REDUCTIONS),
+                                     ("conditioning", self.conditioning, CONDITIONINGS),
+                                     ("decoding", self.decoding, DECODINGS),
+                                     ("reg_target", self.reg_target, REG_TARGETS),
+                                     ("attention", self.attention, ATTENTION_KINDS),
+                                     ("decoder_attention", self.decoder_attention,
+                                      DECODER_ATTENTION_KINDS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        # Without a global decoder the element decoders must do all the decoding, and
+        # element decoders need something to read: NONE goes with E and only with E.
+        if (self.conditioning == "NONE") != (self.decoding == "E"):
+            raise ValueError(f"conditioning NONE requires decoding E and vice versa "
+                             f"(got {self.conditioning}/{self.decoding})")
+        for name, width, heads in (("enc", self.enc_d_model, self.enc_heads),
+                                   ("dec", self.dec_d_model, self.dec_heads),
+                                   ("sub", self.dec_d_model, self.sub_heads),
+                                   ("dr", self.max_len, self.dr_heads)):
+            if width % heads:
+                raise ValueError(f"{name}: width {width} is not divisible by {heads} heads")
+        if self.type_ids is not None:
+            missing = [n for n in TYPE_NAMES if n not in self.type_ids]
+            if missing:
+                raise ValueError(f"type_ids lacks {missing}")
+            self.type_ids = {k: int(v) for k, v in self.type_ids.items()}
+        if self.value_tables is not None:
+            if len(self.value_tables) != N_ELEMENTS:
+                raise ValueError("value_tables needs one table per element (7)")
+            for k, table in enumerate(self.value_tables):
+                if len(table) != self.vocab_sizes[k]:
+                    raise ValueError(f"value_tables[{k}] has {len(table)} entries, "
+                                     f"vocabulary has {self.vocab_sizes[k]}")
+
+    @property
+    def name(self) -> str:
+        """Model name in the authors' style, e.g. MusER_TRANS_CA_GE; VQVAE_* without L_reg."""
+        prefix = "MusER" if self.reg_weight > 0 else "VQVAE"
+        return f"{prefix}_{self.reduction}_{self.conditioning}_{self.decoding}"
+
+    def slice_of(self, element: int) -> slice:
+        """Latent dimensions owned by element `element` (FIELDS order)."""
+        return slice(element * self.slice_dim, (element + 1) * self.slice_dim)
+
+
+@dataclass
+class PriorConfig(_ConfigDict):
+    n_codes: int                          # number of used codes (compact vocabulary)
+    d_model: int = 256
+    layers: int = 8
+    heads: int = 8
+    emb_size: int = 256
+    dropout: float = 0.1
+    temperature: float = 0.3              # logits are divided by it in training too
+    max_len: int = 1025                   # emotion token + 1024 codes
+    decoder_attention: str = "causal-linear"
+    chunk_size: int = 64
+
+    def __post_init__(self):
+        if self.n_codes < 1:
+            raise ValueError(f"n_codes must be positive, got {self.n_codes}")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by {self.heads} heads")
+        if self.decoder_attention not in DECODER_ATTENTION_KINDS:
+            raise ValueError(f"decoder_attention must be one of {DECODER_ATTENTION_KINDS}")
+
+    @property
+    def vocab_size(self) -> int:
+        """Input vocabulary: the codes, then 5 emotion tokens (n_codes + quadrant)."""
+        return self.n_codes + 5
+
+
+# Overrides per preset, keyed by the config they apply to. `tiny` shrinks everything so a
+# whole pipeline runs on a laptop CPU in seconds (the DR width follows max_len).
+PRESETS: dict[str, dict[str, dict]] = {
+    "paper": {"muser": {}, "prior": {}},
+    "tiny": {
+        "muser": dict(emb_sizes=[8, 16, 8, 8, 16, 8, 8, 8], max_len=64, enc_d_model=32,
+                      enc_layers=2, enc_heads=2, latent_dim=28, slice_dim=4, codebook_size=32,
+                      dr_layers=1, dr_heads=2, dec_d_model=32, dec_layers=1, dec_heads=2,
+                      sub_layers=1, sub_heads=2, chunk_size=16),
+        "prior": dict(d_model=32, layers=2, heads=2, emb_size=32, max_len=65, chunk_size=16),
+    },
+}
+
+
+def apply_preset(config, preset: str):
+    """Return a copy of `config` (MusERConfig or PriorConfig) with the preset's overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    if isinstance(config, MusERConfig):
+        overrides = PRESETS[preset]["muser"]
+    elif isinstance(config, PriorConfig):
+        overrides = PRESETS[preset]["prior"]
+    else:
+        raise TypeError(f"apply_preset expects MusERConfig or PriorConfig, got {type(config)}")
+    return dataclasses.replace(config, **overrides)

@@ -1,0 +1,428 @@
+"""MusER: a transformer VQ-VAE whose latent is disentangled by musical element.
+
+Data flow (DESIGN.md section 4), for words x (decoder input) and y (targets, x shifted):
+
+    y -> element embeddings -> encoder -> 112-dim latent per step -> EMA vector quantiser
+    quantised latent -> seven 16-dim slices -> DR module -> one value per step and element
+                     -> regularisation: each slice orders the batch like its element's tokens
+    x + latent -> global decoder -> per element: + slice -> element decoder -> heads
+
+The heads predict the type first; every other element's head also sees the embedding of
+the next word's type (ground truth in training, the sampled type in generation: the same
+function serves both). The ablation switches of the config choose the latent reduction
+(TRANS/MEAN), the conditioning of the global decoder (CA/CONCAT/NONE) and the decoding
+(GE/G/E).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import (ELEMENTS, EMOTION_FIELD, FIELDS, N_ELEMENTS, TYPE_FIELD,
+                           MusERConfig)
+from models.quantizer import EMAVectorQuantizer
+from models.transformer import PositionalEncoding, TransformerStack, select_state
+from utils.sampling import SamplingParams, sample_tokens
+
+# Elements whose head is conditioned on the type (all but the type itself).
+CONDITIONED = tuple(k for k in range(N_ELEMENTS) if k != TYPE_FIELD)
+# Elements whose tokens carry a number that orders them musically (for reg_target='value').
+NUMERIC_ELEMENTS = ("tempo", "bar-beat", "pitch", "duration", "velocity")
+
+
+# ---------------------------------------------------------------------------------------
+# Pieces that are also used (and tested) on their own.
+
+def value_tables(word2event: dict) -> list[list[float]]:
+    """Per element, the musical value of each token index, for reg_target='value'.
+
+    Token names such as 'Note_Pitch_60', 'Tempo_120', 'Beat_3' give their number. Tokens
+    without one (0, 'CONTI', 'Bar') are placed below every number, in index order. Chord
+    and type have no musical order, so their index is kept. Only the order matters: the
+    regulariser looks at the sign of differences.
+    """
+    tables = []
+    for field in ELEMENTS:
+        events = word2event[field]
+        size = len(events)
+        if sorted(events) != list(range(size)):
+            raise ValueError(f"word2event[{field!r}] indices are not 0..{size - 1}")
+        if field not in NUMERIC_ELEMENTS:
+            tables.append([float(i) for i in range(size)])
+            continue
+        numbers = {i: _token_number(events[i]) for i in range(size)}
+        without = [i for i in range(size) if numbers[i] is None]
+        table = [0.0] * size
+        for rank, i in enumerate(without):
+            table[i] = float(rank - len(without))
+        for i, number in numbers.items():
+            if number is not None:
+                table[i] = number
+        tables.append(table)
+    return tables
+
+
+def _token_number(event) -> float | None:
+    if not isinstance(event, str):
+        return None                     # the integer 0 marks an unused field
+    try:
+        return float(int(event.rsplit("_", 1)[-1]))
+    except ValueError:
+        return None
+
+
+def element_regularization(reduced: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-element regularisation loss [7], all batch pairs at once.
+
+    reduced, targets: [7, B, T]. For element k:
+        L_k = mean over (i, j, t) of |tanh(z[i,t] - z[j,t]) - sign(x[i,t] - x[j,t])|.
+    """
+    reduced = reduced.float()
+    targets = targets.float()
+    dz = reduced.unsqueeze(2) - reduced.unsqueeze(1)            # [7, B, B, T]
+    dx = targets.unsqueeze(2) - targets.unsqueeze(1)
+    return (torch.tanh(dz) - torch.sign(dx)).abs().mean(dim=(1, 2, 3))
+
+
+def reconstruction_losses(log_probs, y, mask, seq_len):
+    """Per-element NLL and accuracy over each piece's first seq_len steps.
+
+    log_probs: 7 tensors [B, T, V_k]; y [B, T, 8]; mask [B, T]; seq_len [B].
+    Loss of element k: per sample, the mean NLL over its valid steps, averaged over the
+    batch. Accuracy: correct / valid over the whole batch. Returns ([7], [7]).
+    """
+    batch, length = y.shape[:2]
+    dtype = log_probs[0].dtype
+    steps = torch.arange(length, device=y.device)
+    valid = (steps < seq_len.to(y.device).view(-1, 1)).to(dtype) * mask.to(dtype)
+    per_sample_count = valid.sum(1).clamp_min(1)
+    total_count = valid.sum().clamp_min(1)
+    losses, accuracies = [], []
+    for k in range(N_ELEMENTS):
+        target = y[..., k]
+        nll = -log_probs[k].gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        losses.append(((nll * valid).sum(1) / per_sample_count).mean())
+        correct = (log_probs[k].argmax(-1) == target).to(dtype)
+        accuracies.append((correct * valid).sum() / total_count)
+    return torch.stack(losses), torch.stack(accuracies)
+
+
+class ElementEmbeddings(nn.Module):
+    """One table per word field, each output scaled by sqrt(its width)."""
+
+    def __init__(self, vocab_sizes, emb_sizes):
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(v, e) for v, e in zip(vocab_sizes, emb_sizes))
+        self.scales = [math.sqrt(e) for e in emb_sizes]
+
+    def embed(self, field: int, tokens):
+        return self.tables[field](tokens) * self.scales[field]
+
+    def forward(self, words, fields):
+        """words [..., 8] -> concatenated embeddings of `fields`."""
+        return torch.cat([self.embed(f, words[..., f]) for f in fields], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------
+
+class MusER(nn.Module):
+    def __init__(self, config: MusERConfig):
+        super().__init__()
+        self.config = c = config
+        d = c.dec_d_model
+        self.embeddings = ElementEmbeddings(c.vocab_sizes, c.emb_sizes)
+
+        # Encoder over the target words (no emotion field).
+        self.encoder_input = nn.Linear(sum(c.emb_sizes[:N_ELEMENTS]), c.enc_d_model)
+        self.encoder_position = PositionalEncoding(c.enc_d_model, c.dropout, c.max_len)
+        self.encoder = TransformerStack(c.enc_d_model, c.enc_layers, c.enc_heads, c.attention,
+                                        dropout=c.dropout, chunk_size=c.chunk_size)
+        self.to_latent = nn.Linear(c.enc_d_model, c.latent_dim)
+        self.quantizer = EMAVectorQuantizer(c.codebook_size, c.latent_dim, c.commitment,
+                                            c.ema_decay, c.ema_eps)
+
+        # DR module: the 16 dims of a slice are the tokens, the sequence is the width.
+        if c.reduction == "TRANS" and c.reg_weight > 0:
+            self.dr_position = PositionalEncoding(c.max_len, c.dropout, c.slice_dim)
+            self.dr = TransformerStack(c.max_len, c.dr_layers, c.dr_heads, c.attention,
+                                       dropout=c.dropout, chunk_size=c.chunk_size)
+        else:
+            self.dr = None
+        if c.reg_target == "value" and c.value_tables is None and c.reg_weight > 0:
+            warnings.warn("reg_target='value' without config.value_tables: "
+                          "regularising on token indices")
+        if c.value_tables is not None:
+            width = max(len(t) for t in c.value_tables)
+            table = torch.zeros(N_ELEMENTS, width)
+            for k, values in enumerate(c.value_tables):
+                table[k, : len(values)] = torch.tensor(values)
+            self.register_buffer("value_table", table, persistent=False)
+        else:
+            self.value_table = None
+
+        # Global decoder over the input words (emotion included).
+        self.decoder_input = nn.Linear(sum(c.emb_sizes), d)
+        self.decoder_position = PositionalEncoding(d, c.dropout, c.max_len)
+        if c.conditioning == "CA":
+            self.memory_projection = nn.Linear(c.latent_dim, d)
+            self.global_decoder = TransformerStack(d, c.dec_layers, c.dec_heads,
+                                                   c.decoder_attention, c.attention,
+                                                   c.dropout, c.chunk_size)
+        elif c.conditioning == "CONCAT":
+            self.concat_projection = nn.Linear(d + c.latent_dim, d)
+            self.global_decoder = TransformerStack(d, c.dec_layers, c.dec_heads,
+                                                   c.decoder_attention, None,
+                                                   c.dropout, c.chunk_size)
+        else:
+            self.global_decoder = None
+
+        # Element decoders, one per element in FIELDS order, fed with their latent slice.
+        self.slice_projection = nn.Linear(c.slice_dim, d)
+        if c.decoding in ("GE", "E"):
+            self.element_decoders = nn.ModuleList(
+                TransformerStack(d, c.sub_layers, c.sub_heads, c.decoder_attention, None,
+                                 c.dropout, c.chunk_size)
+                for _ in range(N_ELEMENTS))
+        else:
+            self.element_decoders = None
+
+        # Heads: the type head reads the element state; the others concatenate the type
+        # embedding and go through one shared projection first.
+        self.type_projection = nn.Linear(d + c.emb_sizes[TYPE_FIELD], d)
+        self.heads = nn.ModuleList(nn.Linear(d, v) for v in c.vocab_sizes[:N_ELEMENTS])
+
+    # -- encoding ------------------------------------------------------------------------
+
+    def _encoder_output(self, y):
+        h = self.encoder_input(self.embeddings(y, range(N_ELEMENTS)))
+        h = self.encoder(self.encoder_position(h))
+        return self.to_latent(h)
+
+    def encode(self, y):
+        """Quantised latent [B, T, latent_dim] and codes [B, T]; never moves the codebook."""
+        z = self._encoder_output(y)
+        codes = self.quantizer.code_indices(z.reshape(-1, z.shape[-1]).float()).view(z.shape[:-1])
+        return self.latent_from_codes(codes).to(z.dtype), codes
+
+    def latent_from_codes(self, codes):
+        """Codebook vectors for codes [B, T] -> [B, T, latent_dim]."""
+        return self.quantizer.lookup(codes)
+
+    # -- regularisation ------------------------------------------------------------------
+
+    def reduce_latent(self, latent):
+        """One value per step and element: [B, T, latent_dim] -> [7, B, T]."""
+        batch, length = latent.shape[:2]
+        s = self.config.slice_dim
+        slices = latent.view(batch, length, N_ELEMENTS, s).permute(2, 0, 3, 1)  # [7, B, s, T]
+        if self.config.reduction == "MEAN":
+            return slices.mean(dim=2)
+        if length != self.config.max_len:
+            raise ValueError(f"the DR module needs sequences of max_len={self.config.max_len} "
+                             f"steps, got {length}")
+        # The DR transformer is shared by the elements: run all seven as one batch.
+        tokens = self.dr_position(slices.reshape(N_ELEMENTS * batch, s, length))
+        return self.dr(tokens)[:, 0].view(N_ELEMENTS, batch, length)
+
+    def regularization_targets(self, y):
+        """What each slice must order the batch by: [7, B, T] token indices or values."""
+        tokens = y[..., :N_ELEMENTS]
+        if self.config.reg_target == "value" and self.value_table is not None:
+            values = self.value_table[torch.arange(N_ELEMENTS, device=y.device), tokens]
+            return values.permute(2, 0, 1)
+        return tokens.permute(2, 0, 1).float()
+
+    # -- decoding (parallel) -------------------------------------------------------------
+
+    def _slice_inputs(self, latent):
+        """Projected latent slices: [B, L, latent_dim] -> [B, L, 7, d]."""
+        s = self.config.slice_dim
+        return self.slice_projection(latent.view(*latent.shape[:-1], N_ELEMENTS, s))
+
+    def decode(self, x, latent):
+        """Parallel decoding of words x [B, L, 8] given a latent [B, T, latent_dim], T >= L.
+
+        Returns (element states, projected slices [B, L, 7, d]). Element states are
+        [B, L, 7, d], or the global state [B, L, d] for the G decoding.
+        """
+        c = self.config
+        length = x.shape[1]
+        z = self._slice_inputs(latent[:, :length])
+        h = self.decoder_input(self.embeddings(x, range(len(FIELDS))))
+        if c.conditioning == "CA":
+            h = self.global_decoder(self.decoder_position(h), self.memory_projection(latent))
+        elif c.conditioning == "CONCAT":
+            h = self.concat_projection(torch.cat([h, latent[:, :length]], dim=-1))
+            h = self.global_decoder(self.decoder_position(h))
+        if c.decoding == "G":
+            return h, z
+        states = [decoder(self.decoder_position(h + z[..., k, :]))
+                  for k, decoder in enumerate(self.element_decoders)]
+        return torch.stack(states, dim=-2), z
+
+    # -- heads (one code path for training and generation) -------------------------------
+
+    def type_logits(self, states, z):
+        if self.config.decoding == "G":
+            return self.heads[TYPE_FIELD](states + z[..., TYPE_FIELD, :])
+        return self.heads[TYPE_FIELD](states[..., TYPE_FIELD, :])
+
+    def conditioned_logits(self, states, z, next_type) -> dict:
+        """Logits of every element but type, given the next word's type [...] (ground truth
+        in training, sampled in generation). Returns {element: logits}."""
+        type_emb = self.embeddings.embed(TYPE_FIELD, next_type)
+        if self.config.decoding == "G":
+            u = self.type_projection(torch.cat([states, type_emb], dim=-1))
+            u = u.unsqueeze(-2) + z[..., CONDITIONED, :]
+        else:
+            others = states[..., CONDITIONED, :]
+            type_emb = type_emb.unsqueeze(-2).expand(*others.shape[:-1], type_emb.shape[-1])
+            u = self.type_projection(torch.cat([others, type_emb], dim=-1))
+        return {k: self.heads[k](u[..., i, :]) for i, k in enumerate(CONDITIONED)}
+
+    def element_log_probs(self, x, y, latent):
+        """Log-probabilities of the 7 elements of y, teacher-forced: list of [B, T, V_k]."""
+        states, z = self.decode(x, latent)
+        logits = self.conditioned_logits(states, z, y[..., TYPE_FIELD])
+        logits[TYPE_FIELD] = self.type_logits(states, z)
+        return [F.log_softmax(logits[k], dim=-1) for k in range(N_ELEMENTS)]
+
+    # -- training ------------------------------------------------------------------------
+
+    def forward(self, x, y, mask, seq_len) -> dict:
+        """x, y [B, T, 8] long; mask [B, T]; seq_len [B]. Returns losses and diagnostics."""
+        latent, vq_loss, codes, perplexity = self.quantizer(self._encoder_output(y))
+        if self.config.reg_weight > 0:
+            reg = element_regularization(self.reduce_latent(latent),
+                                         self.regularization_targets(y)).sum()
+        else:
+            reg = latent.new_zeros(())
+        log_probs = self.element_log_probs(x, y, latent)
+        element_losses, element_acc = reconstruction_losses(log_probs, y, mask, seq_len)
+        recon = element_losses.mean()
+        loss = recon + vq_loss + self.config.reg_weight * reg
+        return {"loss": loss, "recon": recon, "element_losses": element_losses,
+                "element_acc": element_acc, "vq": vq_loss, "reg": reg, "codes": codes,
+                "perplexity": perplexity, "log_probs": log_probs}
+
+    # -- generation ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, latent, emotion, sampling: SamplingParams | None = None,
+                 generator: torch.Generator | None = None, max_steps: int | None = None,
+                 recurrent: bool = True) -> list[np.ndarray]:
+        """Decode latents [B, T, latent_dim] into words, all pieces as one batch.
+
+        Each piece starts from an Emotion word with emotion[b] (1..4) and stops at EOS or
+        after max_steps new words (default T - 1, at most T). Returns per piece an int array
+        [T_b, 8]: the Emotion word, the generated words, and the EOS word if reached.
+        recurrent=False recomputes the whole prefix every step (reference path, O(T^2)).
+        """
+        type_ids = self.config.type_ids
+        if type_ids is None:
+            raise ValueError("generation needs config.type_ids (EOS/Emotion/Metrical/Note)")
+        sampling = sampling or SamplingParams()
+        was_training = self.training
+        self.eval()
+        batch, length, _ = latent.shape
+        device = latent.device
+        steps = length - 1 if max_steps is None else max(0, min(int(max_steps), length))
+        emotion = torch.as_tensor(emotion, device=device).long().reshape(-1).expand(batch)
+
+        words = torch.zeros(batch, steps + 1, len(FIELDS), dtype=torch.long, device=device)
+        words[:, 0, TYPE_FIELD] = type_ids["Emotion"]
+        words[:, 0, EMOTION_FIELD] = emotion
+        lengths = torch.full((batch,), steps + 1, dtype=torch.long)
+        active = torch.arange(batch, device=device)
+        decoder = (RecurrentDecoder if recurrent else FullRecomputeDecoder)(self, latent)
+        try:
+            for t in range(steps):
+                states, z = decoder.step(words[active, t] if recurrent else words[active, : t + 1], t)
+                fs = sampling.type
+                next_type = sample_tokens(self.type_logits(states, z), fs.temperature, fs.top_p,
+                                          generator)
+                logits = self.conditioned_logits(states, z, next_type)
+                word = torch.zeros(len(active), len(FIELDS), dtype=torch.long, device=device)
+                word[:, TYPE_FIELD] = next_type
+                for k in CONDITIONED:
+                    fs = sampling.for_element(k)
+                    word[:, k] = sample_tokens(logits[k], fs.temperature, fs.top_p, generator)
+                words[active, t + 1] = word
+                ended = next_type == type_ids["EOS"]
+                if bool(ended.any()):
+                    lengths[active[ended].cpu()] = t + 2
+                    keep = torch.nonzero(~ended).squeeze(1)
+                    active = active[keep]
+                    if active.numel() == 0:
+                        break
+                    decoder.select(keep)
+        finally:
+            self.train(was_training)
+        words = words.cpu().numpy()
+        return [words[b, : lengths[b]] for b in range(batch)]
+
+
+class RecurrentDecoder:
+    """Step-by-step decoding with recurrent attention state: constant work per step."""
+
+    def __init__(self, model: MusER, latent):
+        self.model = m = model
+        c = m.config
+        batch = latent.shape[0]
+        self.latent = latent
+        self.z = m._slice_inputs(latent)                              # [B, T, 7, d]
+        args = (batch, latent.device, latent.dtype)
+        self.global_state = m.global_decoder.init_state(*args) if m.global_decoder else None
+        self.memory = (m.global_decoder.summarize_memory(m.memory_projection(latent))
+                       if c.conditioning == "CA" else None)
+        self.element_states = ([dec.init_state(*args) for dec in m.element_decoders]
+                               if m.element_decoders is not None else None)
+
+    def step(self, word, t: int):
+        """word [b, 8] at position t -> (element states for position t, slices [b, 7, d])."""
+        m, c = self.model, self.model.config
+        z = self.z[:, t]
+        h = m.decoder_input(m.embeddings(word, range(len(FIELDS))))
+        if c.conditioning == "CA":
+            h, self.global_state = m.global_decoder.step(m.decoder_position.step(h, t),
+                                                         self.global_state, self.memory)
+        elif c.conditioning == "CONCAT":
+            h = m.concat_projection(torch.cat([h, self.latent[:, t]], dim=-1))
+            h, self.global_state = m.global_decoder.step(m.decoder_position.step(h, t),
+                                                         self.global_state)
+        if c.decoding == "G":
+            return h, z
+        states = []
+        for k, decoder in enumerate(m.element_decoders):
+            e, self.element_states[k] = decoder.step(m.decoder_position.step(h + z[:, k], t),
+                                                     self.element_states[k])
+            states.append(e)
+        return torch.stack(states, dim=-2), z
+
+    def select(self, index):
+        """Keep only batch rows `index` (pieces still being generated)."""
+        self.latent = self.latent[index]
+        self.z = self.z[index]
+        self.global_state = select_state(self.global_state, index)
+        self.memory = select_state(self.memory, index)
+        self.element_states = select_state(self.element_states, index)
+
+
+class FullRecomputeDecoder:
+    """Reference path: re-run the parallel decoder on the whole prefix every step."""
+
+    def __init__(self, model: MusER, latent):
+        self.model = model
+        self.latent = latent
+
+    def step(self, prefix, t: int):
+        states, z = self.model.decode(prefix, self.latent)
+        return states[:, t], z[:, t]
+
+    def select(self, index):
+        self.latent = self.latent[index]

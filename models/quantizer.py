@@ -1,0 +1,80 @@
+"""Vector quantiser with an EMA-updated codebook (van den Oord et al. 2017, appendix).
+
+The codebook is not trained by gradients: in training mode each forward pass moves it
+towards the mean of the encoder outputs assigned to each code, through bias-corrected
+exponential moving averages of the assignment counts and of the summed vectors. In eval
+mode it never moves. Every piece of EMA state, the step counter included, is a buffer, so
+a reloaded model continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+class EMAVectorQuantizer(nn.Module):
+    def __init__(self, num_codes: int, dim: int, commitment: float = 0.25,
+                 decay: float = 0.99, eps: float = 1e-5):
+        super().__init__()
+        self.num_codes = num_codes
+        self.dim = dim
+        self.commitment = commitment
+        self.decay = decay
+        self.eps = eps
+        codebook = torch.empty(num_codes, dim)
+        nn.init.xavier_uniform_(codebook)
+        self.register_buffer("codebook", codebook)
+        # Hidden (biased) moving averages; divided by 1 - decay^steps when used.
+        self.register_buffer("ema_count_hidden", torch.zeros(num_codes))
+        self.register_buffer("ema_sum_hidden", torch.zeros(num_codes, dim))
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+
+    def code_indices(self, flat):
+        """Nearest code (squared L2) for each row of flat [N, dim]."""
+        codebook = self.codebook.to(flat.dtype)
+        distances = (flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)
+                     - 2.0 * flat @ codebook.t())
+        return distances.argmin(dim=1)
+
+    def lookup(self, codes):
+        """Codebook vectors for integer codes of any shape."""
+        return F.embedding(codes, self.codebook)
+
+    @torch.no_grad()
+    def _ema_update(self, flat, codes):
+        one_hot = F.one_hot(codes, self.num_codes).to(flat.dtype)
+        counts = one_hot.sum(0)
+        sums = one_hot.t() @ flat
+        if dist.is_available() and dist.is_initialized():
+            # Data-parallel replicas see different batches; pool the statistics so every
+            # replica applies the same update (the one the global batch implies).
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        self.ema_steps += 1
+        correction = 1.0 - self.decay ** self.ema_steps.item()
+        self.ema_count_hidden.sub_((self.ema_count_hidden - counts) * (1.0 - self.decay))
+        self.ema_sum_hidden.sub_((self.ema_sum_hidden - sums) * (1.0 - self.decay))
+        count = self.ema_count_hidden / correction
+        total = count.sum()
+        # Laplace smoothing keeps unused codes from dividing by zero.
+        count = (count + self.eps) / (total + self.num_codes * self.eps) * total
+        self.codebook.copy_((self.ema_sum_hidden / correction) / count.unsqueeze(1))
+
+    def forward(self, x):
+        """x [..., dim] -> (quantised with straight-through gradient, commitment loss,
+        codes [...], perplexity of this batch's code usage)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            flat = x.reshape(-1, self.dim)
+            codes = self.code_indices(flat)
+            quantized = self.lookup(codes).to(x.dtype).view_as(x)
+            if self.training:
+                # The output uses the codebook as it was before this update.
+                self._ema_update(flat.detach(), codes)
+            loss = self.commitment * F.mse_loss(x, quantized.detach())
+            quantized = x + (quantized - x).detach()
+            usage = torch.bincount(codes, minlength=self.num_codes).to(x.dtype) / codes.numel()
+            perplexity = torch.exp(-(usage * torch.log(usage + 1e-10)).sum())
+        return quantized, loss, codes.view(x.shape[:-1]), perplexity
