@@ -1,0 +1,162 @@
+"""Step 5: objective metrics of generated music next to the training data.
+
+Song-level (pitch range, pitch classes, polyphony) and bar-level metrics per quadrant
+and overall, mean ± std (definitions in utils/metrics.py); violin plots of the element
+distributions (tempo, chord quality, beat position, pitch, duration, velocity) per
+quadrant; with --evaluator, how often the generated pieces carry the emotion asked for.
+
+    python compute_metrics.py --generated generate_midi/OUT --data_path data/co-representation/emopia_data.npz
+    python compute_metrics.py --generated generate_midi/OUT_data.data --evaluator saved_models/emotion_evaluator.json
+
+Writes OUT_DIR/metrics.md, metrics.csv (one row per source, quadrant and metric),
+per_piece.csv and violins.png; prints the Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from models import evaluator as E
+from utils import metrics as M
+from utils.cli import run_main
+from utils.errors import UserError
+from utils.piece_io import load_dataset_pieces, load_generated
+from utils.plotting import plot_element_violins
+
+GROUPS = ("Q1", "Q2", "Q3", "Q4", "all")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--generated", default=None,
+                   help="folder of emotion{q}_{i}.mid files, or the words pickle of generate.py")
+    p.add_argument("--data_path", default=None, help="CP training npz for the data column")
+    p.add_argument("--dictionary", default=None,
+                   help="dictionary.pkl (default: beside --data_path; for a words pickle, the one it names)")
+    p.add_argument("--evaluator", default=None,
+                   help="emotion evaluator file from train_evaluator.py (adds the emotion table)")
+    p.add_argument("--out_dir", default="metrics", help="output folder (default metrics/)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return p
+
+
+def per_piece_rows(source: str, pieces) -> list[dict]:
+    rows = []
+    for piece in pieces:
+        row = {"source": source, "name": piece.name, "quadrant": piece.emotion,
+               "n_notes": len(piece.notes)}
+        row.update(M.song_metrics(piece.notes))
+        rows.append(row)
+    return rows
+
+
+def element_groups(pieces) -> dict[int, dict[str, np.ndarray]]:
+    """{quadrant: {element: all values of that element in the quadrant's pieces}}."""
+    out: dict[int, dict[str, list]] = {}
+    for piece in pieces:
+        values = M.element_values(piece)
+        bucket = out.setdefault(piece.emotion, {e: [] for e in M.DISTRIBUTION_ELEMENTS})
+        for element in M.DISTRIBUTION_ELEMENTS:
+            bucket[element].append(values[element])
+    return {q: {e: np.concatenate(v) if v else np.zeros(0) for e, v in d.items()}
+            for q, d in out.items()}
+
+
+def metrics_markdown(summaries: dict[str, dict]) -> str:
+    sources = list(summaries)
+    header = "| metric | quadrant | " + " | ".join(sources) + " |"
+    lines = [header, "|" + "---|" * (2 + len(sources))]
+    for metric in M.METRICS:
+        for group in GROUPS:
+            if not any(group in s for s in summaries.values()):
+                continue
+            cells = []
+            for source in sources:
+                mean, std, n = summaries[source].get(group, {}).get(metric, (float("nan"),) * 2 + (0,))
+                cells.append(M.format_mean_std(mean, std))
+            lines.append(f"| {M.METRIC_LABELS[metric]} | {group} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def emotion_markdown(matches: dict[str, dict]) -> str:
+    lines = ["| source | asked | n | quadrant match | arousal match | valence match "
+             "| predicted Q1/Q2/Q3/Q4 |", "|---|---|---|---|---|---|---|"]
+    for source, match in matches.items():
+        for group in GROUPS:
+            if group not in match:
+                continue
+            m = match[group]
+            lines.append(f"| {source} | {group} | {m['n']} | {m['quadrant']:.3f} | "
+                         f"{m['arousal']:.3f} | {m['valence']:.3f} | "
+                         f"{'/'.join(map(str, m['predicted']))} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.generated and not args.data_path:
+        raise UserError("give --generated (generated music) and/or --data_path (training data)")
+    evaluator = E.EmotionEvaluator.load(args.evaluator) if args.evaluator else None
+
+    sources: dict[str, list] = {}
+    if args.generated:
+        generated = load_generated(args.generated, args.dictionary)
+        if not any(p.emotion for p in generated):
+            raise UserError(f"{args.generated}: no piece carries a quadrant "
+                            f"(expected names like emotion1_0.mid)")
+        sources["generated"] = generated
+    if args.data_path:
+        sources["data"], _ = load_dataset_pieces(args.data_path, args.dictionary)
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries, piece_rows = {}, []
+    for source, pieces in sources.items():
+        rows = per_piece_rows(source, pieces)
+        piece_rows += rows
+        summaries[source] = M.summarize(rows, [p.emotion for p in pieces])
+
+    with open(out_dir / "metrics.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["source", "quadrant", "metric", "mean", "std", "n"])
+        for source, summary in summaries.items():
+            for group, values in summary.items():
+                for metric, (mean, std, n) in values.items():
+                    writer.writerow([source, group, metric, f"{mean:.6g}", f"{std:.6g}", n])
+    with open(out_dir / "per_piece.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(piece_rows[0]))
+        writer.writeheader()
+        writer.writerows(piece_rows)
+
+    violins = plot_element_violins({s: element_groups(p) for s, p in sources.items()},
+                                   out_dir / "violins.png",
+                                   title="element distributions per quadrant")
+    counts = ", ".join(f"{s}: {len(p)} pieces ("
+                       + "/".join(str(sum(x.emotion == q for x in p)) for q in range(1, 5))
+                       + " in Q1/Q2/Q3/Q4)" for s, p in sources.items())
+    text = ["# Objective metrics", "", counts, "",
+            "Mean ± std over pieces (ddof 0); empty pieces and undefined values are left out.",
+            "", metrics_markdown(summaries), "", f"Violin plots: {violins.name}"]
+    if evaluator is not None:
+        matches = {s: E.emotion_match(evaluator, E.feature_matrix(p), [x.emotion for x in p])
+                   for s, p in sources.items()}
+        held = evaluator.info.get("held_out", {})
+        held_text = ", ".join(f"{h} {v['accuracy']:.3f}" for h, v in held.items())
+        text += ["", "## Emotion evaluator", "",
+                 f"Evaluator {args.evaluator} (held-out accuracy: {held_text or 'unknown'}). "
+                 "Rate of pieces whose predicted quadrant / arousal / valence matches the "
+                 "one asked for (for data: its label; data it was trained on included).", "",
+                 emotion_markdown(matches)]
+    markdown = "\n".join(text) + "\n"
+    (out_dir / "metrics.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {out_dir / 'metrics.md'}, {out_dir / 'metrics.csv'}, "
+          f"{out_dir / 'per_piece.csv'}, {violins}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
