@@ -1,0 +1,44 @@
+"""Element transfer: swap the latent slices of chosen musical elements between pieces.
+
+MusER's latent has one slice of `slice_dim` dimensions per element, in the CP column
+order tempo, chord, bar-beat, type, pitch, duration, velocity (slice k = dims
+[k * slice_dim, (k + 1) * slice_dim)). Replacing piece A's slice of an element with
+piece B's should move that element of the decoded music towards B and leave the rest.
+"""
+from __future__ import annotations
+
+ELEMENT_NAMES = ("tempo", "chord", "bar-beat", "type", "pitch", "duration", "velocity")
+_ALIASES = {"bar_beat": "bar-beat", "barbeat": "bar-beat", "beat": "bar-beat"}
+
+
+def element_index(name: str) -> int:
+    """Position of an element in the latent ('bar_beat' and 'beat' mean 'bar-beat')."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in ELEMENT_NAMES:
+        raise ValueError(f"unknown element {name!r}; choose from {', '.join(ELEMENT_NAMES)}")
+    return ELEMENT_NAMES.index(key)
+
+
+def element_slice(name: str, slice_dim: int) -> slice:
+    """The latent dimensions of one element."""
+    k = element_index(name)
+    return slice(k * slice_dim, (k + 1) * slice_dim)
+
+
+def swap_elements(latent_a, latent_b, elements, slice_dim: int):
+    """A copy of `latent_a` whose slices of `elements` come from `latent_b`.
+
+    latent_a, latent_b: tensors or arrays of one shape [..., T, latent_dim]
+    (latent_dim = 7 * slice_dim). Every other dimension is left bit-for-bit unchanged.
+    """
+    if tuple(latent_a.shape) != tuple(latent_b.shape):
+        raise ValueError(f"latents differ in shape: {tuple(latent_a.shape)} vs {tuple(latent_b.shape)}")
+    if latent_a.shape[-1] != len(ELEMENT_NAMES) * slice_dim:
+        raise ValueError(f"latent width {latent_a.shape[-1]} is not "
+                         f"{len(ELEMENT_NAMES)} x slice_dim {slice_dim}")
+    mixed = latent_a.clone() if hasattr(latent_a, "clone") else latent_a.copy()
+    for name in elements:
+        dims = element_slice(name, slice_dim)
+        mixed[..., dims] = latent_b[..., dims]
+    return mixed
