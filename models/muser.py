@@ -244,22 +244,27 @@ class MusER(nn.Module):
         s = self.config.slice_dim
         return self.slice_projection(latent.view(*latent.shape[:-1], N_ELEMENTS, s))
 
+    def global_decode(self, x, latent):
+        """Global decoder output [B, L, d] for words x [B, L, 8] and a latent [B, T, ...],
+        T >= L. Without a global decoder (NONE) this is the projected input embedding."""
+        c = self.config
+        h = self.decoder_input(self.embeddings(x, range(len(FIELDS))))
+        if c.conditioning == "CA":
+            h = self.global_decoder(self.decoder_position(h), self.memory_projection(latent))
+        elif c.conditioning == "CONCAT":
+            h = self.concat_projection(torch.cat([h, latent[:, : x.shape[1]]], dim=-1))
+            h = self.global_decoder(self.decoder_position(h))
+        return h
+
     def decode(self, x, latent):
         """Parallel decoding of words x [B, L, 8] given a latent [B, T, latent_dim], T >= L.
 
         Returns (element states, projected slices [B, L, 7, d]). Element states are
         [B, L, 7, d], or the global state [B, L, d] for the G decoding.
         """
-        c = self.config
-        length = x.shape[1]
-        z = self._slice_inputs(latent[:, :length])
-        h = self.decoder_input(self.embeddings(x, range(len(FIELDS))))
-        if c.conditioning == "CA":
-            h = self.global_decoder(self.decoder_position(h), self.memory_projection(latent))
-        elif c.conditioning == "CONCAT":
-            h = self.concat_projection(torch.cat([h, latent[:, :length]], dim=-1))
-            h = self.global_decoder(self.decoder_position(h))
-        if c.decoding == "G":
+        z = self._slice_inputs(latent[:, : x.shape[1]])
+        h = self.global_decode(x, latent)
+        if self.config.decoding == "G":
             return h, z
         states = [decoder(self.decoder_position(h + z[..., k, :]))
                   for k, decoder in enumerate(self.element_decoders)]
@@ -382,6 +387,7 @@ class RecurrentDecoder:
                        if c.conditioning == "CA" else None)
         self.element_states = ([dec.init_state(*args) for dec in m.element_decoders]
                                if m.element_decoders is not None else None)
+        self.global_output = None
 
     def step(self, word, t: int):
         """word [b, 8] at position t -> (element states for position t, slices [b, 7, d])."""
@@ -395,6 +401,7 @@ class RecurrentDecoder:
             h = m.concat_projection(torch.cat([h, self.latent[:, t]], dim=-1))
             h, self.global_state = m.global_decoder.step(m.decoder_position.step(h, t),
                                                          self.global_state)
+        self.global_output = h      # kept for inspection (tests)
         if c.decoding == "G":
             return h, z
         states = []

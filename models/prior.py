@@ -1,0 +1,79 @@
+"""Emotion-conditioned autoregressive prior over compact codebook indices.
+
+Input `[emotion_token, c_0, ..., c_{n-1}]`, target `[c_0, ..., c_{n-1}, ...]`, where the
+compact codes are 0..n_codes-1 and emotion_token = n_codes + quadrant (1..4). A causal
+linear transformer predicts log-softmax(logits / temperature); the temperature is part of
+the model (applied in training too, as the authors do).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import PriorConfig
+from models.transformer import PositionalEncoding, TransformerStack
+from utils.sampling import sample_tokens
+
+
+class Prior(nn.Module):
+    def __init__(self, config: PriorConfig):
+        super().__init__()
+        self.config = c = config
+        self.embedding = nn.Embedding(c.vocab_size, c.emb_size)
+        self.embedding_scale = math.sqrt(c.emb_size)
+        self.input_projection = nn.Linear(c.emb_size, c.d_model)
+        self.position = PositionalEncoding(c.d_model, c.dropout, c.max_len)
+        self.transformer = TransformerStack(c.d_model, c.layers, c.heads, c.decoder_attention,
+                                            None, c.dropout, c.chunk_size)
+        self.head = nn.Linear(c.d_model, c.n_codes)
+
+    def emotion_token(self, quadrant):
+        """Input token of emotion quadrant 1..4."""
+        return self.config.n_codes + quadrant
+
+    def _embed(self, tokens):
+        return self.input_projection(self.embedding(tokens) * self.embedding_scale)
+
+    def logits(self, inp):
+        """inp [B, L] long -> raw logits [B, L, n_codes] (before the temperature)."""
+        h = self.transformer(self.position(self._embed(inp)))
+        return self.head(h)
+
+    def forward(self, inp):
+        """inp [B, L] long -> log-probabilities [B, L, n_codes] at the model's temperature."""
+        return F.log_softmax(self.logits(inp) / self.config.temperature, dim=-1)
+
+    @torch.no_grad()
+    def generate(self, emotion, n_steps: int, temperature: float = 0.3, top_p: float = 0.9,
+                 generator: torch.Generator | None = None, recurrent: bool = True):
+        """Sample compact codes [B, n_steps] after the emotion tokens of emotion [B] (1..4).
+
+        recurrent=True carries the attention state step to step (constant work per step);
+        recurrent=False re-runs the whole prefix each step (reference path).
+        """
+        if n_steps > self.config.max_len:
+            raise ValueError(f"n_steps {n_steps} exceeds the prior's max_len {self.config.max_len}")
+        was_training = self.training
+        self.eval()
+        device = self.head.weight.device
+        emotion = torch.as_tensor(emotion, device=device).long().reshape(-1)
+        batch = emotion.shape[0]
+        tokens = torch.empty(batch, n_steps + 1, dtype=torch.long, device=device)
+        tokens[:, 0] = self.emotion_token(emotion)
+        state = self.transformer.init_state(batch, device, self.head.weight.dtype) if recurrent else None
+        try:
+            for t in range(n_steps):
+                if recurrent:
+                    h = self.position.step(self._embed(tokens[:, t]), t)
+                    h, state = self.transformer.step(h, state)
+                    logits = self.head(h)
+                else:
+                    logits = self.logits(tokens[:, : t + 1])[:, -1]
+                tokens[:, t + 1] = sample_tokens(logits, temperature, top_p, generator)
+        finally:
+            self.train(was_training)
+        return tokens[:, 1:]
+
