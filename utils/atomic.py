@@ -1,0 +1,38 @@
+"""Atomic file writes without heavy imports (the data pipeline does not load torch)."""
+import os
+import tempfile
+from pathlib import Path
+
+from utils.errors import UserError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write) -> None:
+    """Call `write(fileobj)` on a temporary file beside `path`, fsync, then rename it over `path`.
+
+    A failed or interrupted write leaves any previous file untouched. The new file gets the
+    usual permissions (0o666 minus the umask), not mkstemp's private 0o600.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
