@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from models import evaluator as E
-from tests.conftest import SAMPLE_MIDI_DIR
+from tests.sample_cp import sample_npz  # noqa: F401  (fixture)
 from utils import metrics as M
 from utils.errors import UserError
-from utils.piece_io import load_midi_folder, quadrant_from_name
+from utils.piece_io import load_dataset_pieces, quadrant_from_name
 
 
 def test_head_labels_follow_russell_quadrants():
@@ -74,20 +74,19 @@ def test_load_rejects_other_files(tmp_path):
         E.EmotionEvaluator.load(tmp_path / "old.json")
 
 
-def test_beats_chance_on_the_sample_clips():
+def test_beats_chance_on_the_sample_clips(sample_npz):
     """Cross-validated over the shipped real EMOPIA clips (deterministic folds).
 
-    With a handful of clips per quadrant a single held-out split has too few pieces to
-    mean anything; 4-fold cross-validation predicts every clip once, out of sample.
-    Arousal is the robust signal (dense, loud, fast vs sparse, soft, slow).
+    With 8 clips per quadrant a single held-out split has too few pieces to mean much;
+    4-fold cross-validation predicts every clip once, out of sample. Arousal is the robust
+    signal (dense, loud, high vs sparse, soft, low); the quadrant is well above 1/4 too.
     """
-    if not SAMPLE_MIDI_DIR.is_dir():
-        pytest.skip(f"{SAMPLE_MIDI_DIR} is absent")
-    pieces = load_midi_folder(SAMPLE_MIDI_DIR)
+    pieces, _ = load_dataset_pieces(sample_npz)
     quadrants = np.array([p.emotion for p in pieces])
+    assert np.bincount(quadrants, minlength=5)[1:].min() >= 4
     features = E.feature_matrix(pieces)
     from sklearn.model_selection import StratifiedKFold
-    correct = {head: 0 for head in E.HEADS}
+    correct = {head: 0.0 for head in E.HEADS}
     for train, test in StratifiedKFold(4, shuffle=True, random_state=13).split(features, quadrants):
         evaluator = E.fit_evaluator(features[train], quadrants[train])
         for head, (accuracy, _) in E.accuracy_report(evaluator, features[test], quadrants[test]).items():
@@ -95,3 +94,18 @@ def test_beats_chance_on_the_sample_clips():
     n = len(pieces)
     assert correct["arousal"] / n >= 0.75          # chance 0.5
     assert correct["quadrant"] / n >= 0.40         # chance 0.25
+
+
+def test_train_evaluator_script(sample_npz, tmp_path, capsys):
+    import train_evaluator
+
+    out = tmp_path / "ev.json"
+    assert train_evaluator.main(["--data_path", str(sample_npz), "--out", str(out),
+                                 "--split", "clip", "--test_size", "0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert "| arousal |" in printed and "held out 8 by clip" in printed
+    evaluator = E.EmotionEvaluator.load(out)
+    assert set(evaluator.heads) == set(E.HEADS)
+    assert evaluator.info["n_test"] == 8 and evaluator.info["split"] == "clip"
+    with pytest.raises(UserError, match="test_size"):
+        train_evaluator.main(["--data_path", str(sample_npz), "--test_size", "1.5"])

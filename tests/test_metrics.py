@@ -117,3 +117,76 @@ def test_piece_from_midi_rescales_to_480(tmp_path):
     assert piece.emotion == 2 and piece.name == "x.mid"
     assert M.element_values(piece)["chord"].tolist() == [M.CHORD_QUALITIES.index("m7")]
     assert M.element_values(piece)["tempo"].tolist() == pytest.approx([100])
+
+
+# ------------------------------------------------------------------ compute_metrics.py
+
+from tests.sample_cp import sample_npz  # noqa: E402,F401  (fixture)
+
+
+def _generated_like(sample_npz, tmp_path):
+    """Four sample rows posing as generated output: a MIDI folder and a words pickle."""
+    import pickle
+
+    from utils.cp import words_to_midi
+    from utils.data import load_cp_dataset
+    from utils.piece_io import dataset_words
+
+    data = load_cp_dataset(sample_npz)
+    folder = tmp_path / "generated"
+    folder.mkdir()
+    words, emotion, names = [], [], []
+    for i, row in enumerate([0, 9, 17, 25]):
+        w = dataset_words(data, row)
+        q = int(data.emotion[row])
+        words_to_midi(w, data.word2event, path=folder / f"emotion{q}_{i}.mid", close_empty_bars=True)
+        words.append(w), emotion.append(q), names.append(f"emotion{q}_{i}")
+    pickle_path = tmp_path / "generated_data.data"
+    pickle_path.write_bytes(pickle.dumps({"words": words, "emotion": emotion, "names": names,
+                                          "dictionary": str(data.dictionary_path)}))
+    return folder, pickle_path
+
+
+def test_compute_metrics_script(sample_npz, tmp_path, capsys):
+    import csv
+
+    import compute_metrics
+    from utils.errors import UserError
+
+    folder, pickle_path = _generated_like(sample_npz, tmp_path)
+    out = tmp_path / "m1"
+    assert compute_metrics.main(["--generated", str(folder), "--data_path", str(sample_npz),
+                                 "--out_dir", str(out)]) == 0
+    assert "| pitch range | all |" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert {r["source"] for r in rows} == {"generated", "data"}
+    data_all = [r for r in rows if r["source"] == "data" and r["quadrant"] == "all"]
+    assert len(data_all) == len(M.METRICS) and all(int(r["n"]) == 32 for r in data_all)
+    assert (out / "violins.png").stat().st_size > 10000 and (out / "metrics.md").is_file()
+
+    # The words pickle gives the same numbers as the MIDI files written from it.
+    out2 = tmp_path / "m2"
+    assert compute_metrics.main(["--generated", str(pickle_path), "--out_dir", str(out2)]) == 0
+    from_pickle = [r for r in csv.DictReader(open(out2 / "metrics.csv"))]
+    from_midi = [r for r in rows if r["source"] == "generated"]
+    assert from_pickle == from_midi
+
+    bad = tmp_path / "bad.data"
+    bad.write_bytes(__import__("pickle").dumps({"codes": [1, 2]}))
+    with pytest.raises(UserError, match="expected a dict with keys"):
+        compute_metrics.main(["--generated", str(bad)])
+    with pytest.raises(UserError, match="--generated"):
+        compute_metrics.main([])
+
+
+def test_compute_metrics_with_evaluator(sample_npz, tmp_path, capsys):
+    import compute_metrics
+    import train_evaluator
+
+    folder, _ = _generated_like(sample_npz, tmp_path)
+    ev = tmp_path / "ev.json"
+    train_evaluator.main(["--data_path", str(sample_npz), "--out", str(ev), "--split", "clip"])
+    assert compute_metrics.main(["--generated", str(folder), "--evaluator", str(ev),
+                                 "--out_dir", str(tmp_path / "m")]) == 0
+    text = (tmp_path / "m" / "metrics.md").read_text()
+    assert "## Emotion evaluator" in text and "| generated | all | 4 |" in text

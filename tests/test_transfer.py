@@ -128,3 +128,42 @@ def test_transferring_velocity_moves_the_decoded_velocities():
     assert mean_velocity(swap_elements(latent_a, latent_b, ["velocity"], s)) > top - 1.5
     # Taking another element from B leaves the velocities where A had them.
     assert mean_velocity(swap_elements(latent_a, latent_b, ["pitch"], s)) < 1.5
+
+
+# ---------------------------------------------------------------- element_transfer.py
+
+from tests.sample_cp import sample_npz  # noqa: E402,F401  (fixture)
+
+
+def test_element_transfer_script(sample_npz, tmp_path, capsys):
+    """End to end on a tiny untrained checkpoint: files are written and the report printed."""
+    import element_transfer
+    from utils import cp
+    from utils.checkpoint import save_checkpoint
+    from utils.errors import UserError
+
+    event2word, _ = cp.load_dictionary(sample_npz.parent / "dictionary.pkl")
+    config = apply_preset(MusERConfig(vocab_sizes=cp.vocab_sizes(event2word),
+                                      type_ids={n: cp.type_index(event2word, n)
+                                                for n in cp.EVENT_TYPES}), "tiny")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, {"kind": "muser", "config": config.to_dict(),
+                           "model": MusER(config).state_dict(), "vocab_sizes": config.vocab_sizes})
+    out = tmp_path / "transfer"
+    args = ["--VQ_VAE", str(ckpt), "--data_path", str(sample_npz), "--source", "Q4",
+            "--target", "1", "--elements", "velocity", "bar_beat", "--n_pieces", "2",
+            "--max_steps", "24", "--out_dir", str(out)]
+    assert element_transfer.main(args) == 0
+    folder = out / "velocity_bar-beat_Q4toQ1"
+    for stem in ("A_Q4", "A_Q4_reconstructed", "transferred_tag_Q1", "B_Q1"):
+        for i in range(2):
+            assert (folder / f"pair{i}_{stem}.mid").is_file()
+            assert (folder / f"pair{i}_{stem}.png").stat().st_size > 0
+    report = (out / "transfer.md").read_text()
+    assert "| **velocity** |" in report and "| **onsets/bar** |" in report
+    assert "| transferred |" in capsys.readouterr().out
+    with pytest.raises(UserError, match="--elements"):
+        element_transfer.main(args[:9] + ["loudness"])
+    with pytest.raises(UserError, match="--demo"):
+        element_transfer.main(["--VQ_VAE", str(ckpt), "--data_path", str(sample_npz)])
