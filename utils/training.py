@@ -218,6 +218,7 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
                 "history": state["history"], "rng": _rng_state()}
 
     model.train()
+    last_plot = time.time()
     with StopFlag(logger) as stop:
         for epoch in range(state["epoch"], args.Epoch):
             sampler.set_epoch(epoch)
@@ -270,7 +271,10 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
                 if improved:
                     save_checkpoint(out_dir / "best.pt", ckpt)
                 write_history_csv(out_dir / "metrics.csv", state["history"])
-                _plot_history(out_dir / "metrics.csv", logger)
+                # Drawing costs seconds: redraw at most once a minute, and at the end.
+                if epoch + 1 == args.Epoch or stop.requested or time.time() - last_plot > 60:
+                    _plot_history(out_dir / "metrics.csv", logger)
+                    last_plot = time.time()
             logger.info(f"epoch {epoch + 1}/{args.Epoch} " + " | ".join(_summary(r) for r in rows)
                         + f" | {time.time() - began:.1f}s" + (" | best" if improved else ""))
             barrier(dist)

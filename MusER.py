@@ -1,0 +1,116 @@
+"""Step 1: train the MusER VQ-VAE on compound-word data.
+
+    python MusER.py --data_path ./data/co-representation/emopia_data.npz --dataset emopia \
+        --model_path MusER_TRANS_CA_GE_emopia --log_path logs/muser.log
+
+Writes DIR/best.pt (lowest monitored loss), DIR/last.pt (resume point), DIR/metrics.csv and
+DIR/loss_curves.png; DIR defaults to saved_models/{model name}_{dataset}.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from models.config import PRESETS, MusERConfig
+from models.muser import MusER
+from utils.checkpoint import load_checkpoint
+from utils.cli import add_common_args, resolve_device, run_main, seed_everything, setup_logging, str2bool
+from utils.cp import ELEMENTS, type_index, vocab_sizes
+from utils.data import load_cp_dataset
+from utils.distributed import init_distributed, local_device, shutdown
+from utils.pipeline import (add_config_flags, check_run_dir, config_from_args, dataset_tensors,
+                            plain_args, run_dir)
+from utils.training import fit, split_indices
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the MusER VQ-VAE (step 1 of 4).")
+    parser.add_argument("--data_path", default="data/co-representation/emopia_data.npz",
+                        help="compound-word npz written by prepare_data.py or the EMOPIA release")
+    parser.add_argument("--dictionary", default=None, help="dictionary.pkl (default: beside --data_path)")
+    parser.add_argument("--dataset", default="emopia", help="dataset name, used in the default model name")
+    parser.add_argument("--model_path", default=None,
+                        help="folder for checkpoints; a bare name goes under saved_models/ "
+                             "(default: saved_models/{model name}_{dataset})")
+    parser.add_argument("--log_path", default=None, help="text log (default: {model_path}/train.log)")
+    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS),
+                        help="'tiny' shrinks the model so the pipeline runs on a laptop CPU")
+    training = parser.add_argument_group("training", "defaults are the paper's values")
+    training.add_argument("--Epoch", "--epochs", dest="Epoch", type=int, default=300)
+    training.add_argument("--batch_size", type=int, default=16)
+    training.add_argument("--lr", type=float, default=1e-4)
+    training.add_argument("--clip", type=float, default=3.0, help="gradient-norm clip")
+    training.add_argument("--val_split", type=float, default=0.0,
+                          help="fraction of pieces held out for validation (paper: 0, all data trains)")
+    training.add_argument("--resume", action="store_true", help="continue from {model_path}/last.pt")
+    training.add_argument("--overwrite", action="store_true", help="start again over an earlier run")
+    training.add_argument("--amp", type=str2bool, default=False, help="bf16 autocast")
+    training.add_argument("--compile", type=str2bool, default=False, help="torch.compile the model")
+    add_config_flags(parser, MusERConfig, "model")
+    add_common_args(parser)
+    return parser
+
+
+def muser_step(model, batch):
+    """Forward one batch; flatten the per-element vectors into named scalars for the log."""
+    out = model(batch["x"], batch["y"], batch["mask"], batch["seq_len"])
+    metrics = {key: out[key] for key in ("loss", "recon", "vq", "reg", "perplexity")}
+    metrics["acc_mean"] = out["element_acc"].mean()
+    for k, element in enumerate(ELEMENTS):
+        metrics[f"loss_{element}"] = out["element_losses"][k]
+        metrics[f"acc_{element}"] = out["element_acc"][k]
+    metrics["codes"] = out["codes"]
+    return metrics
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    dist = init_distributed(device)
+    device = local_device(device, dist)
+    seed_everything(args.seed + dist.rank)
+
+    data = load_cp_dataset(args.data_path, args.dictionary)
+    type_ids = {name: type_index(data.event2word, name) for name in ("EOS", "Emotion", "Metrical", "Note")}
+    config = config_from_args(MusERConfig, args, args.preset, vocab_sizes=vocab_sizes(data.event2word),
+                              type_ids=type_ids)
+    if config.reg_target == "value":
+        from models.muser import value_tables
+        config.value_tables = value_tables(data.word2event)
+
+    out_dir = run_dir(args.model_path, f"{config.name}_{args.dataset}")
+    resume_path = check_run_dir(out_dir, args.resume, args.overwrite) if dist.is_main else None
+    if args.resume:
+        resume_path = out_dir / "last.pt"
+    logger = setup_logging(args.log_path or out_dir / "train.log", dist.rank)
+    resume = load_checkpoint(resume_path, "muser") if resume_path else None
+    if resume is not None:
+        config = MusERConfig.from_dict(resume["config"])  # a resumed run keeps its model
+
+    tensors = dataset_tensors(data, config.max_len)
+    train_idx, val_idx = split_indices(len(data.x), args.val_split, args.seed)
+    train = {k: v[train_idx] for k, v in tensors.items()}
+    val = {k: v[val_idx] for k, v in tensors.items()} if len(val_idx) else None
+
+    model = MusER(config).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(f"{config.name}: {n_params / 1e6:.2f}M parameters, {len(train_idx)} training / "
+                f"{len(val_idx)} validation pieces from {data.npz_path}, device {device}"
+                + (f" x {dist.world_size} processes" if dist.enabled else ""))
+    meta = {"kind": "muser", "config": config.to_dict(), "args": plain_args(args),
+            "vocab_sizes": vocab_sizes(data.event2word), "dictionary_path": str(data.dictionary_path.resolve()),
+            "dictionary": {"event2word": data.event2word, "word2event": data.word2event},
+            "data_path": str(data.npz_path.resolve())}
+    code = fit(model=model, step_fn=muser_step, train=train, val=val, args=args, out_dir=out_dir,
+               device=device, logger=logger, checkpoint_meta=meta, dist=dist,
+               n_codes=config.codebook_size, resume=resume)
+    if code == 0 and dist.is_main:
+        logger.info(f"checkpoints in {out_dir} (best.pt, last.pt); log {out_dir / 'metrics.csv'}")
+    shutdown(dist)
+    return code
+
+
+if __name__ == "__main__":
+    torch.set_float32_matmul_precision("high")
+    run_main(main)

@@ -1,0 +1,139 @@
+"""Step 3: train the emotion-conditioned autoregressive prior over the VQ-VAE's codes.
+
+    python Prior_train.py --data_path ./data/co-representation/emopia_data.npz --dataset emopia \
+        --VQ_VAE MusER_TRANS_CA_GE_emopia --model_path Prior_TRANS_CA_GE_emopia --log_path logs/prior.log
+
+Each piece is encoded by the trained VQ-VAE (eval mode), its codes are mapped to compact
+indices through data/{NAME}_VQ_dict.data, and the prior learns
+input [emotion_token, c_0 .. c_{T-1}] -> target [c_0 .. c_{T-1}, 0],
+with emotion_token = n_used_codes + quadrant.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from models.config import PRESETS, PriorConfig
+from models.prior import Prior
+from utils.checkpoint import build_muser, load_checkpoint
+from utils.cli import (add_common_args, resolve_checkpoint, resolve_device, run_main, seed_everything,
+                       setup_logging, str2bool)
+from utils.data import load_cp_dataset
+from utils.distributed import init_distributed, local_device, shutdown
+from utils.pipeline import (add_config_flags, check_run_dir, codebook_fingerprint, compact_codes,
+                            config_from_args, dataset_tensors, encode_pieces, load_vq_dict, plain_args,
+                            run_dir)
+from utils.training import fit, split_indices
+from VQ_explore import model_name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the emotion-conditioned prior (step 3 of 4).")
+    parser.add_argument("--data_path", default="data/co-representation/emopia_data.npz")
+    parser.add_argument("--dictionary", default=None, help="dictionary.pkl (default: beside --data_path)")
+    parser.add_argument("--dataset", default="emopia")
+    parser.add_argument("--VQ_VAE", default="MusER_TRANS_CA_GE_emopia",
+                        help="saved_models/NAME/best.pt, a run folder, or a .pt file")
+    parser.add_argument("--vq_dict_path", default=None, help="default: data/{NAME}_VQ_dict.data")
+    parser.add_argument("--model_path", default=None,
+                        help="folder for checkpoints; a bare name goes under saved_models/ "
+                             "(default: saved_models/Prior_{VQ-VAE variant}_{dataset})")
+    parser.add_argument("--log_path", default=None, help="text log (default: {model_path}/train.log)")
+    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    training = parser.add_argument_group("training", "defaults are the paper's values")
+    training.add_argument("--Epoch", "--epochs", dest="Epoch", type=int, default=1300)
+    training.add_argument("--batch_size", type=int, default=16)
+    training.add_argument("--lr", type=float, default=1e-4)
+    training.add_argument("--clip", type=float, default=3.0)
+    training.add_argument("--val_split", type=float, default=0.0)
+    training.add_argument("--resume", action="store_true")
+    training.add_argument("--overwrite", action="store_true")
+    training.add_argument("--amp", type=str2bool, default=False)
+    training.add_argument("--compile", type=str2bool, default=False)
+    add_config_flags(parser, PriorConfig, "prior model")
+    add_common_args(parser)
+    return parser
+
+
+def prior_sequences(codes: torch.Tensor, emotion: torch.Tensor, n_codes: int) -> dict[str, torch.Tensor]:
+    """[emotion_token, c_0 .. c_{T-1}] -> [c_0 .. c_{T-1}, 0] for every piece."""
+    emotion_token = (n_codes + emotion).unsqueeze(1)
+    inp = torch.cat([emotion_token, codes], dim=1)
+    target = torch.cat([codes, torch.zeros_like(emotion_token)], dim=1)
+    return {"inp": inp, "target": target}
+
+
+def prior_step(model, batch):
+    logp = model(batch["inp"])
+    loss = F.nll_loss(logp.reshape(-1, logp.shape[-1]).float(), batch["target"].reshape(-1))
+    accuracy = (logp.argmax(-1) == batch["target"]).float().mean()
+    return {"loss": loss, "acc_mean": accuracy}
+
+
+def default_prior_name(vq_name: str) -> str:
+    """MusER_TRANS_CA_GE_emopia -> Prior_TRANS_CA_GE_emopia."""
+    return "Prior_" + vq_name.split("_", 1)[1] if "_" in vq_name else f"Prior_{vq_name}"
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    dist = init_distributed(device)
+    device = local_device(device, dist)
+    seed_everything(args.seed + dist.rank)
+
+    vq_path = resolve_checkpoint(args.VQ_VAE, "--VQ_VAE")
+    vq_ckpt = load_checkpoint(vq_path, "muser", "--VQ_VAE")
+    vq_vae = build_muser(vq_ckpt, vq_path).to(device)
+    name = model_name(args.VQ_VAE, vq_path)
+    fingerprint = codebook_fingerprint(vq_vae)
+    vq_dict_path = Path(args.vq_dict_path or f"data/{name}_VQ_dict.data")
+    vq_dict = load_vq_dict(vq_dict_path, fingerprint)
+    n_codes = len(vq_dict[0])
+
+    out_dir = run_dir(args.model_path, default_prior_name(name))
+    resume_path = check_run_dir(out_dir, args.resume, args.overwrite) if dist.is_main else None
+    if args.resume:
+        resume_path = out_dir / "last.pt"
+    logger = setup_logging(args.log_path or out_dir / "train.log", dist.rank)
+    resume = load_checkpoint(resume_path, "prior") if resume_path else None
+
+    data = load_cp_dataset(args.data_path, args.dictionary, vocab_sizes=vq_ckpt["vocab_sizes"])
+    tensors = dataset_tensors(data, vq_vae.config.max_len)
+    _, codes = encode_pieces(vq_vae, tensors["y"], args.batch_size, device)
+    compact = compact_codes(codes, vq_dict, vq_vae.quantizer.codebook.detach().cpu(), logger,
+                            str(data.npz_path))
+    sequences = prior_sequences(compact, torch.as_tensor(data.emotion, dtype=torch.long), n_codes)
+    del vq_vae
+
+    config = config_from_args(PriorConfig, args, args.preset, n_codes=n_codes)
+    config.max_len = sequences["inp"].shape[1]
+    if resume is not None:
+        config = PriorConfig.from_dict(resume["config"])
+    train_idx, val_idx = split_indices(len(compact), args.val_split, args.seed)
+    train = {k: v[train_idx] for k, v in sequences.items()}
+    val = {k: v[val_idx] for k, v in sequences.items()} if len(val_idx) else None
+
+    model = Prior(config).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(f"prior over {n_codes} used codes: {n_params / 1e6:.2f}M parameters, "
+                f"{len(train_idx)} training / {len(val_idx)} validation pieces, device {device}")
+    meta = {"kind": "prior", "config": config.to_dict(), "args": plain_args(args),
+            "vocab_sizes": vq_ckpt["vocab_sizes"], "dictionary_path": vq_ckpt["dictionary_path"],
+            "vq_vae_path": str(vq_path.resolve()), "vq_vae": fingerprint,
+            "vq_dict": {0: dict(vq_dict[0]), 1: dict(vq_dict[1])}}
+    code = fit(model=model, step_fn=prior_step, train=train, val=val, args=args, out_dir=out_dir,
+               device=device, logger=logger, checkpoint_meta=meta, dist=dist, resume=resume)
+    if code == 0 and dist.is_main:
+        logger.info(f"checkpoints in {out_dir} (best.pt, last.pt)")
+    shutdown(dist)
+    return code
+
+
+if __name__ == "__main__":
+    logging.captureWarnings(True)
+    run_main(main)

@@ -1,0 +1,141 @@
+"""Step 4: generate emotion-conditioned piano music with a trained prior and VQ-VAE.
+
+    python generate.py --VQ_prior Prior_TRANS_CA_GE_emopia --VQ_VAE MusER_TRANS_CA_GE_emopia \
+        --music_file my_run
+
+For each quadrant, the prior samples a sequence of codes after the emotion token; the
+VQ-VAE decodes them step by step (recurrent attention state: constant work per step), many
+pieces per batch. Writes generate_midi/OUT/emotion{q}_{i}.mid, a piano roll of the first
+piece per quadrant, generate_midi/OUT_data.data (the words, for compute_metrics.py) and
+generate_midi/OUT_index.data (the sampled codes).
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from utils.checkpoint import atomic_write_bytes, build_muser, build_prior, load_checkpoint
+from utils.cli import add_common_args, resolve_checkpoint, resolve_device, run_main, str2bool
+from utils.cp import words_to_midi
+from utils.errors import UserError
+from utils.pipeline import codebook_fingerprint
+from utils.sampling import FieldSampling, SamplingParams
+
+SAMPLED_FIELDS = ("tempo", "chord", "bar_beat", "type", "pitch", "duration", "velocity")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Generate music with emotion (step 4 of 4).")
+    parser.add_argument("--VQ_prior", default="Prior_TRANS_CA_GE_emopia",
+                        help="saved_models/NAME/best.pt, a run folder, or a .pt file")
+    parser.add_argument("--VQ_VAE", default="MusER_TRANS_CA_GE_emopia")
+    parser.add_argument("--music_file", default="generated", help="name of the output folder and files")
+    parser.add_argument("--out_root", default="generate_midi")
+    parser.add_argument("--emotion", type=int, nargs="+", default=[1, 2, 3, 4], help="quadrants 1..4")
+    parser.add_argument("--n_per_emotion", type=int, default=100)
+    parser.add_argument("--batch_size", type=int, default=100, help="pieces decoded at once")
+    parser.add_argument("--max_steps", type=int, default=None, help="words per piece (default: model length)")
+    parser.add_argument("--prior_temperature", type=float, default=0.3)
+    parser.add_argument("--prior_top_p", type=float, default=0.9)
+    defaults = SamplingParams()
+    for field in SAMPLED_FIELDS:
+        value: FieldSampling = getattr(defaults, field)
+        parser.add_argument(f"--{field}_temperature", type=float, default=value.temperature)
+        parser.add_argument(f"--{field}_top_p", type=float, default=value.top_p)
+    parser.add_argument("--full_recompute", action="store_true",
+                        help="re-run the whole decoder every step (slow reference path)")
+    parser.add_argument("--piano_rolls", type=str2bool, default=True, help="draw the first piece per quadrant")
+    add_common_args(parser)
+    return parser
+
+
+def check_args(args) -> None:
+    bad = [q for q in args.emotion if q not in (1, 2, 3, 4)]
+    if bad:
+        raise UserError(f"--emotion {' '.join(map(str, bad))}: quadrants are 1, 2, 3 or 4")
+    if args.n_per_emotion <= 0:
+        raise UserError(f"--n_per_emotion must be positive, got {args.n_per_emotion}")
+    if args.batch_size <= 0:
+        raise UserError(f"--batch_size must be positive, got {args.batch_size}")
+
+
+def sampling_from_args(args) -> SamplingParams:
+    return SamplingParams(**{field: FieldSampling(getattr(args, f"{field}_temperature"),
+                                                  getattr(args, f"{field}_top_p"))
+                             for field in SAMPLED_FIELDS})
+
+
+def load_models(args, device):
+    vq_path = resolve_checkpoint(args.VQ_VAE, "--VQ_VAE")
+    prior_path = resolve_checkpoint(args.VQ_prior, "--VQ_prior")
+    vq_ckpt = load_checkpoint(vq_path, "muser", "--VQ_VAE")
+    prior_ckpt = load_checkpoint(prior_path, "prior", "--VQ_prior")
+    vq_vae = build_muser(vq_ckpt, vq_path).to(device).eval()
+    prior = build_prior(prior_ckpt, prior_path).to(device).eval()
+    if prior_ckpt.get("vq_vae") != codebook_fingerprint(vq_vae):
+        raise UserError(f"{prior_path}: this prior was trained on the codes of another VQ-VAE "
+                        f"({prior_ckpt.get('vq_vae_path')}), not {vq_path}")
+    return vq_vae, prior, vq_ckpt, prior_ckpt
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    device = resolve_device(args.device)
+    vq_vae, prior, vq_ckpt, prior_ckpt = load_models(args, device)
+    word2event = vq_ckpt["dictionary"]["word2event"]
+    compact_to_code = torch.tensor([prior_ckpt["vq_dict"][1][i] for i in range(len(prior_ckpt["vq_dict"][1]))],
+                                   device=device)
+    n_steps = args.max_steps or vq_vae.config.max_len
+    sampling = sampling_from_args(args)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+
+    out_dir = Path(args.out_root) / args.music_file
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {"words": [], "emotion": [], "names": [], "dictionary": vq_ckpt["dictionary_path"],
+               "word2event": word2event}
+    indices = {"codes": [], "emotion": [], "names": []}
+    jobs = [(q, start) for q in args.emotion for start in range(0, args.n_per_emotion, args.batch_size)]
+    bar = tqdm(total=len(args.emotion) * args.n_per_emotion, desc="generating", unit="piece")
+    for q, start in jobs:
+        count = min(args.batch_size, args.n_per_emotion - start)
+        emotion = torch.full((count,), q, dtype=torch.long, device=device)
+        compact = prior.generate(emotion, vq_vae.config.max_len, temperature=args.prior_temperature,
+                                 top_p=args.prior_top_p, generator=generator,
+                                 recurrent=not args.full_recompute)
+        latent = vq_vae.latent_from_codes(compact_to_code[compact])
+        pieces = vq_vae.generate(latent, emotion, sampling, generator=generator, max_steps=n_steps,
+                                 recurrent=not args.full_recompute)
+        for i, words in enumerate(pieces):
+            name = f"emotion{q}_{start + i}"
+            midi = words_to_midi(words, word2event, close_empty_bars=True)
+            atomic_write_bytes(out_dir / f"{name}.mid", lambda handle: midi.dump(file=handle))
+            results["words"].append(words)
+            indices["codes"].append(compact[i].cpu().numpy())
+            for record in (results, indices):
+                record["emotion"].append(q)
+                record["names"].append(name)
+        bar.update(count)
+    bar.close()
+
+    root = Path(args.out_root)
+    atomic_write_bytes(root / f"{args.music_file}_data.data", lambda h: pickle.dump(results, h))
+    atomic_write_bytes(root / f"{args.music_file}_index.data", lambda h: pickle.dump(indices, h))
+    if args.piano_rolls:
+        from utils.plotting import plot_piano_roll
+        for q in args.emotion:
+            plot_piano_roll(out_dir / f"emotion{q}_0.mid", out_dir / f"emotion{q}_0.png",
+                            title=f"{args.music_file}: emotion Q{q}, piece 0")
+    n_notes = [int((w[:, 3] == vq_vae.config.type_ids["Note"]).sum()) for w in results["words"]]
+    print(f"wrote {len(results['words'])} pieces to {out_dir} "
+          f"(notes per piece: min {min(n_notes)}, mean {sum(n_notes) / len(n_notes):.0f}, max {max(n_notes)}), "
+          f"words in {root / (args.music_file + '_data.data')}, codes in {root / (args.music_file + '_index.data')}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
