@@ -232,12 +232,17 @@ class MultiHeadAttention(nn.Module):
     def attend_memory(self, x, memory):
         """Cross-attention of one query step x [B, d_model] to a summarised memory."""
         q = self.query_projection(x).view(-1, self.n_heads, self.head_dim)
-        if isinstance(memory, LinearMemory):
-            dtype = q.dtype
-            (q,) = _upcast(feature_map(q))
-            num = torch.einsum("bhd,bhdm->bhm", q, memory.kv)
-            den = (q * memory.k_sum).sum(dim=-1, keepdim=True)
-            out = (num / (den + EPS)).to(dtype)
-        else:
-            out = softmax_attention(q.unsqueeze(2), memory.k, memory.v).squeeze(2)
+        out = attend_summary(q, memory)
         return self.out_projection(out.reshape(-1, self.n_heads * self.head_dim))
+
+
+def attend_summary(q, memory):
+    """Projected queries q [B, H, E] (before the feature map) against a memory summary:
+    LinearMemory (linear attention, O(1) in the memory length) or KVCache (softmax)."""
+    if isinstance(memory, LinearMemory):
+        dtype = q.dtype
+        (q,) = _upcast(feature_map(q))
+        num = torch.einsum("bhd,bhdm->bhm", q, memory.kv)
+        den = (q * memory.k_sum).sum(dim=-1, keepdim=True)
+        return (num / (den + EPS)).to(dtype)
+    return softmax_attention(q.unsqueeze(2), memory.k, memory.v).squeeze(2)

@@ -26,7 +26,8 @@ from torch import nn
 from models.config import (ELEMENTS, EMOTION_FIELD, FIELDS, N_ELEMENTS, TYPE_FIELD,
                            MusERConfig)
 from models.quantizer import EMAVectorQuantizer
-from models.transformer import PositionalEncoding, TransformerStack, select_state
+from models.transformer import (PackedStacks, PositionalEncoding, TransformerStack,
+                                select_state)
 from utils.sampling import SamplingParams, sample_tokens
 
 # Elements whose head is conditioned on the type (all but the type itself).
@@ -373,21 +374,44 @@ class MusER(nn.Module):
 
 
 class RecurrentDecoder:
-    """Step-by-step decoding with recurrent attention state: constant work per step."""
+    """Step-by-step decoding with recurrent attention state: constant work per step.
 
-    def __init__(self, model: MusER, latent):
+    packed=True (used by generate) steps the global decoder and the seven element decoders
+    through PackedStacks (stacked weights, one batched matmul per projection for all seven
+    element decoders); packed=False uses each module's own step (the plain reference form).
+    Both equal the parallel decoder up to floating-point rounding.
+    """
+
+    def __init__(self, model: MusER, latent, packed: bool = True):
         self.model = m = model
         c = m.config
         batch = latent.shape[0]
+        self.packed = packed
         self.latent = latent
         self.z = m._slice_inputs(latent)                              # [B, T, 7, d]
         args = (batch, latent.device, latent.dtype)
-        self.global_state = m.global_decoder.init_state(*args) if m.global_decoder else None
-        self.memory = (m.global_decoder.summarize_memory(m.memory_projection(latent))
-                       if c.conditioning == "CA" else None)
-        self.element_states = ([dec.init_state(*args) for dec in m.element_decoders]
-                               if m.element_decoders is not None else None)
-        self.global_output = None
+        self.global_stack = self.element_stack = None
+        self.global_state = self.memory = self.element_states = None
+        if m.global_decoder is not None:
+            self.global_stack = PackedStacks([m.global_decoder]) if packed else m.global_decoder
+            self.global_state = self.global_stack.init_state(*args)
+            if c.conditioning == "CA":
+                self.memory = self.global_stack.summarize_memory(m.memory_projection(latent))
+        if m.element_decoders is not None:
+            if packed:
+                self.element_stack = PackedStacks(list(m.element_decoders))
+                self.element_states = self.element_stack.init_state(*args)
+            else:
+                self.element_states = [dec.init_state(*args) for dec in m.element_decoders]
+        self.global_output = None   # last global decoder output, kept for inspection
+
+    def _global_step(self, h):
+        if self.packed:
+            h, self.global_state = self.global_stack.step(h.unsqueeze(0), self.global_state,
+                                                          self.memory)
+            return h[0]
+        h, self.global_state = self.global_stack.step(h, self.global_state, self.memory)
+        return h
 
     def step(self, word, t: int):
         """word [b, 8] at position t -> (element states for position t, slices [b, 7, d])."""
@@ -395,19 +419,21 @@ class RecurrentDecoder:
         z = self.z[:, t]
         h = m.decoder_input(m.embeddings(word, range(len(FIELDS))))
         if c.conditioning == "CA":
-            h, self.global_state = m.global_decoder.step(m.decoder_position.step(h, t),
-                                                         self.global_state, self.memory)
+            h = self._global_step(m.decoder_position.step(h, t))
         elif c.conditioning == "CONCAT":
             h = m.concat_projection(torch.cat([h, self.latent[:, t]], dim=-1))
-            h, self.global_state = m.global_decoder.step(m.decoder_position.step(h, t),
-                                                         self.global_state)
-        self.global_output = h      # kept for inspection (tests)
+            h = self._global_step(m.decoder_position.step(h, t))
+        self.global_output = h
         if c.decoding == "G":
             return h, z
+        inputs = m.decoder_position.step(h.unsqueeze(1) + z, t)      # [b, 7, d]
+        if self.packed:
+            states, self.element_states = self.element_stack.step(inputs.transpose(0, 1),
+                                                                  self.element_states)
+            return states.transpose(0, 1), z
         states = []
         for k, decoder in enumerate(m.element_decoders):
-            e, self.element_states[k] = decoder.step(m.decoder_position.step(h + z[:, k], t),
-                                                     self.element_states[k])
+            e, self.element_states[k] = decoder.step(inputs[:, k], self.element_states[k])
             states.append(e)
         return torch.stack(states, dim=-2), z
 
@@ -415,9 +441,17 @@ class RecurrentDecoder:
         """Keep only batch rows `index` (pieces still being generated)."""
         self.latent = self.latent[index]
         self.z = self.z[index]
-        self.global_state = select_state(self.global_state, index)
-        self.memory = select_state(self.memory, index)
-        self.element_states = select_state(self.element_states, index)
+        if self.packed:
+            if self.global_stack is not None:
+                self.global_state = self.global_stack.select(self.global_state, index)
+                if self.memory is not None:
+                    self.memory = self.global_stack.select(self.memory, index)
+            if self.element_stack is not None:
+                self.element_states = self.element_stack.select(self.element_states, index)
+        else:
+            self.global_state = select_state(self.global_state, index)
+            self.memory = select_state(self.memory, index)
+            self.element_states = select_state(self.element_states, index)
 
 
 class FullRecomputeDecoder:

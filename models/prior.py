@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import PriorConfig
-from models.transformer import PositionalEncoding, TransformerStack
+from models.transformer import PackedStacks, PositionalEncoding, TransformerStack
 from utils.sampling import sample_tokens
 
 
@@ -63,13 +63,15 @@ class Prior(nn.Module):
         batch = emotion.shape[0]
         tokens = torch.empty(batch, n_steps + 1, dtype=torch.long, device=device)
         tokens[:, 0] = self.emotion_token(emotion)
-        state = self.transformer.init_state(batch, device, self.head.weight.dtype) if recurrent else None
+        if recurrent:
+            stack = PackedStacks([self.transformer])
+            state = stack.init_state(batch, device, self.head.weight.dtype)
         try:
             for t in range(n_steps):
                 if recurrent:
                     h = self.position.step(self._embed(tokens[:, t]), t)
-                    h, state = self.transformer.step(h, state)
-                    logits = self.head(h)
+                    h, state = stack.step(h.unsqueeze(0), state)
+                    logits = self.head(h[0])
                 else:
                     logits = self.logits(tokens[:, : t + 1])[:, -1]
                 tokens[:, t + 1] = sample_tokens(logits, temperature, top_p, generator)

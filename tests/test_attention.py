@@ -7,7 +7,7 @@ import torch
 from models.attention import (EPS, LinearState, MultiHeadAttention, causal_linear_attention,
                               causal_linear_step, feature_map, linear_attention,
                               softmax_attention)
-from models.transformer import PositionalEncoding, TransformerStack, select_state
+from models.transformer import PackedStacks, PositionalEncoding, TransformerStack, select_state
 
 
 def random_qkv(batch=2, heads=3, length=21, d=5, m=4, source=None, seed=0):
@@ -164,3 +164,25 @@ def test_select_state_keeps_rows():
     state = [LinearState(torch.arange(4.0).view(4, 1, 1, 1), torch.arange(4.0).view(4, 1, 1))]
     kept = select_state(state, torch.tensor([3, 1]))
     assert kept[0].kv.flatten().tolist() == [3.0, 1.0]
+
+
+@pytest.mark.parametrize("self_kind,cross_kind", STACKS)
+def test_packed_stacks_step_equals_each_stack(self_kind, cross_kind):
+    """Three stacks with different weights stepped together equal each one run alone."""
+    torch.manual_seed(0)
+    stacks = [TransformerStack(16, 2, 4, self_kind, cross_kind).double().eval() for _ in range(3)]
+    packed = PackedStacks(stacks)
+    x = torch.randn(3, 4, 66, 16, dtype=torch.float64)
+    memory = torch.randn(3, 4, 9, 16, dtype=torch.float64) if cross_kind else None
+    parallel = [s(x[g], None if memory is None else memory[g]) for g, s in enumerate(stacks)]
+    state = packed.init_state(4, x.device, x.dtype)
+    summary = packed.summarize_memory(memory) if cross_kind else None
+    keep = torch.tensor([3, 0])
+    for t in range(66):
+        if t == 40:                          # drop rows mid-way, as generation does
+            state = packed.select(state, keep)
+            summary = packed.select(summary, keep) if cross_kind else None
+            x, parallel = x[:, keep], [p[keep] for p in parallel]
+        out, state = packed.step(x[:, :, t], state, summary)
+        for g in range(3):
+            assert torch.allclose(out[g], parallel[g][:, t], atol=1e-10), (t, g)

@@ -257,8 +257,9 @@ def test_decoding_is_causal(variant):
     assert not torch.allclose(a[:, 30:], b[:, 30:])
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["module-steps", "packed"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_recurrent_steps_equal_parallel_decoding(variant):
+def test_recurrent_steps_equal_parallel_decoding(variant, packed):
     """Global decoder, every element decoder and every head, step by step over 72 steps."""
     torch.manual_seed(0)
     config = tiny(*variant, max_len=72)
@@ -268,7 +269,7 @@ def test_recurrent_steps_equal_parallel_decoding(variant):
     global_parallel = model.global_decode(x, latent)
     states, z = model.decode(x, latent)
     log_probs = model.element_log_probs(x, y, latent)
-    decoder = RecurrentDecoder(model, latent)
+    decoder = RecurrentDecoder(model, latent, packed=packed)
     for t in range(config.max_len):
         step_states, step_z = decoder.step(x[:, t], t)
         assert torch.allclose(decoder.global_output, global_parallel[:, t], atol=1e-9), t
