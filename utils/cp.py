@@ -36,6 +36,7 @@ ELEMENTS = FIELDS[:7]          # the seven musical elements, latent slice k = [1
 TYPE_FIELD = 3                 # column of `type` in a word
 EMOTION_FIELD = 7
 EVENT_TYPES = ("EOS", "Emotion", "Metrical", "Note")
+EMOTIONS = (0, 1, 2, 3, 4)     # emotion field: 0 unlabeled, 1..4 quadrants Q1..Q4
 
 BAR_TICKS = 4 * TICKS_PER_BEAT          # 1920: bars are 4 beats
 GRID_TICKS = TICKS_PER_BEAT // 4        # 120: 16 positions per bar
