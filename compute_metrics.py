@@ -9,7 +9,8 @@ quadrant; with --evaluator, how often the generated pieces carry the emotion ask
     python compute_metrics.py --generated generate_midi/OUT_data.data --evaluator saved_models/emotion_evaluator.json
 
 Writes OUT_DIR/metrics.md, metrics.csv (one row per source, quadrant and metric),
-per_piece.csv and violins.png; prints the Markdown.
+per_piece.csv, violins.png and piano_rolls/*.png; prints the Markdown. The emotion
+evaluator comes from train_evaluator.py.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from utils import metrics as M
 from utils.cli import run_main
 from utils.errors import UserError
 from utils.piece_io import load_dataset_pieces, load_generated
-from utils.plotting import plot_element_violins
+from utils.plotting import plot_element_violins, plot_piano_roll
 
 GROUPS = ("Q1", "Q2", "Q3", "Q4", "all")
 
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluator", default=None,
                    help="emotion evaluator file from train_evaluator.py (adds the emotion table)")
     p.add_argument("--out_dir", default="metrics", help="output folder (default metrics/)")
+    p.add_argument("--piano_rolls", type=int, default=1,
+                   help="piano-roll PNGs of the first N generated pieces per quadrant (default 1)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return p
 
@@ -134,12 +137,20 @@ def main(argv=None) -> int:
     violins = plot_element_violins({s: element_groups(p) for s, p in sources.items()},
                                    out_dir / "violins.png",
                                    title="element distributions per quadrant")
+    rolls = []
+    for q in range(1, 5):
+        chosen = [p for p in sources.get("generated", []) if p.emotion == q][:max(args.piano_rolls, 0)]
+        for piece in chosen:
+            stem = Path(piece.name).stem or f"emotion{q}"
+            rolls.append(plot_piano_roll(piece, out_dir / "piano_rolls" / f"{stem}.png",
+                                         title=f"generated, asked Q{q}: {piece.name}"))
     counts = ", ".join(f"{s}: {len(p)} pieces ("
                        + "/".join(str(sum(x.emotion == q for x in p)) for q in range(1, 5))
                        + " in Q1/Q2/Q3/Q4)" for s, p in sources.items())
     text = ["# Objective metrics", "", counts, "",
             "Mean ± std over pieces (ddof 0); empty pieces and undefined values are left out.",
-            "", metrics_markdown(summaries), "", f"Violin plots: {violins.name}"]
+            "", metrics_markdown(summaries), "", f"Violin plots: {violins.name}"
+            + (f"; piano rolls: piano_rolls/ ({len(rolls)})" if rolls else "")]
     if evaluator is not None:
         matches = {s: E.emotion_match(evaluator, E.feature_matrix(p), [x.emotion for x in p])
                    for s, p in sources.items()}

@@ -29,7 +29,7 @@ from utils import metrics as M
 from utils.errors import UserError
 
 FORMAT = "muser-emotion-evaluator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1   # bump whenever a feature's definition changes
 HEADS = ("quadrant", "arousal", "valence")
 HIGH_AROUSAL = (1, 2)
 POSITIVE_VALENCE = (1, 4)
@@ -70,13 +70,34 @@ def _fractions(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return counts / max(len(values), 1)
 
 
+def quantised_notes(notes: np.ndarray) -> np.ndarray:
+    """Notes on the CP grid, as the CP encoding would store them: onsets rounded to 120
+    ticks, durations min(d, 1920) rounded to 120 (0 read back as 60, like the decoder),
+    velocities snapped to their bin (even numbers, at least 40).
+
+    Identity for pieces decoded from CP words; makes raw (performed) MIDI comparable.
+    """
+    notes = np.array(notes, dtype=np.int64).reshape(-1, 4)
+    grid = M.TICKS_PER_POSITION
+    start = np.round(notes[:, 1] / grid).astype(np.int64) * grid
+    duration = np.round(np.minimum(notes[:, 2] - notes[:, 1], M.TICKS_PER_BAR) / grid)
+    duration = duration.astype(np.int64) * grid
+    notes[:, 1] = start
+    notes[:, 2] = start + np.where(duration > 0, duration, grid // 2)
+    # Velocity bins are the even numbers (ties go down), at least 40.
+    notes[:, 3] = np.maximum(notes[:, 3] - notes[:, 3] % 2, 40)
+    return notes
+
+
 def piece_features(piece: M.Piece) -> np.ndarray:
     """The feature vector of one piece, in the order of `FEATURES` (finite floats).
+
+    Computed on the piece's notes snapped to the CP grid (`quantised_notes`).
 
     Undefined values (an empty piece's metrics, a piece without chords) become 0: the
     standardisation then reads them as "no evidence" rather than failing.
     """
-    notes = piece.notes
+    notes = quantised_notes(piece.notes)
     pitch, start, end, velocity = (notes[:, k].astype(float) for k in range(4))
     n_bars = piece.n_bars
     onsets = np.unique(start)
@@ -229,7 +250,7 @@ class EmotionEvaluator:
             raise UserError(f"{path}: not an emotion evaluator (not JSON)") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UserError(f"{path}: not an emotion evaluator file")
-        if data.get("features") != FEATURES:
+        if data.get("version") != FORMAT_VERSION or data.get("features") != FEATURES:
             raise UserError(f"{path}: evaluator was trained on a different feature set; "
                             f"retrain it with train_evaluator.py")
         heads = {name: LinearHead(classes=h["classes"], coef=np.asarray(h["coef"], dtype=float),

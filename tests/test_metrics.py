@@ -136,7 +136,8 @@ def _generated_like(sample_npz, tmp_path):
     folder = tmp_path / "generated"
     folder.mkdir()
     words, emotion, names = [], [], []
-    for i, row in enumerate([0, 9, 17, 25]):
+    first_of_each_quadrant = [int(np.flatnonzero(data.emotion == q)[0]) for q in (1, 2, 3, 4)]
+    for i, row in enumerate(first_of_each_quadrant):
         w = dataset_words(data, row)
         q = int(data.emotion[row])
         words_to_midi(w, data.word2event, path=folder / f"emotion{q}_{i}.mid", close_empty_bars=True)
@@ -163,6 +164,7 @@ def test_compute_metrics_script(sample_npz, tmp_path, capsys):
     data_all = [r for r in rows if r["source"] == "data" and r["quadrant"] == "all"]
     assert len(data_all) == len(M.METRICS) and all(int(r["n"]) == 32 for r in data_all)
     assert (out / "violins.png").stat().st_size > 10000 and (out / "metrics.md").is_file()
+    assert len(list((out / "piano_rolls").glob("emotion*.png"))) == 4  # one per quadrant
 
     # The words pickle gives the same numbers as the MIDI files written from it.
     out2 = tmp_path / "m2"

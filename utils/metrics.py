@@ -216,11 +216,13 @@ def _rescale(ticks, ticks_per_beat: int):
     return round(ticks * TICKS_PER_BEAT / ticks_per_beat)
 
 
-def piece_from_midi(midi, emotion: int = 0, name: str = "") -> Piece:
+def piece_from_midi(midi, emotion: int = 0, name: str = "", analyse_chords: bool = False) -> Piece:
     """A `Piece` from a MIDI path or a miditoolkit MidiFile (first non-drum track).
 
     Times are rescaled to 480 ticks per beat; chords are read from the markers the CP
-    decoder writes (any marker whose text parses as a chord name).
+    decoder writes (any marker whose text parses as a chord name). With `analyse_chords`,
+    a file without such markers (e.g. a raw EMOPIA clip) gets the per-beat chord analysis
+    of the CP encoding instead, so its chord statistics compare with the CP data's.
     """
     import miditoolkit
 
@@ -243,6 +245,8 @@ def piece_from_midi(midi, emotion: int = 0, name: str = "") -> Piece:
         notes = notes[np.lexsort((-notes[:, 0], notes[:, 1]))]
     tempos = np.asarray([t.tempo for t in midi.tempo_changes], dtype=np.float64)
     chords = [m.text for m in midi.markers if chord_quality(m.text) is not None]
+    if analyse_chords and not chords and len(notes):
+        chords = analysed_chords(notes)
     return Piece(notes=notes, tempos=tempos, chords=chords, emotion=int(emotion), name=name)
 
 
@@ -259,6 +263,17 @@ def piece_from_words(words, word2event, emotion: int | None = None, name: str = 
         emotion = int(words[0, EMOTION_FIELD]) if len(words) else 0
     midi = words_to_midi(words, word2event, close_empty_bars=close_empty_bars)
     return piece_from_midi(midi, emotion=emotion, name=name)
+
+
+def analysed_chords(notes) -> list[str]:
+    """Chord names at every change of the per-beat chord analysis (as the CP encoding keeps)."""
+    from utils.chords import chords_per_beat
+
+    arr = as_note_array(notes)
+    per_beat = chords_per_beat(arr[:, 1], arr[:, 2], arr[:, 0], int(arr[:, 2].max()),
+                               TICKS_PER_BEAT)
+    changes = [c for i, c in enumerate(per_beat) if i == 0 or c != per_beat[i - 1]]
+    return [c for c in changes if chord_quality(c) is not None]
 
 
 _CHORD_RE = re.compile(r"^(?:Chord_)?([A-G]#?)_([^_]+)(?:_.*)?$")

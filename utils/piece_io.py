@@ -27,15 +27,20 @@ def quadrant_from_name(name: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def load_midi_folder(folder) -> list[Piece]:
-    """Every .mid/.midi file of a folder (sorted by name), quadrant from the file name."""
+def load_midi_folder(folder, analyse_chords: bool = True) -> list[Piece]:
+    """Every .mid/.midi file of a folder (sorted by name), quadrant from the file name.
+
+    Files without chord markers get the CP encoding's chord analysis (see
+    `metrics.piece_from_midi`); generated files carry the decoder's markers already.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".mid", ".midi"))
     if not files:
         raise UserError(f"{folder}: no .mid files in this folder")
-    return [piece_from_midi(p, emotion=quadrant_from_name(p.name), name=p.name) for p in files]
+    return [piece_from_midi(p, emotion=quadrant_from_name(p.name), name=p.name,
+                            analyse_chords=analyse_chords) for p in files]
 
 
 def read_words_pickle(path) -> dict:
