@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from utils import metrics as M  # noqa: E402
 
@@ -22,6 +23,7 @@ QUADRANT_NAMES = {1: "Q1 (V+ A+)", 2: "Q2 (V- A+)", 3: "Q3 (V- A-)", 4: "Q4 (V+ 
 # The six quadrant pairs of the paper's t-SNE figure: Q1-Q2 and Q3-Q4 differ in valence,
 # Q1-Q4 and Q2-Q3 in arousal, Q1-Q3 and Q2-Q4 in both.
 TSNE_PAIRS = ((1, 2), (1, 4), (1, 3), (3, 4), (2, 3), (2, 4))
+LOSS_COLUMNS = ("loss", "recon", "vq", "reg")
 
 
 def _save(fig, path) -> Path:
@@ -173,9 +175,12 @@ def plot_loss_curves(log_path, path, title: str | None = None) -> Path:
     if not columns:
         from utils.errors import UserError
         raise UserError(f"{log_path}: training log has no numeric rows to plot")
-    cols = min(3, len(columns))
+    # The headline losses first, then the rest in log order.
+    columns = [c for c in LOSS_COLUMNS if c in columns] + [c for c in columns if c not in LOSS_COLUMNS]
+    cols = min(4 if len(columns) > 9 else 3, len(columns))
     rows = math.ceil(len(columns) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False,
+                             layout="constrained")
     for ax, column in zip(axes.flat, columns):
         for split, split_series in series.items():
             if column in split_series:
@@ -185,12 +190,12 @@ def plot_loss_curves(log_path, path, title: str | None = None) -> Path:
         ax.set_title(column)
         ax.set_xlabel("epoch")
         ax.set_ylabel(column)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
-    fig.suptitle(title or Path(log_path).name)
-    fig.tight_layout()
+    fig.suptitle(title or f"training log {Path(log_path).name}")
     return _save(fig, path)
 
 
