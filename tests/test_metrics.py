@@ -168,7 +168,8 @@ def test_compute_metrics_script(sample_npz, tmp_path, capsys):
 
     # The words pickle gives the same numbers as the MIDI files written from it.
     out2 = tmp_path / "m2"
-    assert compute_metrics.main(["--generated", str(pickle_path), "--out_dir", str(out2)]) == 0
+    assert compute_metrics.main(["--generated", str(pickle_path), "--out_dir", str(out2),
+                                 "--piano_rolls", "0"]) == 0
     from_pickle = [r for r in csv.DictReader(open(out2 / "metrics.csv"))]
     from_midi = [r for r in rows if r["source"] == "generated"]
     assert from_pickle == from_midi
@@ -189,6 +190,6 @@ def test_compute_metrics_with_evaluator(sample_npz, tmp_path, capsys):
     ev = tmp_path / "ev.json"
     train_evaluator.main(["--data_path", str(sample_npz), "--out", str(ev), "--split", "clip"])
     assert compute_metrics.main(["--generated", str(folder), "--evaluator", str(ev),
-                                 "--out_dir", str(tmp_path / "m")]) == 0
+                                 "--out_dir", str(tmp_path / "m"), "--piano_rolls", "0"]) == 0
     text = (tmp_path / "m" / "metrics.md").read_text()
     assert "## Emotion evaluator" in text and "| generated | all | 4 |" in text
