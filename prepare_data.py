@@ -160,6 +160,7 @@ def local_words(events, keep: int):
 
 
 def to_dictionary_words(local_values, codes, event2word) -> np.ndarray:
+    """Dictionary indices [<=1022, 8] of a piece sent as `local_words` codes."""
     words = np.empty(codes.shape, dtype=np.int64)
     for k, name in enumerate(cp.FIELDS):
         table = np.array([event2word[name][v] for v in local_values[k]], dtype=np.int64)
@@ -220,7 +221,7 @@ def encode_all(jobs, workers: int, event2word):
 
 
 # ---------------------------------------------------------------------------------------
-# Outputs
+# The run: inputs -> encoded clips -> dictionary -> the three output files
 # ---------------------------------------------------------------------------------------
 def run(args) -> int:
     start = time.perf_counter()
