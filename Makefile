@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 DEMO := demo_run
 DEMO_EPOCHS ?= 150
 PRIOR_EPOCHS ?= 150
-# Fill every core for the small CPU matrices of the tiny preset, but no more.
-export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
+# The tiny preset gains nothing from intra-op threads, and spin-waiting OpenMP threads
+# slow small ops down badly on a busy machine: one thread per process.
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: demo test venv clean-demo
 

@@ -1,7 +1,14 @@
 """Shared fixtures. Data from ../shared is optional: tests that need it skip with a reason."""
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP threads that
+# spin-wait for a core make each small op 10-50x slower. Subprocesses inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
