@@ -6,8 +6,10 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo_run
-DEMO_EPOCHS ?= 150
-PRIOR_EPOCHS ?= 150
+DEMO_EPOCHS ?= 60
+PRIOR_EPOCHS ?= 60
+# The demo trains a tiny model for about a minute: a 10x learning rate and 256-step pieces.
+DEMO_FLAGS := --preset tiny --max_len 256 --lr 1e-3
 # The tiny preset gains nothing from intra-op threads, and spin-waiting OpenMP threads
 # slow small ops down badly on a busy machine: one thread per process.
 export OMP_NUM_THREADS ?= 1
@@ -27,13 +29,13 @@ test: venv
 
 demo: venv
 	$(PY) prepare_data.py --midi_dir data/sample/midis --out_dir $(DEMO)/data --name emopia
-	$(PY) MusER.py --data_path $(DEMO)/data/emopia_data.npz --dataset emopia --preset tiny \
+	$(PY) MusER.py --data_path $(DEMO)/data/emopia_data.npz --dataset emopia $(DEMO_FLAGS) \
 		--Epoch $(DEMO_EPOCHS) --model_path $(DEMO)/saved_models/MusER_TRANS_CA_GE_emopia --overwrite
 	$(PY) VQ_explore.py --data_path $(DEMO)/data/emopia_data.npz \
 		--VQ_VAE $(DEMO)/saved_models/MusER_TRANS_CA_GE_emopia --plot_flag True \
 		--vq_dict_path $(DEMO)/data/MusER_TRANS_CA_GE_emopia_VQ_dict.data \
 		--figure_dir $(DEMO)/figures/MusER_TRANS_CA_GE_emopia
-	$(PY) Prior_train.py --data_path $(DEMO)/data/emopia_data.npz --dataset emopia --preset tiny \
+	$(PY) Prior_train.py --data_path $(DEMO)/data/emopia_data.npz --dataset emopia --preset tiny --lr 1e-3 \
 		--VQ_VAE $(DEMO)/saved_models/MusER_TRANS_CA_GE_emopia \
 		--vq_dict_path $(DEMO)/data/MusER_TRANS_CA_GE_emopia_VQ_dict.data \
 		--Epoch $(PRIOR_EPOCHS) --model_path $(DEMO)/saved_models/Prior_TRANS_CA_GE_emopia --overwrite
