@@ -130,6 +130,17 @@ class LinearMemory:
         return LinearMemory(self.kv[index], self.k_sum[index])
 
 
+def init_state(kind: str, batch: int, heads: int, head_dim: int, device, dtype):
+    """Empty recurrent state of causal self-attention of `kind`."""
+    if kind == "causal-linear":
+        return LinearState(torch.zeros(batch, heads, head_dim, head_dim, device=device, dtype=dtype),
+                           torch.zeros(batch, heads, head_dim, device=device, dtype=dtype))
+    if kind == "causal-softmax":
+        empty = torch.zeros(batch, heads, 0, head_dim, device=device, dtype=dtype)
+        return KVCache(empty, empty)
+    raise ValueError(f"{kind} attention has no recurrent form")
+
+
 def causal_linear_step(q, k, v, state: LinearState, eps: float = EPS):
     """One step of causal-linear attention. q, k: phi-mapped [B, H, D]; v: [B, H, M]."""
     dtype = v.dtype
@@ -193,15 +204,7 @@ class MultiHeadAttention(nn.Module):
 
     def init_state(self, batch: int, device, dtype):
         """Empty recurrent state for causal self-attention."""
-        if self.kind == "causal-linear":
-            return LinearState(
-                torch.zeros(batch, self.n_heads, self.head_dim, self.head_dim, device=device,
-                            dtype=dtype),
-                torch.zeros(batch, self.n_heads, self.head_dim, device=device, dtype=dtype))
-        if self.kind == "causal-softmax":
-            empty = torch.zeros(batch, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)
-            return KVCache(empty, empty)
-        raise ValueError(f"{self.kind} attention has no recurrent form")
+        return init_state(self.kind, batch, self.n_heads, self.head_dim, device, dtype)
 
     def step(self, x, state):
         """Causal self-attention for one new step. x [B, d_model] -> ([B, d_model], state)."""

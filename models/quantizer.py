@@ -53,9 +53,11 @@ class EMAVectorQuantizer(nn.Module):
             dist.all_reduce(counts)
             dist.all_reduce(sums)
         self.ema_steps += 1
-        correction = 1.0 - self.decay ** self.ema_steps.item()
+        # A tensor, not a Python float: no host sync and no graph break under torch.compile.
+        correction = 1.0 - self.decay ** self.ema_steps.double()
         self.ema_count_hidden.sub_((self.ema_count_hidden - counts) * (1.0 - self.decay))
         self.ema_sum_hidden.sub_((self.ema_sum_hidden - sums) * (1.0 - self.decay))
+        correction = correction.to(flat.dtype)
         count = self.ema_count_hidden / correction
         total = count.sum()
         # Laplace smoothing keeps unused codes from dividing by zero.

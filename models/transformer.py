@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import (KVCache, MultiHeadAttention, attend_summary, causal_linear_step,
-                              feature_map, softmax_attention)
+                              feature_map, init_state, softmax_attention)
 
 
 class PositionalEncoding(nn.Module):
@@ -197,8 +197,8 @@ class PackedStacks:
 
     def init_state(self, batch: int, device, dtype) -> list:
         """Per-layer states for G x batch rows (group-major)."""
-        attention = MultiHeadAttention(self.d_model, self.n_heads, self.kind)
-        return [attention.init_state(self.groups * batch, device, dtype) for _ in self.layers]
+        return [init_state(self.kind, self.groups * batch, self.n_heads, self.head_dim, device,
+                           dtype) for _ in self.layers]
 
     @torch.no_grad()
     def summarize_memory(self, memory) -> list:

@@ -342,3 +342,14 @@ def test_generation_reproducible_with_seed():
     a = model.generate(latent, [1, 4], generator=torch.Generator().manual_seed(3), max_steps=20)
     b = model.generate(latent, [1, 4], generator=torch.Generator().manual_seed(3), max_steps=20)
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
+
+
+def test_forward_backward_under_bf16_autocast():
+    torch.manual_seed(0)
+    config = tiny()
+    model = MusER(config).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(*batch_for(config))
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
