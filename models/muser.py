@@ -321,13 +321,15 @@ class MusER(nn.Module):
     @torch.no_grad()
     def generate(self, latent, emotion, sampling: SamplingParams | None = None,
                  generator: torch.Generator | None = None, max_steps: int | None = None,
-                 recurrent: bool = True) -> list[np.ndarray]:
+                 recurrent: bool = True, recompute: str = "window") -> list[np.ndarray]:
         """Decode latents [B, T, latent_dim] into words, all pieces as one batch.
 
         Each piece starts from an Emotion word with emotion[b] (1..4) and stops at EOS or
         after max_steps new words (default T - 1, at most T). Returns per piece an int array
         [T_b, 8]: the Emotion word, the generated words, and the EOS word if reached.
-        recurrent=False recomputes the whole prefix every step (reference path, O(T^2)).
+        recurrent=False re-runs the parallel decoder every step (reference path, O(T^2)):
+        over the whole T-step window as the authors do (recompute="window"), or over the
+        words so far (recompute="prefix"). All paths give the same words for the same seed.
         """
         type_ids = self.config.type_ids
         if type_ids is None:
@@ -345,7 +347,8 @@ class MusER(nn.Module):
         words[:, 0, EMOTION_FIELD] = emotion
         lengths = torch.full((batch,), steps + 1, dtype=torch.long)
         active = torch.arange(batch, device=device)
-        decoder = (RecurrentDecoder if recurrent else FullRecomputeDecoder)(self, latent)
+        decoder = (RecurrentDecoder(self, latent) if recurrent
+                   else FullRecomputeDecoder(self, latent, recompute))
         try:
             for t in range(steps):
                 states, z = decoder.step(words[active, t] if recurrent else words[active, : t + 1], t)
@@ -455,13 +458,23 @@ class RecurrentDecoder:
 
 
 class FullRecomputeDecoder:
-    """Reference path: re-run the parallel decoder on the whole prefix every step."""
+    """Reference path: re-run the parallel decoder every step.
 
-    def __init__(self, model: MusER, latent):
+    window="window" decodes the whole T-step buffer (the words so far, zeros after them),
+    as the authors' generation does; window="prefix" decodes only the words so far.
+    Causality makes both give the same outputs; they differ only in cost.
+    """
+
+    def __init__(self, model: MusER, latent, window: str = "window"):
+        if window not in ("window", "prefix"):
+            raise ValueError(f"recompute must be 'window' or 'prefix', got {window!r}")
         self.model = model
         self.latent = latent
+        self.window = window
 
     def step(self, prefix, t: int):
+        if self.window == "window":
+            prefix = F.pad(prefix, (0, 0, 0, self.latent.shape[1] - prefix.shape[1]))
         states, z = self.model.decode(prefix, self.latent)
         return states[:, t], z[:, t]
 

@@ -48,12 +48,17 @@ class Prior(nn.Module):
 
     @torch.no_grad()
     def generate(self, emotion, n_steps: int, temperature: float = 0.3, top_p: float = 0.9,
-                 generator: torch.Generator | None = None, recurrent: bool = True):
+                 generator: torch.Generator | None = None, recurrent: bool = True,
+                 recompute: str = "window"):
         """Sample compact codes [B, n_steps] after the emotion tokens of emotion [B] (1..4).
 
         recurrent=True carries the attention state step to step (constant work per step);
-        recurrent=False re-runs the whole prefix each step (reference path).
+        recurrent=False re-runs the transformer every step (reference path): over the
+        whole n_steps window, zeros after the current step, as the authors do
+        (recompute="window"), or over the tokens so far (recompute="prefix").
         """
+        if recompute not in ("window", "prefix"):
+            raise ValueError(f"recompute must be 'window' or 'prefix', got {recompute!r}")
         if n_steps > self.config.max_len:
             raise ValueError(f"n_steps {n_steps} exceeds the prior's max_len {self.config.max_len}")
         was_training = self.training
@@ -61,7 +66,7 @@ class Prior(nn.Module):
         device = self.head.weight.device
         emotion = torch.as_tensor(emotion, device=device).long().reshape(-1)
         batch = emotion.shape[0]
-        tokens = torch.empty(batch, n_steps + 1, dtype=torch.long, device=device)
+        tokens = torch.zeros(batch, n_steps + 1, dtype=torch.long, device=device)
         tokens[:, 0] = self.emotion_token(emotion)
         if recurrent:
             stack = PackedStacks([self.transformer])
@@ -73,7 +78,8 @@ class Prior(nn.Module):
                     h, state = stack.step(h.unsqueeze(0), state)
                     logits = self.head(h[0])
                 else:
-                    logits = self.logits(tokens[:, : t + 1])[:, -1]
+                    window = n_steps if recompute == "window" else t + 1
+                    logits = self.logits(tokens[:, :window])[:, t]
                 tokens[:, t + 1] = sample_tokens(logits, temperature, top_p, generator)
         finally:
             self.train(was_training)

@@ -306,10 +306,11 @@ def test_generate_recurrent_equals_full_recompute(variant):
     latent = model.latent_from_codes(torch.randint(0, config.codebook_size, (4, config.max_len)))
     emotion = torch.tensor([1, 2, 3, 4])
     runs = [model.generate(latent, emotion, generator=torch.Generator().manual_seed(5),
-                           recurrent=recurrent) for recurrent in (True, False)]
+                           recurrent=recurrent, recompute=recompute)
+            for recurrent, recompute in ((True, "window"), (False, "window"), (False, "prefix"))]
     assert len(runs[0]) == 4
-    for a, b in zip(*runs):
-        assert a.shape == b.shape and np.array_equal(a, b)
+    for a, b, c in zip(*runs):
+        assert a.shape == b.shape == c.shape and np.array_equal(a, b) and np.array_equal(a, c)
     for piece, q in zip(runs[0], emotion.tolist()):
         assert piece[0, 3] == TYPE_IDS["Emotion"] and piece[0, 7] == q
         assert (piece[1:, 7] == 0).all()

@@ -50,9 +50,10 @@ def test_generate_recurrent_equals_full_recompute_and_is_seeded():
     prior = Prior(tiny()).double()
     emotion = torch.tensor([1, 2, 3, 4])
     runs = [prior.generate(emotion, 64, generator=torch.Generator().manual_seed(2),
-                           recurrent=recurrent) for recurrent in (True, False)]
+                           recurrent=recurrent, recompute=recompute)
+            for recurrent, recompute in ((True, "window"), (False, "window"), (False, "prefix"))]
     assert runs[0].shape == (4, 64)
-    assert torch.equal(runs[0], runs[1])
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
     assert runs[0].min() >= 0 and runs[0].max() < 40
     again = prior.generate(emotion, 64, generator=torch.Generator().manual_seed(2))
     other = prior.generate(emotion, 64, generator=torch.Generator().manual_seed(3))
