@@ -260,9 +260,18 @@ def test_decoding_is_causal(variant):
 @pytest.mark.parametrize("packed", [False, True], ids=["module-steps", "packed"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_recurrent_steps_equal_parallel_decoding(variant, packed):
+    check_recurrent_equals_parallel(tiny(*variant, max_len=72), packed)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["module-steps", "packed"])
+def test_recurrent_steps_equal_parallel_with_softmax_attention(packed):
+    check_recurrent_equals_parallel(tiny(max_len=72, attention="softmax",
+                                         decoder_attention="causal-softmax"), packed)
+
+
+def check_recurrent_equals_parallel(config, packed):
     """Global decoder, every element decoder and every head, step by step over 72 steps."""
     torch.manual_seed(0)
-    config = tiny(*variant, max_len=72)
     model = MusER(config).double().eval()
     x, y, _, _ = batch_for(config)
     latent = torch.randn(3, config.max_len, config.latent_dim, dtype=torch.float64)
