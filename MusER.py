@@ -9,15 +9,16 @@ DIR/loss_curves.png; DIR defaults to saved_models/{model name}_{dataset}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 
 from models.config import PRESETS, MusERConfig
 from models.muser import MusER
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, model_vocabulary
 from utils.cli import add_common_args, resolve_device, run_main, seed_everything, setup_logging, str2bool
 from utils.cp import ELEMENTS, type_index, vocab_sizes
-from utils.data import load_cp_dataset
+from utils.data import check_model_vocabulary, load_cp_dataset
 from utils.distributed import init_distributed, local_device, shutdown
 from utils.pipeline import (add_config_flags, check_run_dir, config_from_args, dataset_tensors,
                             plain_args, run_dir)
@@ -75,9 +76,9 @@ def main(argv=None) -> int:
     type_ids = {name: type_index(data.event2word, name) for name in ("EOS", "Emotion", "Metrical", "Note")}
     config = config_from_args(MusERConfig, args, args.preset, vocab_sizes=vocab_sizes(data.event2word),
                               type_ids=type_ids)
-    if config.reg_target == "value":
+    if config.reg_target == "value":  # replace() re-runs the config's checks on the tables
         from models.muser import value_tables
-        config.value_tables = value_tables(data.word2event)
+        config = dataclasses.replace(config, value_tables=value_tables(data.word2event))
 
     out_dir = run_dir(args.model_path, f"{config.name}_{args.dataset}")
     resume_path = check_run_dir(out_dir, args.resume, args.overwrite) if dist.is_main else None
@@ -86,7 +87,9 @@ def main(argv=None) -> int:
     logger = setup_logging(args.log_path or out_dir / "train.log", dist.rank)
     resume = load_checkpoint(resume_path, "muser") if resume_path else None
     if resume is not None:
-        config = MusERConfig.from_dict(resume["config"])  # a resumed run keeps its model
+        # A resumed run keeps its model, which must read data in its own vocabulary.
+        check_model_vocabulary(data.dictionary_path, data.event2word, **model_vocabulary(resume))
+        config = MusERConfig.from_dict(resume["config"])
 
     tensors = dataset_tensors(data, config.max_len)
     train_idx, val_idx = split_indices(len(data.x), args.val_split, args.seed)
