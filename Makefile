@@ -42,10 +42,17 @@ demo: venv
 	$(PY) generate.py --VQ_prior $(DEMO)/saved_models/Prior_TRANS_CA_GE_emopia \
 		--VQ_VAE $(DEMO)/saved_models/MusER_TRANS_CA_GE_emopia --music_file demo \
 		--out_root $(DEMO)/generate_midi --n_per_emotion 4
+	$(PY) train_evaluator.py --data_path $(DEMO)/data/emopia_data.npz --split clip \
+		--out $(DEMO)/saved_models/emotion_evaluator.json
 	$(PY) compute_metrics.py --generated $(DEMO)/generate_midi/demo_data.data \
-		--data_path $(DEMO)/data/emopia_data.npz --out_dir $(DEMO)/metrics
+		--data_path $(DEMO)/data/emopia_data.npz --out_dir $(DEMO)/metrics \
+		--evaluator $(DEMO)/saved_models/emotion_evaluator.json
+	$(PY) element_transfer.py --VQ_VAE $(DEMO)/saved_models/MusER_TRANS_CA_GE_emopia \
+		--data_path $(DEMO)/data/emopia_data.npz --source Q4 --target Q1 --elements velocity \
+		--n_pieces 2 --evaluator $(DEMO)/saved_models/emotion_evaluator.json --out_dir $(DEMO)/transfer
 	@echo; echo "Generated MIDI:"; ls $(DEMO)/generate_midi/demo/*.mid
 	@echo; echo "Figures:"; find $(DEMO) -name '*.png' | sort
+	@echo; echo "Tables: $(DEMO)/metrics/metrics.md $(DEMO)/transfer/transfer.md $(DEMO)/figures/MusER_TRANS_CA_GE_emopia/silhouette.md"
 
 clean-demo:
 	rm -rf $(DEMO)
