@@ -141,7 +141,10 @@ class MusER(nn.Module):
         # Encoder over the target words (no emotion field).
         self.encoder_input = nn.Linear(sum(c.emb_sizes[:N_ELEMENTS]), c.enc_d_model)
         self.encoder_position = PositionalEncoding(c.enc_d_model, c.dropout, c.max_len)
-        self.encoder = TransformerStack(c.enc_d_model, c.enc_layers, c.enc_heads, c.attention,
+        # CONCAT feeds latent t to the decoder at step t, so its encoder is causal (the
+        # authors' MusER_TRANS_CONCAT variant); the others see the whole piece.
+        encoder_attention = f"causal-{c.attention}" if c.conditioning == "CONCAT" else c.attention
+        self.encoder = TransformerStack(c.enc_d_model, c.enc_layers, c.enc_heads, encoder_attention,
                                         dropout=c.dropout, chunk_size=c.chunk_size)
         self.to_latent = nn.Linear(c.enc_d_model, c.latent_dim)
         self.quantizer = EMAVectorQuantizer(c.codebook_size, c.latent_dim, c.commitment,

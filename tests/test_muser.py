@@ -363,3 +363,18 @@ def test_forward_backward_under_bf16_autocast():
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
     out["loss"].backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_concat_variant_has_a_causal_encoder():
+    """DESIGN 4: CONCAT conditioning goes with a causal encoder; CA sees the whole piece."""
+    torch.manual_seed(0)
+    for conditioning, causal in (("CONCAT", True), ("CA", False)):
+        config = apply_preset(MusERConfig(vocab_sizes=[3, 9, 18, 4, 12, 18, 10, 5],
+                                          conditioning=conditioning), "tiny")
+        model = MusER(config).eval()
+        y = torch.zeros(1, config.max_len, 8, dtype=torch.long)
+        later = y.clone()
+        later[0, 40:, 4] = 7  # change only steps 40..
+        with torch.no_grad():
+            before, after = model._encoder_output(y), model._encoder_output(later)
+        assert torch.equal(before[0, :40], after[0, :40]) == causal
