@@ -23,7 +23,7 @@ def atomic_write(path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise _write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -34,5 +34,10 @@ def atomic_write(path, write) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise _write_error(path, exc) from None
         raise
+
+
+def _write_error(path: Path, exc: OSError) -> UserError:
+    kept = " (the previous file is kept)" if path.exists() else ""
+    return UserError(f"cannot write {path}: {exc.strerror or exc}{kept}")

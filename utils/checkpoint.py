@@ -19,48 +19,20 @@ Downstream scripts rebuild models from `config` alone; no hyperparameter is repe
 from __future__ import annotations
 
 import os
-import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from utils.atomic import atomic_write
 from utils.errors import UserError
 
+# One implementation of atomic writes for the whole project (temporary file + fsync +
+# rename, usual permissions); the name is kept for the scripts that import it from here.
+atomic_write_bytes = atomic_write
+
 KIND_FLAGS = {"muser": "a MusER VQ-VAE", "prior": "a prior"}
-
-
-def atomic_write_bytes(path: str | os.PathLike, write: callable) -> None:
-    """Write a file through a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash or a failed write never leaves a partial file at `path`: the previous file stays.
-    `write(fileobj)` does the writing.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc} (the previous file is kept)") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
@@ -73,11 +45,12 @@ def load_checkpoint(path: str | os.PathLike, expect_kind: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
+    _check_archive(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
+    except Exception as exc:  # torch raises many types for damaged or foreign files
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt?): {detail[:200]}") from None
+        raise UserError(f"{path}: not a readable checkpoint (corrupt?): {detail[:200]}") from None
     if not isinstance(checkpoint, dict) or "kind" not in checkpoint or "model" not in checkpoint:
         raise UserError(f"{path}: not a checkpoint written by this project (no 'kind'/'model' entries)")
     kind = checkpoint["kind"]
@@ -85,6 +58,34 @@ def load_checkpoint(path: str | os.PathLike, expect_kind: str | None = None,
         raise UserError(f"{path}: {flag} needs {KIND_FLAGS[expect_kind]} checkpoint, "
                         f"but this is {KIND_FLAGS.get(kind, repr(kind))} checkpoint")
     return checkpoint
+
+
+def _check_archive(path: Path) -> None:
+    """torch.save writes a zip archive: say plainly when a file is cut short or is not one.
+
+    (torch's own messages for these cases are long and suggest unsafe workarounds.)
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the checkpoint: {exc.strerror or exc}") from None
+    if not head:
+        raise UserError(f"{path}: not a readable checkpoint: the file is empty")
+    if head != b"PK\x03\x04":
+        raise UserError(f"{path}: not a readable checkpoint: not a zip-format PyTorch checkpoint "
+                        f"(corrupt, or another kind of file)")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a readable checkpoint: the file is truncated "
+                        f"({path.stat().st_size} bytes, the end of the archive is missing)")
+
+
+def model_vocabulary(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The vocabulary a checkpoint's model reads, as keyword arguments of
+    `utils.data.load_cp_dataset` / `check_model_vocabulary` (the sizes, and the dictionary
+    itself when the checkpoint stores it)."""
+    dictionary = checkpoint.get("dictionary") or {}
+    return {"vocab_sizes": checkpoint.get("vocab_sizes"), "model_event2word": dictionary.get("event2word")}
 
 
 def build_muser(checkpoint: dict[str, Any], path: str | os.PathLike = "checkpoint"):
