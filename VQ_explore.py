@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.checkpoint import atomic_write_bytes, build_muser, load_checkpoint
+from utils.checkpoint import atomic_write_bytes, build_muser, load_checkpoint, model_vocabulary
 from utils.cli import add_common_args, resolve_checkpoint, resolve_device, run_main, seed_everything, str2bool
 from utils.cp import ELEMENTS
 from utils.data import load_cp_dataset
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     ckpt_path = resolve_checkpoint(args.VQ_VAE, "--VQ_VAE")
     checkpoint = load_checkpoint(ckpt_path, "muser", "--VQ_VAE")
     model = build_muser(checkpoint, ckpt_path).to(device)
-    data = load_cp_dataset(args.data_path, args.dictionary, vocab_sizes=checkpoint["vocab_sizes"])
+    data = load_cp_dataset(args.data_path, args.dictionary, **model_vocabulary(checkpoint))
     name = model_name(args.VQ_VAE, ckpt_path)
 
     tensors = dataset_tensors(data, model.config.max_len)

@@ -22,7 +22,7 @@ import torch
 
 from models import evaluator as E
 from utils import metrics as M
-from utils.checkpoint import build_muser, load_checkpoint
+from utils.checkpoint import build_muser, load_checkpoint, model_vocabulary
 from utils.cli import add_common_args, resolve_checkpoint, resolve_device, run_main
 from utils.cp import words_to_midi
 from utils.errors import UserError
@@ -213,8 +213,7 @@ def main(argv=None) -> int:
     checkpoint = load_checkpoint(ckpt_path, "muser", "--VQ_VAE")
     model = build_muser(checkpoint, ckpt_path).to(device).eval()
     from utils.data import load_cp_dataset
-    dataset = load_cp_dataset(args.data_path, args.dictionary,
-                              vocab_sizes=checkpoint.get("vocab_sizes"))
+    dataset = load_cp_dataset(args.data_path, args.dictionary, **model_vocabulary(checkpoint))
     word2event = dataset.word2event
     evaluator = E.EmotionEvaluator.load(args.evaluator) if args.evaluator else None
 

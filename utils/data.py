@@ -97,11 +97,37 @@ def _check_indices(path: Path, dictionary_path: Path, arrays: dict, sizes):
                                 f"{sizes[k]} entries of {dictionary_path} (wrong dictionary?)")
 
 
-def load_cp_dataset(npz_path, dictionary_path=None, vocab_sizes=None) -> CPDataset:
+def check_model_vocabulary(dictionary_path, event2word: dict, vocab_sizes=None,
+                           model_event2word=None) -> None:
+    """UserError unless a dictionary is the one a model was trained with.
+
+    `vocab_sizes` (8 ints in FIELDS order) and `model_event2word` come from the model's
+    checkpoint (`utils.checkpoint.model_vocabulary`); either may be None. Comparing the
+    entries, not only the sizes, also catches a dictionary that numbers values differently.
+    """
+    sizes = dictionary_sizes(event2word)
+    if vocab_sizes is not None and list(vocab_sizes) != sizes:
+        diffs = ", ".join(f"{name} {have} vs {want}" for name, have, want in zip(FIELDS, sizes, vocab_sizes)
+                          if have != want)
+        raise UserError(f"{dictionary_path}: vocabulary sizes {sizes} do not match the model's "
+                        f"{list(vocab_sizes)} ({diffs}); use the dictionary the model was trained with")
+    if model_event2word is None:
+        return
+    for name in FIELDS:
+        ours, theirs = event2word[name], model_event2word.get(name, {})
+        if ours != theirs:
+            value = next(v for v in [*ours, *theirs] if ours.get(v) != theirs.get(v))
+            raise UserError(f"{dictionary_path}: field {name!r} does not match the dictionary the model was "
+                            f"trained with ({value!r} is {ours.get(value, 'absent')} here, "
+                            f"{theirs.get(value, 'absent')} in the model's); use the model's dictionary")
+
+
+def load_cp_dataset(npz_path, dictionary_path=None, vocab_sizes=None, model_event2word=None) -> CPDataset:
     """Load and validate an npz + dictionary pair.
 
-    `vocab_sizes` (8 ints in FIELDS order, e.g. from a checkpoint) must then match the
-    dictionary, so a model never reads data encoded with another vocabulary.
+    `vocab_sizes` and `model_event2word` (a model's vocabulary, from its checkpoint: see
+    `check_model_vocabulary`) must then match the dictionary, so a model never reads data
+    encoded with another vocabulary.
     """
     npz_path = Path(npz_path)
     dictionary_path = Path(dictionary_path) if dictionary_path else default_dictionary_path(npz_path)
@@ -113,13 +139,8 @@ def load_cp_dataset(npz_path, dictionary_path=None, vocab_sizes=None) -> CPDatas
     _check_shapes(npz_path, arrays)
 
     event2word, word2event = load_dictionary(dictionary_path)
-    sizes = dictionary_sizes(event2word)
-    if vocab_sizes is not None and list(vocab_sizes) != sizes:
-        diffs = ", ".join(f"{name} {have} vs {want}" for name, have, want in zip(FIELDS, sizes, vocab_sizes)
-                          if have != want)
-        raise UserError(f"{dictionary_path}: vocabulary sizes {sizes} do not match the model's "
-                        f"{list(vocab_sizes)} ({diffs}); use the dictionary the model was trained with")
-    _check_indices(npz_path, dictionary_path, arrays, sizes)
+    check_model_vocabulary(dictionary_path, event2word, vocab_sizes, model_event2word)
+    _check_indices(npz_path, dictionary_path, arrays, dictionary_sizes(event2word))
 
     x = arrays["x"].astype(np.int64, copy=False)
     emotion_values = word2event["emotion"]
