@@ -22,7 +22,7 @@ from utils.checkpoint import atomic_write_bytes, build_muser, build_prior, load_
 from utils.cli import add_common_args, resolve_checkpoint, resolve_device, run_main, str2bool
 from utils.cp import words_to_midi
 from utils.errors import UserError
-from utils.pipeline import codebook_fingerprint
+from utils.pipeline import check_prior_codes, codebook_fingerprint
 from utils.sampling import FieldSampling, SamplingParams
 
 SAMPLED_FIELDS = ("tempo", "chord", "bar_beat", "type", "pitch", "duration", "velocity")
@@ -61,6 +61,14 @@ def check_args(args) -> None:
         raise UserError(f"--n_per_emotion must be positive, got {args.n_per_emotion}")
     if args.batch_size <= 0:
         raise UserError(f"--batch_size must be positive, got {args.batch_size}")
+    if args.max_steps is not None and args.max_steps <= 0:
+        raise UserError(f"--max_steps must be positive, got {args.max_steps}")
+    for name in ("prior", *SAMPLED_FIELDS):
+        temperature, top_p = getattr(args, f"{name}_temperature"), getattr(args, f"{name}_top_p")
+        if not temperature >= 0:
+            raise UserError(f"--{name}_temperature must be 0 (greedy) or more, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise UserError(f"--{name}_top_p must be in (0, 1], got {top_p}")
 
 
 def sampling_from_args(args) -> SamplingParams:
@@ -76,9 +84,7 @@ def load_models(args, device):
     prior_ckpt = load_checkpoint(prior_path, "prior", "--VQ_prior")
     vq_vae = build_muser(vq_ckpt, vq_path).to(device).eval()
     prior = build_prior(prior_ckpt, prior_path).to(device).eval()
-    if prior_ckpt.get("vq_vae") != codebook_fingerprint(vq_vae):
-        raise UserError(f"{prior_path}: this prior was trained on the codes of another VQ-VAE "
-                        f"({prior_ckpt.get('vq_vae_path')}), not {vq_path}")
+    check_prior_codes(prior_ckpt, prior_path, codebook_fingerprint(vq_vae), vq_path)
     return vq_vae, prior, vq_ckpt, prior_ckpt
 
 

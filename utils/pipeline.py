@@ -82,6 +82,7 @@ def run_dir(model_path: str | None, default_name: str) -> Path:
 def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | None:
     """Refuse to silently overwrite an earlier run; return the checkpoint to resume from."""
     last = out_dir / "last.pt"
+    _remove_stale_temporaries(out_dir)
     if resume:
         if not last.is_file():
             raise UserError(f"{out_dir}: --resume given, but there is no last.pt to resume from")
@@ -90,6 +91,13 @@ def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | None:
         raise UserError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it "
                         f"or --overwrite to start again")
     return None
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete the half-written `.NAME.*.tmp` files a killed run leaves (checkpoints can be large)."""
+    for name in ("last.pt", "best.pt", "metrics.csv"):
+        for tmp in out_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def plain_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -129,7 +137,12 @@ def save_vq_dict(path: Path, vq_dict: dict) -> None:
     atomic_write_bytes(path, lambda handle: pickle.dump(vq_dict, handle))
 
 
-def load_vq_dict(path: Path, fingerprint: str | None = None) -> dict:
+def load_vq_dict(path: Path, fingerprint: str | None = None, codebook_size: int | None = None) -> dict:
+    """Load and check a VQ_dict: a bijection between used codes and compact indices 0..n-1.
+
+    With `fingerprint`, it must come from that VQ-VAE (files in the authors' format carry
+    none); with `codebook_size`, every code must exist in the codebook.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: VQ_dict not found (run VQ_explore.py with this --VQ_VAE first)")
@@ -143,7 +156,25 @@ def load_vq_dict(path: Path, fingerprint: str | None = None) -> dict:
     if fingerprint is not None and vq_dict.get("vq_vae") not in (None, fingerprint):
         raise UserError(f"{path}: this VQ_dict was made from another VQ-VAE "
                         f"(codebook {vq_dict.get('vq_vae')}, the model's is {fingerprint}); re-run VQ_explore.py")
+    to_compact, to_code = vq_dict[0], vq_dict[1]
+    inverse = (isinstance(to_compact, dict) and isinstance(to_code, dict) and len(to_code) == len(to_compact)
+               and all(to_code.get(i) == code for code, i in to_compact.items()))
+    if not inverse or not to_compact or sorted(to_compact.values()) != list(range(len(to_compact))):
+        raise UserError(f"{path}: not a valid VQ_dict (entries 0 and 1 must be inverse maps between "
+                        f"used codes and 0..n-1); re-run VQ_explore.py")
+    if codebook_size is not None:
+        outside = [code for code in to_compact if not 0 <= int(code) < codebook_size]
+        if outside:
+            raise UserError(f"{path}: code {outside[0]} is outside the VQ-VAE's codebook of {codebook_size} "
+                            f"(a VQ_dict of another model?); re-run VQ_explore.py with this --VQ_VAE")
     return vq_dict
+
+
+def check_prior_codes(prior_checkpoint: dict, prior_path, fingerprint: str, vq_path) -> None:
+    """A prior only means something with the VQ-VAE whose codes it learned."""
+    if prior_checkpoint.get("vq_vae") != fingerprint:
+        raise UserError(f"{prior_path}: this prior was trained on the codes of another VQ-VAE "
+                        f"({prior_checkpoint.get('vq_vae_path')}), not {vq_path}")
 
 
 def compact_codes(codes: torch.Tensor, vq_dict: dict, codebook: torch.Tensor,
