@@ -22,7 +22,7 @@ from utils.data import check_model_vocabulary, load_cp_dataset
 from utils.distributed import init_distributed, local_device, shutdown
 from utils.pipeline import (add_config_flags, check_run_dir, config_from_args, dataset_tensors,
                             plain_args, run_dir)
-from utils.training import fit, split_indices
+from utils.training import check_training_args, fit, split_indices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +67,7 @@ def muser_step(model, batch):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_training_args(args)
     device = resolve_device(args.device)
     dist = init_distributed(device)
     device = local_device(device, dist)

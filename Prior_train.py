@@ -19,15 +19,16 @@ import torch.nn.functional as F
 
 from models.config import PRESETS, PriorConfig
 from models.prior import Prior
-from utils.checkpoint import build_muser, load_checkpoint
+from utils.checkpoint import build_muser, load_checkpoint, model_vocabulary
 from utils.cli import (add_common_args, resolve_checkpoint, resolve_device, run_main, seed_everything,
                        setup_logging, str2bool)
 from utils.data import load_cp_dataset
 from utils.distributed import init_distributed, local_device, shutdown
-from utils.pipeline import (add_config_flags, check_run_dir, codebook_fingerprint, compact_codes,
-                            config_from_args, dataset_tensors, encode_pieces, load_vq_dict, plain_args,
-                            run_dir)
-from utils.training import fit, split_indices
+from utils.errors import UserError
+from utils.pipeline import (add_config_flags, check_prior_codes, check_run_dir, codebook_fingerprint,
+                            compact_codes, config_from_args, dataset_tensors, encode_pieces, load_vq_dict,
+                            plain_args, run_dir)
+from utils.training import check_training_args, fit, split_indices
 from VQ_explore import model_name
 
 
@@ -81,6 +82,7 @@ def default_prior_name(vq_name: str) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_training_args(args)
     device = resolve_device(args.device)
     dist = init_distributed(device)
     device = local_device(device, dist)
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     name = model_name(args.VQ_VAE, vq_path)
     fingerprint = codebook_fingerprint(vq_vae)
     vq_dict_path = Path(args.vq_dict_path or f"data/{name}_VQ_dict.data")
-    vq_dict = load_vq_dict(vq_dict_path, fingerprint)
+    vq_dict = load_vq_dict(vq_dict_path, fingerprint, vq_vae.config.codebook_size)
     n_codes = len(vq_dict[0])
 
     out_dir = run_dir(args.model_path, default_prior_name(name))
@@ -101,8 +103,15 @@ def main(argv=None) -> int:
         resume_path = out_dir / "last.pt"
     logger = setup_logging(args.log_path or out_dir / "train.log", dist.rank)
     resume = load_checkpoint(resume_path, "prior") if resume_path else None
+    if resume is not None:
+        # The run continues over the same compact codes, or its weights mean nothing.
+        check_prior_codes(resume, resume_path, fingerprint, vq_path)
+        if dict(resume["vq_dict"][0]) != dict(vq_dict[0]):
+            raise UserError(f"{vq_dict_path}: not the VQ_dict {resume_path} was trained with "
+                            f"({len(resume['vq_dict'][0])} used codes then, {n_codes} now); "
+                            f"pass the original with --vq_dict_path, or start a new run")
 
-    data = load_cp_dataset(args.data_path, args.dictionary, vocab_sizes=vq_ckpt["vocab_sizes"])
+    data = load_cp_dataset(args.data_path, args.dictionary, **model_vocabulary(vq_ckpt))
     tensors = dataset_tensors(data, vq_vae.config.max_len)
     _, codes = encode_pieces(vq_vae, tensors["y"], args.batch_size, device)
     compact = compact_codes(codes, vq_dict, vq_vae.quantizer.codebook.detach().cpu(), logger,

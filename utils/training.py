@@ -64,6 +64,16 @@ class StopFlag:
         return False
 
 
+def check_training_args(args) -> None:
+    """Reject training flags that cannot work before any data is loaded (one-line errors)."""
+    for flag, value in (("--Epoch", args.Epoch), ("--batch_size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    for flag, value in (("--lr", args.lr), ("--clip", args.clip)):
+        if not value > 0:  # also catches nan
+            raise UserError(f"{flag} must be positive, got {value}")
+
+
 def split_indices(n: int, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random train/validation split of n rows (val_split = fraction held out)."""
     if not 0.0 <= val_split < 1.0:
@@ -195,6 +205,8 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
         _set_rng_state(resume["rng"])
         where = f"epoch {state['epoch']}" + (f", batch {state['batch']}" if state["batch"] else "")
         logger.info(f"resumed from {out_dir / 'last.pt'} at {where}")
+        if state["epoch"] >= args.Epoch:
+            logger.info(f"nothing to do: the run has trained {state['epoch']} epochs and --Epoch is {args.Epoch}")
 
     forward_model = model
     if dist.enabled:
@@ -236,16 +248,22 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
                 flags = torch.tensor([float(not torch.isfinite(loss)), float(stop.requested)])
                 flags = all_reduce_sum(flags, dist)
                 if flags[0] > 0:
-                    logger.error(f"error: loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; "
-                                 f"training stopped, the last good checkpoint is kept in {out_dir}")
-                    return 1
+                    return _diverged(logger, f"loss became {loss.item()}", _at_step(epoch, b), out_dir)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                # A finite loss can still give inf/NaN gradients; stepping on them would
+                # poison the weights that the end of the epoch then saves as last.pt.
+                # (DDP averages gradients first, so every rank sees the same norm.)
+                if not torch.isfinite(grad_norm):
+                    return _diverged(logger, f"gradient norm became {grad_norm.item()}", _at_step(epoch, b),
+                                     out_dir)
                 optimizer.step()
                 sums.add({k: v.detach() for k, v in out.items()}, len(batches[b]))
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 if flags[1] > 0 and b + 1 < len(batches):
+                    if (bad := _nonfinite_weights(model)) is not None:
+                        return _diverged(logger, f"weight {bad} became non-finite", _at_step(epoch, b), out_dir)
                     if dist.is_main:
                         save_checkpoint(out_dir / "last.pt", checkpoint(epoch, b + 1, sums.state()))
                     logger.info(f"stopped at epoch {epoch + 1}, batch {b + 1}/{len(batches)}; "
@@ -261,6 +279,11 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
                            **evaluate(model, step_fn, val, args.batch_size, device, autocast, n_codes)}
                 rows.append(val_row)
                 monitored = val_row["loss"]
+            at_end = f"the end of epoch {epoch + 1}"
+            if not math.isfinite(monitored):
+                return _diverged(logger, f"the validation loss became {monitored}", at_end, out_dir)
+            if (bad := _nonfinite_weights(model)) is not None:
+                return _diverged(logger, f"weight {bad} became non-finite", at_end, out_dir)
             state["history"] = state["history"] + rows
             improved = monitored < state["best_loss"]
             if improved:
@@ -282,6 +305,25 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
                 logger.info(f"stopped after epoch {epoch + 1}; continue with --resume")
                 return 0
     return 0
+
+
+def _nonfinite_weights(model: torch.nn.Module) -> str | None:
+    """Name of the first parameter or buffer holding inf/NaN, or None: checked before saving."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
+
+
+def _at_step(epoch: int, batch: int) -> str:
+    return f"epoch {epoch + 1}, batch {batch + 1}"
+
+
+def _diverged(logger: logging.Logger, what: str, where: str, out_dir: Path) -> int:
+    """Stop a run whose loss, gradients or weights stopped being finite; exit code 1."""
+    logger.error(f"error: {what} at {where}; training stopped, the last good checkpoint "
+                 f"is kept in {out_dir} (try a lower --lr)")
+    return 1
 
 
 def _summary(row: dict[str, Any]) -> str:
