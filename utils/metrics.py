@@ -226,15 +226,19 @@ def piece_from_midi(midi, emotion: int = 0, name: str = "", analyse_chords: bool
     """
     import miditoolkit
 
+    from utils.errors import UserError
+
+    where = name or "<in-memory MIDI>"
     if not isinstance(midi, miditoolkit.MidiFile):
         path = Path(midi)
-        name = name or path.name
+        name, where = name or path.name, str(path)
         try:
             midi = miditoolkit.MidiFile(str(path))
         except Exception as exc:  # miditoolkit raises many kinds on a broken file
-            from utils.errors import UserError
             raise UserError(f"{path}: cannot read MIDI ({exc})") from None
     tpb = midi.ticks_per_beat
+    if tpb <= 0:  # 0, or a negative SMPTE time division: no beats to rescale by
+        raise UserError(f"{where}: unsupported time division ({tpb} ticks per beat)")
     tracks = [inst for inst in midi.instruments if not inst.is_drum]
     rows = []
     if tracks:

@@ -63,9 +63,6 @@ def load_midi(path) -> miditoolkit.MidiFile:
     except Exception as exc:  # mido raises OSError, ValueError, KeyError, ... for bad bytes
         detail = str(exc).strip() or type(exc).__name__
         raise ClipError(f"{path}: not a readable MIDI file ({detail})", "unreadable MIDI") from None
-    if midi.ticks_per_beat <= 0:
-        raise ClipError(f"{path}: unsupported time division ({midi.ticks_per_beat} ticks per beat)",
-                        "unreadable MIDI")
     return midi
 
 
@@ -82,6 +79,8 @@ def read_piano_part(source) -> PianoPart:
     name = source_name(source)
     midi = source if isinstance(source, miditoolkit.MidiFile) else load_midi(source)
     tpb = midi.ticks_per_beat
+    if tpb <= 0:  # 0, or a negative SMPTE time division: no beats to rescale by
+        raise ClipError(f"{name}: unsupported time division ({tpb} ticks per beat)", "unreadable MIDI")
     warnings = []
 
     pianos = [inst for inst in midi.instruments if not inst.is_drum and inst.notes]
@@ -100,7 +99,13 @@ def read_piano_part(source) -> PianoPart:
     if odd_metres:
         warnings.append(f"{name}: time signature {', '.join(odd_metres)} ignored (bars are 4 beats)")
 
-    notes = piano.notes
+    # A parsed file cannot hold a note that ends before it starts, but a MidiFile built
+    # in memory can; its duration would become a negative token, so it is left out.
+    notes = [n for n in piano.notes if n.end >= n.start]
+    if len(notes) < len(piano.notes):
+        warnings.append(f"{name}: {len(piano.notes) - len(notes)} note(s) ending before they start ignored")
+    if not notes:
+        raise ClipError(f"{name}: no notes (every note ends before it starts)", "no notes")
     starts = rescale([n.start for n in notes], tpb)
     ends = rescale([n.end for n in notes], tpb)
     pitches = np.array([n.pitch for n in notes], dtype=np.int64)
