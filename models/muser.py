@@ -26,9 +26,9 @@ from torch import nn
 from models.config import (ELEMENTS, EMOTION_FIELD, FIELDS, N_ELEMENTS, TYPE_FIELD,
                            MusERConfig)
 from models.quantizer import EMAVectorQuantizer
-from models.transformer import (PackedStacks, PositionalEncoding, TransformerStack,
-                                select_state)
-from utils.sampling import SamplingParams, sample_tokens
+from models.transformer import (PackedLinear, PackedStacks, PositionalEncoding,
+                                TransformerStack, select_state)
+from utils.sampling import SamplingParams, row_settings, sample_tokens
 
 # Elements whose head is conditioned on the type (all but the type itself).
 CONDITIONED = tuple(k for k in range(N_ELEMENTS) if k != TYPE_FIELD)
@@ -350,26 +350,30 @@ class MusER(nn.Module):
         words[:, 0, EMOTION_FIELD] = emotion
         lengths = torch.full((batch,), steps + 1, dtype=torch.long)
         active = torch.arange(batch, device=device)
+        all_active = True
         decoder = (RecurrentDecoder(self, latent) if recurrent
                    else FullRecomputeDecoder(self, latent, recompute))
+        heads = GenerationHeads(self, sampling)
+        conditioned = torch.tensor(CONDITIONED, device=device)
+        word = words[:, 0]
         try:
             for t in range(steps):
-                states, z = decoder.step(words[active, t] if recurrent else words[active, : t + 1], t)
+                states, z = decoder.step(word if recurrent else words[active, : t + 1], t)
                 fs = sampling.type
                 next_type = sample_tokens(self.type_logits(states, z), fs.temperature, fs.top_p,
                                           generator)
-                logits = self.conditioned_logits(states, z, next_type)
-                word = torch.zeros(len(active), len(FIELDS), dtype=torch.long, device=device)
+                word = torch.zeros(len(next_type), len(FIELDS), dtype=torch.long, device=device)
                 word[:, TYPE_FIELD] = next_type
-                for k in CONDITIONED:
-                    fs = sampling.for_element(k)
-                    word[:, k] = sample_tokens(logits[k], fs.temperature, fs.top_p, generator)
-                words[active, t + 1] = word
+                word[:, conditioned] = heads.sample_conditioned(states, z, next_type, generator)
+                if all_active:
+                    words[:, t + 1] = word
+                else:
+                    words[active, t + 1] = word
                 ended = next_type == type_ids["EOS"]
                 if bool(ended.any()):
                     lengths[active[ended].cpu()] = t + 2
                     keep = torch.nonzero(~ended).squeeze(1)
-                    active = active[keep]
+                    active, word, all_active = active[keep], word[keep], False
                     if active.numel() == 0:
                         break
                     decoder.select(keep)
@@ -409,7 +413,22 @@ class RecurrentDecoder:
                 self.element_states = self.element_stack.init_state(*args)
             else:
                 self.element_states = [dec.init_state(*args) for dec in m.element_decoders]
+        if packed:
+            self.input_table, self.input_offsets = _fused_input_table(m)
+            self.positions = m.decoder_position.pe.to(latent.dtype)
         self.global_output = None   # last global decoder output, kept for inspection
+
+    def _embed(self, word):
+        """decoder_input(embeddings(word)): [b, 8] -> [b, d]."""
+        m = self.model
+        if self.packed:
+            return self.input_table[word + self.input_offsets].sum(1) + m.decoder_input.bias
+        return m.decoder_input(m.embeddings(word, range(len(FIELDS))))
+
+    def _position(self, h, t: int):
+        if self.packed:         # eval mode: no dropout
+            return h + self.positions[t]
+        return self.model.decoder_position.step(h, t)
 
     def _global_step(self, h):
         if self.packed:
@@ -423,16 +442,16 @@ class RecurrentDecoder:
         """word [b, 8] at position t -> (element states for position t, slices [b, 7, d])."""
         m, c = self.model, self.model.config
         z = self.z[:, t]
-        h = m.decoder_input(m.embeddings(word, range(len(FIELDS))))
+        h = self._embed(word)
         if c.conditioning == "CA":
-            h = self._global_step(m.decoder_position.step(h, t))
+            h = self._global_step(self._position(h, t))
         elif c.conditioning == "CONCAT":
             h = m.concat_projection(torch.cat([h, self.latent[:, t]], dim=-1))
-            h = self._global_step(m.decoder_position.step(h, t))
+            h = self._global_step(self._position(h, t))
         self.global_output = h
         if c.decoding == "G":
             return h, z
-        inputs = m.decoder_position.step(h.unsqueeze(1) + z, t)      # [b, 7, d]
+        inputs = self._position(h.unsqueeze(1) + z, t)                  # [b, 7, d]
         if self.packed:
             states, self.element_states = self.element_stack.step(inputs.transpose(0, 1),
                                                                   self.element_states)
@@ -458,6 +477,77 @@ class RecurrentDecoder:
             self.global_state = select_state(self.global_state, index)
             self.memory = select_state(self.memory, index)
             self.element_states = select_state(self.element_states, index)
+
+
+@torch.no_grad()
+def _fused_input_table(model: MusER):
+    """decoder_input(embeddings(word)) as a sum of rows of one table: for each field, its
+    scaled embedding table times its block of decoder_input's weight, computed once.
+    Returns (table [sum of vocabularies, d], row offset of each field [8])."""
+    weight = model.decoder_input.weight                                # [d, sum of widths]
+    tables, start = [], 0
+    for f, embedding in enumerate(model.embeddings.tables):
+        width = embedding.embedding_dim
+        tables.append((embedding.weight * model.embeddings.scales[f])
+                      @ weight[:, start:start + width].t())
+        start += width
+    sizes = torch.tensor([0] + [len(t) for t in tables[:-1]], device=weight.device)
+    return torch.cat(tables), sizes.cumsum(0)
+
+
+class GenerationHeads:
+    """The six type-conditioned heads of generation as one batched product and one draw.
+
+    Computes what MusER.conditioned_logits computes (equal up to rounding): the half of
+    type_projection that reads the type embedding becomes a table per type, the six heads
+    are stacked with their vocabularies padded to the largest by -inf logits, and all six
+    fields are sampled in one sample_tokens call with per-row settings, which draws the
+    same tokens as one call per field. Settings with temperature 0 (greedy) fall back to
+    one call per field. Both generation paths use this, so they stay comparable.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model: MusER, sampling: SamplingParams):
+        c = model.config
+        d = c.dec_d_model
+        self.decoding = c.decoding
+        projection = model.type_projection
+        self.state_projection = PackedLinear(projection.weight[None, :, :d],
+                                             projection.bias.new_zeros(1, d))
+        type_embeddings = model.embeddings.embed(
+            TYPE_FIELD, torch.arange(c.vocab_sizes[TYPE_FIELD], device=projection.weight.device))
+        self.type_table = type_embeddings @ projection.weight[:, d:].t() + projection.bias
+        self.vocab = [c.vocab_sizes[k] for k in CONDITIONED]
+        weight = projection.weight.new_zeros(len(CONDITIONED), max(self.vocab), d)
+        bias = projection.weight.new_full((len(CONDITIONED), max(self.vocab)), float("-inf"))
+        for i, k in enumerate(CONDITIONED):
+            weight[i, : self.vocab[i]] = model.heads[k].weight
+            bias[i, : self.vocab[i]] = model.heads[k].bias
+        self.heads = PackedLinear(weight, bias)
+        self.index = torch.tensor(CONDITIONED, device=weight.device)
+        self.settings = [sampling.for_element(k) for k in CONDITIONED]
+        self.per_row = all(fs.temperature > 0 for fs in self.settings)
+        self.rows = None                    # per-row settings, rebuilt when the batch shrinks
+
+    def sample_conditioned(self, states, z, next_type, generator=None):
+        """Sample the six conditioned fields given the sampled type: [b, 6] (CONDITIONED order)."""
+        batch, d = states.shape[0], states.shape[-1]
+        n = len(CONDITIONED)
+        if self.decoding == "G":
+            u = self.state_projection(states.unsqueeze(0))[0] + self.type_table[next_type]
+            u = u.unsqueeze(1) + z.index_select(1, self.index)               # [b, 6, d]
+        else:
+            others = states.index_select(1, self.index).reshape(1, batch * n, d)
+            u = (self.state_projection(others).view(batch, n, d)
+                 + self.type_table[next_type].unsqueeze(1))
+        logits = self.heads(u.transpose(0, 1))                              # [6, b, V]
+        if not self.per_row:
+            return torch.stack([sample_tokens(logits[i, :, :v], fs.temperature, fs.top_p, generator)
+                                for i, (v, fs) in enumerate(zip(self.vocab, self.settings))], 1)
+        if self.rows is None or self.rows[0].shape[0] != n * batch:
+            self.rows = row_settings(self.settings, batch, logits.device)
+        tokens = sample_tokens(logits.reshape(n * batch, -1), *self.rows, generator)
+        return tokens.view(n, batch).t()
 
 
 class FullRecomputeDecoder:

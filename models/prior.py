@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import PriorConfig
-from models.transformer import PackedStacks, PositionalEncoding, TransformerStack
+from models.transformer import PackedLinear, PackedStacks, PositionalEncoding, TransformerStack
 from utils.sampling import sample_tokens
 
 
@@ -71,12 +71,16 @@ class Prior(nn.Module):
         if recurrent:
             stack = PackedStacks([self.transformer])
             state = stack.init_state(batch, device, self.head.weight.dtype)
+            # Per-step work without modules: the embedding and input projection as one
+            # table, the positions without dropout (eval mode), the head packed.
+            inputs = self._embed(torch.arange(self.config.vocab_size, device=device))
+            positions = self.position.pe.to(inputs.dtype)
+            head = PackedLinear(self.head.weight[None], self.head.bias[None])
         try:
             for t in range(n_steps):
                 if recurrent:
-                    h = self.position.step(self._embed(tokens[:, t]), t)
-                    h, state = stack.step(h.unsqueeze(0), state)
-                    logits = self.head(h[0])
+                    h, state = stack.step((inputs[tokens[:, t]] + positions[t]).unsqueeze(0), state)
+                    logits = head(h)[0]
                 else:
                     window = n_steps if recompute == "window" else t + 1
                     logits = self.logits(tokens[:, :window])[:, t]

@@ -50,22 +50,42 @@ def nucleus_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0,
+def row_settings(settings, rows: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row temperature and top_p columns [len(settings) * rows, 1] (float64) for
+    sampling several fields in one `sample_tokens` call: field-major, `rows` rows each.
+    Checks the values once here, so the sampling loop needs no host round trip."""
+    for fs in settings:
+        if not fs.temperature > 0 or not fs.top_p > 0:
+            raise ValueError(f"per-row sampling needs temperature > 0 and top_p > 0 "
+                             f"(got {fs.temperature}, {fs.top_p})")
+    def column(values):
+        return torch.tensor(values, dtype=torch.float64, device=device).repeat_interleave(rows)[:, None]
+    return column([fs.temperature for fs in settings]), column([fs.top_p for fs in settings])
+
+
+def sample_tokens(logits: torch.Tensor, temperature=1.0, top_p=1.0,
                   generator: torch.Generator | None = None) -> torch.LongTensor:
     """Sample one token per row of logits [B, V] (log-probabilities work too).
 
-    temperature 0 means greedy (argmax). top_p >= 1 disables the nucleus.
+    temperature 0 means greedy (argmax). top_p >= 1 disables the nucleus. Both may also
+    be per-row float64 columns [B, 1] from `row_settings` (temperatures > 0): then rows of
+    several fields, their vocabularies padded with -inf logits, are sampled in one call,
+    and draw exactly what one call per field would draw with the same generator.
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be [batch, vocab], got shape {tuple(logits.shape)}")
-    if temperature < 0 or not 0 < top_p:
-        raise ValueError(f"need temperature >= 0 and top_p > 0 (got {temperature}, {top_p})")
-    if temperature == 0:
-        return logits.argmax(dim=-1)
+    per_row = isinstance(temperature, torch.Tensor)
+    if not per_row:
+        if temperature < 0 or not 0 < top_p:
+            raise ValueError(f"need temperature >= 0 and top_p > 0 (got {temperature}, {top_p})")
+        if temperature == 0:
+            return logits.argmax(dim=-1)
     # float64 keeps the cumulative sums exact enough that tiny differences in the logits
     # (e.g. recurrent vs parallel decoding) practically never change a draw.
     probs = torch.softmax(logits.double() / temperature, dim=-1)
-    if top_p < 1.0:
+    if per_row:
+        probs = probs * (nucleus_mask(probs, top_p) | (top_p >= 1.0))
+    elif top_p < 1.0:
         probs = probs * nucleus_mask(probs, top_p)
     cdf = torch.cumsum(probs, dim=-1)
     device = generator.device if generator is not None else logits.device
