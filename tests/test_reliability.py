@@ -203,7 +203,7 @@ def test_hard_kill_then_ctrl_c_then_resume_finishes_the_run(runs, tmp_path, scri
     assert proc.wait(timeout=120) == 0
     stdout, stderr = output(tmp_path, "interrupted")
     assert f"resumed from {last} at epoch {killed['epoch']}" in stdout
-    assert "stop requested" in stdout and re.search(r"stopped (at|after) epoch \d+.*continue with --resume", stdout)
+    assert "stop requested" in stderr and re.search(r"stopped (at|after) epoch \d+.*continue with --resume", stdout)
     assert "Traceback" not in stderr
     stopped = load_checkpoint(last)
     assert (stopped["epoch"], stopped["batch"]) > (killed["epoch"], 0)
@@ -379,10 +379,11 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(runs,
                                                                            how, at, message):
     monkeypatch.setattr(MusER, "muser_step", BreakLossAtStep(MusER.muser_step, at, how))
     run_dir = tmp_path / "run"
-    code, stdout, _ = run(capsys, MusER, ["--data_path", runs.npz, "--model_path", run_dir, "--Epoch", 3,
+    code, _, stderr = run(capsys, MusER, ["--data_path", runs.npz, "--model_path", run_dir, "--Epoch", 3,
                                           "--batch_size", 4, "--lr", "3e-3", *TINY])
     assert code == 1
-    assert f"error: {message}; training stopped, the last good checkpoint is kept in {run_dir}" in stdout
+    assert only_error_line(stderr).startswith(
+        f"error: {message}; training stopped, the last good checkpoint is kept in {run_dir}")
     for name in ("last.pt", "best.pt"):
         checkpoint = load_checkpoint(run_dir / name, "muser")
         assert checkpoint["epoch"] == 1 and finite(checkpoint)

@@ -64,9 +64,15 @@ def setup_logging(log_path: str | os.PathLike | None, rank: int = 0) -> logging.
     logger.propagate = False
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    stream = logging.StreamHandler(sys.stdout)
+    # Progress to stdout; warnings and errors to stderr, plain, like every script's errors.
+    stream = _ProgressBarSafeHandler(sys.stdout)
     stream.setFormatter(fmt)
+    stream.addFilter(lambda record: record.levelno < logging.WARNING)
+    errors = _ProgressBarSafeHandler(sys.stderr)
+    errors.setLevel(logging.WARNING)
+    errors.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(stream)
+    logger.addHandler(errors)
     if log_path and rank == 0:
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +80,18 @@ def setup_logging(log_path: str | os.PathLike | None, rank: int = 0) -> logging.
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     return logger
+
+
+class _ProgressBarSafeHandler(logging.StreamHandler):
+    """Writes through tqdm, so a message never lands in the middle of a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:
+            self.handleError(record)
 
 
 def resolve_checkpoint(name_or_path: str, flag: str) -> Path:
