@@ -15,14 +15,14 @@ import torch
 
 from models.config import PRESETS, MusERConfig
 from models.muser import MusER
-from utils.checkpoint import load_checkpoint, model_vocabulary
-from utils.cli import add_common_args, resolve_device, run_main, seed_everything, setup_logging, str2bool
+from utils.checkpoint import model_vocabulary
+from utils.cli import add_common_args, run_main, str2bool
 from utils.cp import ELEMENTS, type_index, vocab_sizes
 from utils.data import check_model_vocabulary, load_cp_dataset
-from utils.distributed import init_distributed, local_device, shutdown
-from utils.pipeline import (add_config_flags, check_run_dir, config_from_args, dataset_tensors,
+from utils.distributed import shutdown
+from utils.pipeline import (add_config_flags, config_from_args, dataset_tensors,
                             plain_args, run_dir)
-from utils.training import check_training_args, fit, split_indices
+from utils.training import fit, open_run, split_indices, start_training
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,11 +67,7 @@ def muser_step(model, batch):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    check_training_args(args)
-    device = resolve_device(args.device)
-    dist = init_distributed(device)
-    device = local_device(device, dist)
-    seed_everything(args.seed + dist.rank)
+    device, dist = start_training(args)
 
     data = load_cp_dataset(args.data_path, args.dictionary)
     type_ids = {name: type_index(data.event2word, name) for name in ("EOS", "Emotion", "Metrical", "Note")}
@@ -82,11 +78,7 @@ def main(argv=None) -> int:
         config = dataclasses.replace(config, value_tables=value_tables(data.word2event))
 
     out_dir = run_dir(args.model_path, f"{config.name}_{args.dataset}")
-    resume_path = check_run_dir(out_dir, args.resume, args.overwrite) if dist.is_main else None
-    if args.resume:
-        resume_path = out_dir / "last.pt"
-    logger = setup_logging(args.log_path or out_dir / "train.log", dist.rank)
-    resume = load_checkpoint(resume_path, "muser") if resume_path else None
+    logger, resume, resume_path = open_run(out_dir, args, "muser", dist)
     if resume is not None:
         # A resumed run keeps its model, which must read data in its own vocabulary.
         check_model_vocabulary(data.dictionary_path, data.event2word, **model_vocabulary(resume))

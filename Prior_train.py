@@ -20,15 +20,14 @@ import torch.nn.functional as F
 from models.config import PRESETS, PriorConfig
 from models.prior import Prior
 from utils.checkpoint import build_muser, load_checkpoint, model_vocabulary
-from utils.cli import (add_common_args, resolve_checkpoint, resolve_device, run_main, seed_everything,
-                       setup_logging, str2bool)
+from utils.cli import (add_common_args, resolve_checkpoint, run_main, str2bool)
 from utils.data import load_cp_dataset
-from utils.distributed import init_distributed, local_device, shutdown
+from utils.distributed import shutdown
 from utils.errors import UserError
-from utils.pipeline import (add_config_flags, check_prior_codes, check_run_dir, codebook_fingerprint,
+from utils.pipeline import (add_config_flags, check_prior_codes, codebook_fingerprint,
                             compact_codes, config_from_args, dataset_tensors, encode_pieces, load_vq_dict,
                             plain_args, run_dir)
-from utils.training import check_training_args, fit, split_indices
+from utils.training import fit, open_run, split_indices, start_training
 from VQ_explore import model_name
 
 
@@ -82,11 +81,7 @@ def default_prior_name(vq_name: str) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    check_training_args(args)
-    device = resolve_device(args.device)
-    dist = init_distributed(device)
-    device = local_device(device, dist)
-    seed_everything(args.seed + dist.rank)
+    device, dist = start_training(args)
 
     vq_path = resolve_checkpoint(args.VQ_VAE, "--VQ_VAE")
     vq_ckpt = load_checkpoint(vq_path, "muser", "--VQ_VAE")
@@ -98,11 +93,7 @@ def main(argv=None) -> int:
     n_codes = len(vq_dict[0])
 
     out_dir = run_dir(args.model_path, default_prior_name(name))
-    resume_path = check_run_dir(out_dir, args.resume, args.overwrite) if dist.is_main else None
-    if args.resume:
-        resume_path = out_dir / "last.pt"
-    logger = setup_logging(args.log_path or out_dir / "train.log", dist.rank)
-    resume = load_checkpoint(resume_path, "prior") if resume_path else None
+    logger, resume, resume_path = open_run(out_dir, args, "prior", dist)
     if resume is not None:
         # The run continues over the same compact codes, or its weights mean nothing.
         check_prior_codes(resume, resume_path, fingerprint, vq_path)

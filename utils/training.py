@@ -29,8 +29,10 @@ import torch
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from utils.checkpoint import atomic_write_bytes, save_checkpoint
-from utils.distributed import DistInfo, all_reduce_sum, barrier
+from utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from utils.cli import resolve_device, seed_everything, setup_logging
+from utils.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, local_device
+from utils.pipeline import check_run_dir
 from utils.errors import UserError
 
 StepFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -72,6 +74,28 @@ def check_training_args(args) -> None:
     for flag, value in (("--lr", args.lr), ("--clip", args.clip)):
         if not value > 0:  # also catches nan
             raise UserError(f"{flag} must be positive, got {value}")
+
+
+def start_training(args) -> tuple[torch.device, DistInfo]:
+    """Check the training flags, pick the device, join a torchrun group if any, seed per rank."""
+    check_training_args(args)
+    device = resolve_device(args.device)
+    dist = init_distributed(device)
+    device = local_device(device, dist)
+    seed_everything(args.seed + dist.rank)
+    return device, dist
+
+
+def open_run(out_dir: Path, args, kind: str, dist: DistInfo
+             ) -> tuple[logging.Logger, dict[str, Any] | None, Path | None]:
+    """Claim the run folder (an earlier run needs --resume or --overwrite), start the log,
+    and load last.pt when resuming. Returns (logger, resume checkpoint, its path)."""
+    resume_path = check_run_dir(out_dir, args.resume, args.overwrite) if dist.is_main else None
+    if args.resume:
+        resume_path = out_dir / "last.pt"
+    logger = setup_logging(args.log_path or out_dir / "train.log", dist.rank)
+    resume = load_checkpoint(resume_path, kind) if resume_path else None
+    return logger, resume, resume_path
 
 
 def split_indices(n: int, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
