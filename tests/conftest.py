@@ -31,3 +31,7 @@ def emopia_zip() -> Path:
 @pytest.fixture
 def reference_cp() -> Path:
     return shared_path("reference_cp")
+
+
+# The shipped sample encoded once per session (a fixture shared by several test files).
+from tests.sample_cp import sample_npz  # noqa: E402,F401

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from models import evaluator as E
-from tests.sample_cp import sample_npz  # noqa: F401  (fixture)
 from utils import metrics as M
 from utils.errors import UserError
 from utils.piece_io import load_dataset_pieces, quadrant_from_name

@@ -121,7 +121,6 @@ def test_piece_from_midi_rescales_to_480(tmp_path):
 
 # ------------------------------------------------------------------ compute_metrics.py
 
-from tests.sample_cp import sample_npz  # noqa: E402,F401  (fixture)
 
 
 def _generated_like(sample_npz, tmp_path):

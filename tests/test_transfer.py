@@ -132,7 +132,6 @@ def test_transferring_velocity_moves_the_decoded_velocities():
 
 # ---------------------------------------------------------------- element_transfer.py
 
-from tests.sample_cp import sample_npz  # noqa: E402,F401  (fixture)
 
 
 def test_element_transfer_script(sample_npz, tmp_path, capsys):
