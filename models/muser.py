@@ -81,10 +81,12 @@ def _token_number(event) -> float | None:
 def element_regularization(reduced: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-element regularisation loss [7], all batch pairs at once.
 
-    reduced, targets: [7, B, T]. For element k:
+    reduced, targets: [7, B, T]. Targets are real values, or integers (token indices) in
+    a type wide enough for their differences (int16 below 2**14 takes the least memory).
+    For element k:
         L_k = mean over (i, j, t) of |tanh(z[i,t] - z[j,t]) - sign(x[i,t] - x[j,t])|.
     The term is symmetric in (i, j) and zero for i = j, so only the pairs i < j are
-    computed, and counted twice. All pair differences come from one product with a
+    computed, and counted twice. All latent pair differences come from one product with a
     [pairs, B] matrix of +1/-1 (exact: a single rounding, as z[i] - z[j]), and
     tanh(d) = 2 sigmoid(2d) - 1 (the same function; much cheaper than tanh on CPU).
     """
@@ -93,7 +95,12 @@ def element_regularization(reduced: torch.Tensor, targets: torch.Tensor) -> torc
     with torch.autocast(reduced.device.type, enabled=False):
         pairs = _pair_matrix(batch, reduced.device, dtype)
         with torch.no_grad():
-            offset = torch.matmul(pairs, targets.to(dtype)).sign_().add_(1)  # 1 + sign(dx)
+            if targets.is_floating_point():
+                target_diff = torch.matmul(pairs, targets.to(dtype))
+            else:               # integers: differences in their own (e.g. 16-bit) type
+                i, j = torch.triu_indices(batch, batch, 1, device=targets.device)
+                target_diff = targets.index_select(1, i) - targets.index_select(1, j)
+            offset = target_diff.sign_().add_(1).to(dtype)                     # 1 + sign(dx)
         losses = _PairwiseRankLoss.apply(reduced.to(dtype), pairs, offset)
     return losses * (2.0 / (batch * batch * length))
 
@@ -275,12 +282,15 @@ class MusER(nn.Module):
         return self.dr(tokens)[:, 0].view(N_ELEMENTS, batch, length)
 
     def regularization_targets(self, y):
-        """What each slice must order the batch by: [7, B, T] token indices or values."""
+        """What each slice must order the batch by: [7, B, T] token indices (integers) or
+        values (floats)."""
         tokens = y[..., :N_ELEMENTS]
         if self.config.reg_target == "value" and self.value_table is not None:
             values = self.value_table[torch.arange(N_ELEMENTS, device=y.device), tokens]
             return values.permute(2, 0, 1)
-        return tokens.permute(2, 0, 1).float()
+        # Token indices stay integers: 16 bits when the vocabularies allow (they do).
+        small = max(self.config.vocab_sizes[:N_ELEMENTS]) < 2 ** 14
+        return tokens.permute(2, 0, 1).to(torch.int16 if small else torch.int64)
 
     # -- decoding (parallel) -------------------------------------------------------------
 
