@@ -372,7 +372,7 @@ class MusER(nn.Module):
 
     # -- generation ----------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, latent, emotion, sampling: SamplingParams | None = None,
                  generator: torch.Generator | None = None, max_steps: int | None = None,
                  recurrent: bool = True, recompute: str = "window") -> list[np.ndarray]:

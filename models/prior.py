@@ -46,7 +46,6 @@ class Prior(nn.Module):
         """inp [B, L] long -> log-probabilities [B, L, n_codes] at the model's temperature."""
         return F.log_softmax(self.logits(inp) / self.config.temperature, dim=-1)
 
-    @torch.no_grad()
     def generate(self, emotion, n_steps: int, temperature: float = 0.3, top_p: float = 0.9,
                  generator: torch.Generator | None = None, recurrent: bool = True,
                  recompute: str = "window"):
@@ -61,6 +60,14 @@ class Prior(nn.Module):
             raise ValueError(f"recompute must be 'window' or 'prefix', got {recompute!r}")
         if n_steps > self.config.max_len:
             raise ValueError(f"n_steps {n_steps} exceeds the prior's max_len {self.config.max_len}")
+        # inference_mode has less per-op bookkeeping than no_grad; the clone outside it
+        # makes the codes an ordinary tensor again, usable anywhere.
+        with torch.inference_mode():
+            codes = self._sample(emotion, n_steps, temperature, top_p, generator, recurrent,
+                                 recompute)
+        return codes.clone()
+
+    def _sample(self, emotion, n_steps, temperature, top_p, generator, recurrent, recompute):
         was_training = self.training
         self.eval()
         device = self.head.weight.device
