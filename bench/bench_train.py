@@ -1,0 +1,271 @@
+"""Training speed at the paper configuration: one training step, and the vectorised
+regulariser and reconstruction loss against the plain Python loops of the authors' code.
+
+The model has random weights and the EMOPIA vocabulary (tempo 56, chord 135, bar-beat
+18, type 4, pitch 87, duration 18, velocity 42, emotion 5), with 1024-step sequences.
+Measured, all in one run (the machine is shared, so only same-run ratios mean much):
+- sec_per_step: MusER forward + backward + gradient clipping (norm 3) + Adam step on a
+  batch of --batch random pieces (default 2) of 1024 steps; median of --steps steps after
+  one warm-up step. With --amp the forward runs under bf16 autocast, as MusER.py --amp
+  does; otherwise float32.
+- reg_speedup: models.muser.element_regularization (all batch pairs at once) against
+  the authors' loop: per element, [B, B, T] matrices of token and latent differences
+  filled pair by pair in a double Python loop, then one L1 loss of tanh against sign;
+  forward and backward, batch 16, 1024 steps.
+- loss_speedup: models.muser.reconstruction_losses against the authors' loop over the
+  samples (NLL of each element over the sample's first seq_len steps); forward and
+  backward, batch 16, 1024 steps. Only the loss is timed (the log-softmax inputs are
+  given); the vectorised function also computes the accuracies.
+The losses are timed best-of-N (the least disturbed run on a shared machine); both loop
+references are checked to give the vectorised values. Both loop references are checked to give the vectorised values. Also printed (not in the
+last line): forward + backward of the seven element sub-decoders run one after another
+(as the model does) against one batched module over stacked per-decoder weights
+(--element_batching to skip it).
+
+Usage: python bench/bench_train.py [--threads N] [--batch 2] [--steps 3] [--amp] [--quick]
+The last line printed is
+
+    sec_per_step=... reg_speedup=... loss_speedup=...
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from models.attention import causal_linear_attention, feature_map  # noqa: E402
+from models.config import MusERConfig  # noqa: E402
+from models.muser import MusER, element_regularization, reconstruction_losses  # noqa: E402
+
+EMOPIA_VOCAB = [56, 135, 18, 4, 87, 18, 42, 5]
+TYPE_IDS = {"EOS": 0, "Emotion": 1, "Metrical": 2, "Note": 3}
+N_ELEMENTS = 7
+
+
+def random_batch(batch, length, generator):
+    y = torch.stack([torch.randint(0, v, (batch, length), generator=generator)
+                     for v in EMOPIA_VOCAB], -1)
+    x = torch.cat([y[:, :1], y[:, :-1]], dim=1)
+    seq_len = torch.randint(length // 2, length + 1, (batch,), generator=generator)
+    mask = (torch.arange(length) < seq_len[:, None]).float()
+    return x, y, mask, seq_len
+
+
+def seconds(fn, repeat, best=False):
+    """Median (or best) wall time of `repeat` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) if best else statistics.median(times)
+
+
+# -- the training step ------------------------------------------------------------------
+
+def time_training_step(batch, repeat, amp):
+    torch.manual_seed(0)
+    model = MusER(MusERConfig(EMOPIA_VOCAB, type_ids=TYPE_IDS)).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x, y, mask, seq_len = random_batch(batch, model.config.max_len, torch.Generator().manual_seed(1))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = model(x, y, mask, seq_len)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+        optimizer.step()
+        assert torch.isfinite(loss)
+
+    return seconds(step, repeat), model
+
+
+# -- regulariser: vectorised vs the loop over batch pairs --------------------------------
+
+def regularization_loop(reduced, targets):
+    """L_reg per element [7] as the authors' code computes it: for each element, fill
+    [B, B, T] matrices of token and latent differences pair by pair in a double Python
+    loop, then one L1 loss between tanh of the latent and sign of the token differences."""
+    batch, length = reduced.shape[1:]
+    losses = []
+    for k in range(reduced.shape[0]):
+        target_diff = torch.zeros(batch, batch, length)
+        latent_diff = torch.zeros(batch, batch, length)
+        for i in range(batch):
+            for j in range(batch):
+                target_diff[i][j] = targets[k, i] - targets[k, j]
+                latent_diff[i][j] = reduced[k, i] - reduced[k, j]
+        losses.append(F.l1_loss(torch.tanh(latent_diff), torch.sign(target_diff)))
+    return torch.stack(losses)
+
+
+def reconstruction_loop(log_probs, y, mask, seq_len):
+    """Per-element loss [7] as the authors' code computes it: for each sample, the NLL of
+    each element over its first seq_len steps, summed over samples and divided by B.
+    (The vectorised function also computes the accuracies; the loop does not.)"""
+    batch = y.shape[0]
+    totals = [0.0] * N_ELEMENTS
+    for b in range(batch):
+        n = seq_len[b]
+        for k in range(N_ELEMENTS):
+            totals[k] = totals[k] + F.nll_loss(log_probs[k][b][:n], y[b, :n, k])
+    return torch.stack(totals) / batch
+
+
+def time_losses(batch, length, repeat):
+    g = torch.Generator().manual_seed(2)
+    reduced = torch.randn(N_ELEMENTS, batch, length, generator=g, requires_grad=True)
+    _, y, mask, seq_len = random_batch(batch, length, g)
+    tokens = y[..., :N_ELEMENTS].permute(2, 0, 1)          # [7, B, T] long, as the authors'
+    targets = {regularization_loop: tokens,
+               element_regularization: tokens.to(torch.int16)}  # as MusER.regularization_targets
+    # The model's log-softmax outputs, as leaves: only the loss itself is timed.
+    log_probs = [torch.randn(batch, length, v, generator=g).log_softmax(-1).requires_grad_()
+                 for v in EMOPIA_VOCAB[:N_ELEMENTS]]
+
+    def reg(fn):
+        reduced.grad = None
+        fn(reduced, targets[fn]).sum().backward()
+
+    def recon(fn):
+        for lp in log_probs:
+            lp.grad = None
+        out = fn(log_probs, y, mask, seq_len)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+
+    with torch.no_grad():
+        assert torch.allclose(element_regularization(reduced, targets[element_regularization]),
+                              regularization_loop(reduced, targets[regularization_loop]), atol=1e-5)
+        assert torch.allclose(reconstruction_losses(log_probs, y, mask, seq_len)[0],
+                              reconstruction_loop(log_probs, y, mask, seq_len), atol=1e-5)
+    # Best of `repeat` runs each: on a shared machine the minimum is the least disturbed.
+    times = {"reg_vectorised": seconds(lambda: reg(element_regularization), 4 * repeat, True),
+             "reg_loop": seconds(lambda: reg(regularization_loop), repeat, True),
+             "loss_vectorised": seconds(lambda: recon(reconstruction_losses), 4 * repeat, True),
+             "loss_loop": seconds(lambda: recon(reconstruction_loop), repeat, True)}
+    return times
+
+
+# -- element sub-decoders: one after another vs one batched module ----------------------
+
+def _stacked(modules, name):
+    return torch.stack([getattr(m, name) for m in modules])
+
+
+def batched_element_decoders(decoders, x):
+    """The seven element decoders (TransformerStacks, causal-linear self-attention, no
+    cross-attention) as one module over stacked per-decoder weights: x [G, B, L, d] ->
+    [G, B, L, d]. Weights are stacked on every call, so the per-decoder parameters stay
+    the trained (and saved) ones and receive their own gradients."""
+    groups, batch, length, d = x.shape
+    first = decoders[0].layers[0]
+    heads, e = first.attention.n_heads, first.attention.head_dim
+    dropout = first.dropout.p if first.training else 0.0
+
+    def linear(h, modules):
+        weight, bias = _stacked(modules, "weight"), _stacked(modules, "bias")   # [G, out, in]
+        return torch.baddbmm(bias.unsqueeze(1), h.reshape(groups, -1, h.shape[-1]),
+                             weight.transpose(1, 2)).view(*h.shape[:-1], -1)
+
+    def norm(h, modules):
+        weight, bias = _stacked(modules, "weight"), _stacked(modules, "bias")
+        return torch.addcmul(bias[:, None, None], F.layer_norm(h, (d,), eps=modules[0].eps),
+                             weight[:, None, None])
+
+    def split_heads(h):                                 # [G, B, L, d] -> [G*B, H, L, e]
+        return h.view(groups * batch, length, heads, e).transpose(1, 2)
+
+    for i in range(len(decoders[0].layers)):
+        layers = [dec.layers[i] for dec in decoders]
+        attention = [l.attention for l in layers]
+        q = split_heads(linear(x, [a.query_projection for a in attention]))
+        k = split_heads(linear(x, [a.key_projection for a in attention]))
+        v = split_heads(linear(x, [a.value_projection for a in attention]))
+        a = causal_linear_attention(feature_map(q), feature_map(k), v,
+                                    chunk_size=attention[0].chunk_size)
+        a = a.transpose(1, 2).reshape(groups, batch, length, d)
+        a = linear(a, [m.out_projection for m in attention])
+        x = norm(x + F.dropout(a, dropout, first.training), [l.norm_attention for l in layers])
+        y = F.dropout(F.gelu(linear(x, [l.linear1 for l in layers])), dropout, first.training)
+        y = linear(y, [l.linear2 for l in layers])
+        x = norm(x + F.dropout(y, dropout, first.training), [l.norm_ff for l in layers])
+    return norm(x, [dec.norm for dec in decoders])
+
+
+def time_element_decoders(model, batch, repeat):
+    decoders = list(model.element_decoders)
+    d, length = model.config.dec_d_model, model.config.max_len
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(N_ELEMENTS, batch, length, d, generator=g)
+    model.eval()                                        # no dropout: the outputs must agree
+    with torch.no_grad():
+        one_by_one = torch.stack([dec(x[k]) for k, dec in enumerate(decoders)])
+        assert torch.allclose(batched_element_decoders(decoders, x), one_by_one, atol=1e-4)
+    model.train()
+
+    def sequential():
+        model.zero_grad(set_to_none=True)
+        torch.stack([dec(x[k]) for k, dec in enumerate(decoders)]).square().mean().backward()
+
+    def batched():
+        model.zero_grad(set_to_none=True)
+        batched_element_decoders(decoders, x).square().mean().backward()
+
+    return seconds(sequential, repeat), seconds(batched, repeat)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2,
+                        help="intra-op CPU threads (2 is fastest on an idle 2-core CPU: the "
+                             "training step is large matrix products)")
+    parser.add_argument("--batch", type=int, default=2, help="pieces per training step")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps (median)")
+    parser.add_argument("--loss_batch", type=int, default=16, help="batch of the loss comparison")
+    parser.add_argument("--repeat", type=int, default=5, help="timed calls per loss variant (median)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast in the training step")
+    parser.add_argument("--element_batching", type=int, default=1,
+                        help="1: also time the batched element decoders; 0: skip")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 step, 2 repeats")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.repeat = 1, 2
+    torch.set_num_threads(args.threads)
+    print(f"cpu, {args.threads} thread(s), torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.2f} at start")
+
+    sec_per_step, model = time_training_step(args.batch, args.steps, args.amp)
+    print(f"training step, batch {args.batch} x {model.config.max_len} steps, "
+          f"{'bf16 autocast' if args.amp else 'float32'}: {sec_per_step:.2f} s")
+
+    t = time_losses(args.loss_batch, model.config.max_len, args.repeat)
+    reg_speedup = t["reg_loop"] / t["reg_vectorised"]
+    loss_speedup = t["loss_loop"] / t["loss_vectorised"]
+    print(f"regulariser, batch {args.loss_batch}, forward + backward: vectorised "
+          f"{1e3 * t['reg_vectorised']:.1f} ms, loop over pairs {1e3 * t['reg_loop']:.0f} ms: "
+          f"{reg_speedup:.0f}x")
+    print(f"reconstruction loss, batch {args.loss_batch}, forward + backward: vectorised "
+          f"{1e3 * t['loss_vectorised']:.1f} ms, loop over samples {1e3 * t['loss_loop']:.1f} ms: "
+          f"{loss_speedup:.1f}x")
+
+    if args.element_batching:
+        sequential, batched = time_element_decoders(model, args.batch, max(1, args.steps))
+        print(f"element decoders, batch {args.batch}, forward + backward: one after another "
+              f"{sequential:.2f} s, one batched module {batched:.2f} s: "
+              f"{sequential / batched:.2f}x")
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
+    print(f"sec_per_step={sec_per_step:.2f} reg_speedup={reg_speedup:.0f} "
+          f"loss_speedup={loss_speedup:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
