@@ -15,7 +15,6 @@ function serves both). The ablation switches of the config choose the latent red
 """
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 
@@ -105,10 +104,8 @@ def element_regularization(reduced: torch.Tensor, targets: torch.Tensor) -> torc
     return losses * (2.0 / (batch * batch * length))
 
 
-@functools.lru_cache(maxsize=16)
 def _pair_matrix(batch: int, device, dtype) -> torch.Tensor:
-    """[B(B-1)/2, B]: row p has +1 at i and -1 at j for the p-th pair i < j (cached; never
-    written to)."""
+    """[B(B-1)/2, B]: row p has +1 at i and -1 at j for the p-th pair i < j."""
     i, j = torch.triu_indices(batch, batch, 1, device=device)
     rows = torch.arange(len(i), device=device)
     pairs = torch.zeros(len(i), batch, device=device, dtype=dtype)
