@@ -19,9 +19,11 @@ Measured, all in one run (the machine is shared, so only same-run ratios mean mu
   re-runs the whole prior over its 1024-code window) against the recurrent path. Both
   paths are checked to give the same codes and words; the decoder's and the prior's own
   ratios are printed too.
-- pieces_per_sec_b16: 16 pieces of --steps codes and words in one batch, recurrent path.
+- pieces_per_sec_b16: 16 pieces (--batch) of --steps codes and words in one batch,
+  recurrent path, prior and decoder time together (the key names the batch size).
 
-Usage: python bench/bench_generate.py [--device cpu|cuda] [--threads N] [--quick]
+Usage: python bench/bench_generate.py [--device cpu|cuda] [--threads N] [--steps 1024]
+                                      [--batch 16] [--quick]
 The last line printed is
 
     sec_per_piece=... speedup_vs_full=... pieces_per_sec_b16=...
@@ -194,7 +196,7 @@ def main():
           f"{pieces_per_sec:.3f} pieces/s")
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     print(f"sec_per_piece={sec_per_piece:.2f} speedup_vs_full={speedup:.1f} "
-          f"pieces_per_sec_b16={pieces_per_sec:.3f}")
+          f"pieces_per_sec_b{args.batch}={pieces_per_sec:.3f}")
     return 0
 
 

@@ -7,7 +7,8 @@ Measured, all in one run (the machine is shared, so only same-run ratios mean mu
 - sec_per_step: MusER forward + backward + gradient clipping (norm 3) + Adam step on a
   batch of --batch random pieces (default 2) of 1024 steps; median of --steps steps after
   one warm-up step. With --amp the forward runs under bf16 autocast, as MusER.py --amp
-  does; otherwise float32.
+  does; otherwise float32. The time of an EMOPIA-sized epoch (1,078 pieces) at this batch
+  size follows from it.
 - reg_speedup: models.muser.element_regularization (all batch pairs at once) against
   the authors' loop: per element, [B, B, T] matrices of token and latent differences
   filled pair by pair in a double Python loop, then one L1 loss of tanh against sign;
@@ -17,17 +18,19 @@ Measured, all in one run (the machine is shared, so only same-run ratios mean mu
   backward, batch 16, 1024 steps. Only the loss is timed (the log-softmax inputs are
   given); the vectorised function also computes the accuracies.
 The losses are timed best-of-N (the least disturbed run on a shared machine); both loop
-references are checked to give the vectorised values. Both loop references are checked to give the vectorised values. Also printed (not in the
-last line): forward + backward of the seven element sub-decoders run one after another
-(as the model does) against one batched module over stacked per-decoder weights
-(--element_batching to skip it).
+references are checked to give the vectorised values. Also printed (not in the last
+line): forward + backward of the seven element sub-decoders run one after another (as
+the model does) against one batched module over stacked per-decoder weights
+(--element_batching 0 skips it).
 
-Usage: python bench/bench_train.py [--threads N] [--batch 2] [--steps 3] [--amp] [--quick]
+Usage: python bench/bench_train.py [--device cpu|cuda] [--threads N] [--batch 2] [--steps 3]
+                                   [--amp] [--quick]
 The last line printed is
 
     sec_per_step=... reg_speedup=... loss_speedup=...
 """
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -46,6 +49,7 @@ from models.muser import MusER, element_regularization, reconstruction_losses  #
 EMOPIA_VOCAB = [56, 135, 18, 4, 87, 18, 42, 5]
 TYPE_IDS = {"EOS": 0, "Emotion": 1, "Metrical": 2, "Note": 3}
 N_ELEMENTS = 7
+EMOPIA_PIECES = 1078
 
 
 def random_batch(batch, length, generator):
@@ -57,27 +61,33 @@ def random_batch(batch, length, generator):
     return x, y, mask, seq_len
 
 
-def seconds(fn, repeat, best=False):
+def seconds(fn, repeat, best=False, device=torch.device("cpu")):
     """Median (or best) wall time of `repeat` calls after one warm-up call."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     fn()
     times = []
     for _ in range(repeat):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return min(times) if best else statistics.median(times)
 
 
 # -- the training step ------------------------------------------------------------------
 
-def time_training_step(batch, repeat, amp):
+def time_training_step(batch, repeat, amp, device):
     torch.manual_seed(0)
-    model = MusER(MusERConfig(EMOPIA_VOCAB, type_ids=TYPE_IDS)).train()
+    model = MusER(MusERConfig(EMOPIA_VOCAB, type_ids=TYPE_IDS)).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x, y, mask, seq_len = random_batch(batch, model.config.max_len, torch.Generator().manual_seed(1))
+    x, y, mask, seq_len = (t.to(device) for t in random_batch(
+        batch, model.config.max_len, torch.Generator().manual_seed(1)))
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = model(x, y, mask, seq_len)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -85,7 +95,7 @@ def time_training_step(batch, repeat, amp):
         optimizer.step()
         assert torch.isfinite(loss)
 
-    return seconds(step, repeat), model
+    return seconds(step, repeat, device=device), model
 
 
 # -- regulariser: vectorised vs the loop over batch pairs --------------------------------
@@ -97,8 +107,8 @@ def regularization_loop(reduced, targets):
     batch, length = reduced.shape[1:]
     losses = []
     for k in range(reduced.shape[0]):
-        target_diff = torch.zeros(batch, batch, length)
-        latent_diff = torch.zeros(batch, batch, length)
+        target_diff = torch.zeros(batch, batch, length, device=reduced.device)
+        latent_diff = torch.zeros(batch, batch, length, device=reduced.device)
         for i in range(batch):
             for j in range(batch):
                 target_diff[i][j] = targets[k, i] - targets[k, j]
@@ -120,15 +130,15 @@ def reconstruction_loop(log_probs, y, mask, seq_len):
     return torch.stack(totals) / batch
 
 
-def time_losses(batch, length, repeat):
+def time_losses(batch, length, repeat, device=torch.device("cpu")):
     g = torch.Generator().manual_seed(2)
-    reduced = torch.randn(N_ELEMENTS, batch, length, generator=g, requires_grad=True)
-    _, y, mask, seq_len = random_batch(batch, length, g)
+    reduced = torch.randn(N_ELEMENTS, batch, length, generator=g).to(device).requires_grad_()
+    _, y, mask, seq_len = (t.to(device) for t in random_batch(batch, length, g))
     tokens = y[..., :N_ELEMENTS].permute(2, 0, 1)          # [7, B, T] long, as the authors'
     targets = {regularization_loop: tokens,
                element_regularization: tokens.to(torch.int16)}  # as MusER.regularization_targets
     # The model's log-softmax outputs, as leaves: only the loss itself is timed.
-    log_probs = [torch.randn(batch, length, v, generator=g).log_softmax(-1).requires_grad_()
+    log_probs = [torch.randn(batch, length, v, generator=g).log_softmax(-1).to(device).requires_grad_()
                  for v in EMOPIA_VOCAB[:N_ELEMENTS]]
 
     def reg(fn):
@@ -147,10 +157,10 @@ def time_losses(batch, length, repeat):
         assert torch.allclose(reconstruction_losses(log_probs, y, mask, seq_len)[0],
                               reconstruction_loop(log_probs, y, mask, seq_len), atol=1e-5)
     # Best of `repeat` runs each: on a shared machine the minimum is the least disturbed.
-    times = {"reg_vectorised": seconds(lambda: reg(element_regularization), 4 * repeat, True),
-             "reg_loop": seconds(lambda: reg(regularization_loop), repeat, True),
-             "loss_vectorised": seconds(lambda: recon(reconstruction_losses), 4 * repeat, True),
-             "loss_loop": seconds(lambda: recon(reconstruction_loop), repeat, True)}
+    times = {"reg_vectorised": seconds(lambda: reg(element_regularization), 4 * repeat, True, device),
+             "reg_loop": seconds(lambda: reg(regularization_loop), repeat, True, device),
+             "loss_vectorised": seconds(lambda: recon(reconstruction_losses), 4 * repeat, True, device),
+             "loss_loop": seconds(lambda: recon(reconstruction_loop), repeat, True, device)}
     return times
 
 
@@ -200,11 +210,11 @@ def batched_element_decoders(decoders, x):
     return norm(x, [dec.norm for dec in decoders])
 
 
-def time_element_decoders(model, batch, repeat):
+def time_element_decoders(model, batch, repeat, device):
     decoders = list(model.element_decoders)
     d, length = model.config.dec_d_model, model.config.max_len
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(N_ELEMENTS, batch, length, d, generator=g)
+    x = torch.randn(N_ELEMENTS, batch, length, d, generator=g).to(device)
     model.eval()                                        # no dropout: the outputs must agree
     with torch.no_grad():
         one_by_one = torch.stack([dec(x[k]) for k, dec in enumerate(decoders)])
@@ -219,11 +229,12 @@ def time_element_decoders(model, batch, repeat):
         model.zero_grad(set_to_none=True)
         batched_element_decoders(decoders, x).square().mean().backward()
 
-    return seconds(sequential, repeat), seconds(batched, repeat)
+    return seconds(sequential, repeat, device=device), seconds(batched, repeat, device=device)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2,
                         help="intra-op CPU threads (2 is fastest on an idle 2-core CPU: the "
                              "training step is large matrix products)")
@@ -238,26 +249,31 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.steps, args.repeat = 1, 2
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    print(f"cpu, {args.threads} thread(s), torch {torch.__version__}, "
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{name}, {args.threads} CPU thread(s), torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.2f} at start")
 
-    sec_per_step, model = time_training_step(args.batch, args.steps, args.amp)
+    sec_per_step, model = time_training_step(args.batch, args.steps, args.amp, device)
+    steps_per_epoch = math.ceil(EMOPIA_PIECES / args.batch)
     print(f"training step, batch {args.batch} x {model.config.max_len} steps, "
-          f"{'bf16 autocast' if args.amp else 'float32'}: {sec_per_step:.2f} s")
+          f"{'bf16 autocast' if args.amp else 'float32'}: {sec_per_step:.2f} s; an EMOPIA-sized "
+          f"epoch ({EMOPIA_PIECES} pieces = {steps_per_epoch} steps) would take "
+          f"{sec_per_step * steps_per_epoch / 60:.1f} min")
 
-    t = time_losses(args.loss_batch, model.config.max_len, args.repeat)
+    t = time_losses(args.loss_batch, model.config.max_len, args.repeat, device)
     reg_speedup = t["reg_loop"] / t["reg_vectorised"]
     loss_speedup = t["loss_loop"] / t["loss_vectorised"]
     print(f"regulariser, batch {args.loss_batch}, forward + backward: vectorised "
-          f"{1e3 * t['reg_vectorised']:.1f} ms, loop over pairs {1e3 * t['reg_loop']:.0f} ms: "
+          f"{1e3 * t['reg_vectorised']:.1f} ms, authors' pair loop {1e3 * t['reg_loop']:.0f} ms: "
           f"{reg_speedup:.0f}x")
     print(f"reconstruction loss, batch {args.loss_batch}, forward + backward: vectorised "
-          f"{1e3 * t['loss_vectorised']:.1f} ms, loop over samples {1e3 * t['loss_loop']:.1f} ms: "
+          f"{1e3 * t['loss_vectorised']:.1f} ms, authors' sample loop {1e3 * t['loss_loop']:.1f} ms: "
           f"{loss_speedup:.1f}x")
 
     if args.element_batching:
-        sequential, batched = time_element_decoders(model, args.batch, max(1, args.steps))
+        sequential, batched = time_element_decoders(model, args.batch, max(1, args.steps), device)
         print(f"element decoders, batch {args.batch}, forward + backward: one after another "
               f"{sequential:.2f} s, one batched module {batched:.2f} s: "
               f"{sequential / batched:.2f}x")
