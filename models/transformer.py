@@ -193,12 +193,8 @@ class LinearSums:
     (batch row, head): kvz[:, :, :M] = sum phi(k) v^T, kvz[:, :, M] = sum phi(k);
     [rows * H, D, M + 1]. One product phi(q) kvz gives numerator and denominator. The
     state of causal-linear self-attention, and the summary of a linear cross-attention
-    memory."""
+    memory. PackedStacks.select keeps rows of it."""
     kvz: torch.Tensor
-
-    def select(self, index, heads: int):
-        rows = self.kvz.view(-1, heads, *self.kvz.shape[1:])
-        return LinearSums(rows[index].flatten(0, 1))
 
 
 class PackedStacks:
