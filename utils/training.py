@@ -237,6 +237,10 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
         ddp_device = [device.index] if device.type == "cuda" else None
         forward_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_device)
     if getattr(args, "compile", False):
+        # Compilation happens at the first forward; a failure there (no C++ compiler, an
+        # unsupported op) must fall back to eager instead of ending the run.
+        import torch._dynamo
+        torch._dynamo.config.suppress_errors = True
         try:
             forward_model = torch.compile(forward_model)
         except Exception as exc:
