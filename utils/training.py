@@ -239,8 +239,8 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
     if getattr(args, "compile", False):
         # Compilation happens at the first forward; a failure there (no C++ compiler, an
         # unsupported op) must fall back to eager instead of ending the run.
-        import torch._dynamo
-        torch._dynamo.config.suppress_errors = True
+        import torch._dynamo as dynamo
+        dynamo.config.suppress_errors = True
         try:
             forward_model = torch.compile(forward_model)
         except Exception as exc:
