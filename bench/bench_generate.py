@@ -39,13 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.common import EMOPIA_VOCAB, TYPE_IDS  # noqa: E402
 from models.config import MusERConfig, PriorConfig  # noqa: E402
 from models.muser import MusER  # noqa: E402
 from models.prior import Prior  # noqa: E402
 from utils.sampling import sample_tokens  # noqa: E402
 
-EMOPIA_VOCAB = [56, 135, 18, 4, 87, 18, 42, 5]
-TYPE_IDS = {"EOS": 0, "Emotion": 1, "Metrical": 2, "Note": 3}
 N_CODES = 512
 
 

@@ -42,12 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.common import EMOPIA_VOCAB, TYPE_IDS  # noqa: E402
 from models.attention import causal_linear_attention, feature_map  # noqa: E402
 from models.config import MusERConfig  # noqa: E402
 from models.muser import MusER, element_regularization, reconstruction_losses  # noqa: E402
 
-EMOPIA_VOCAB = [56, 135, 18, 4, 87, 18, 42, 5]
-TYPE_IDS = {"EOS": 0, "Emotion": 1, "Metrical": 2, "Note": 3}
 N_ELEMENTS = 7
 EMOPIA_PIECES = 1078
 

@@ -10,11 +10,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.common import EMOPIA_VOCAB  # noqa: E402
 from models.config import MusERConfig, PriorConfig  # noqa: E402
 from models.muser import MusER  # noqa: E402
 from models.prior import Prior  # noqa: E402
 
-EMOPIA_VOCAB = [56, 135, 18, 4, 87, 18, 42, 5]
 VARIANTS = [
     dict(),                                                    # the full model
     dict(reduction="MEAN"),
