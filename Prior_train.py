@@ -26,9 +26,8 @@ from utils.distributed import shutdown
 from utils.errors import UserError
 from utils.pipeline import (add_config_flags, check_prior_codes, codebook_fingerprint,
                             compact_codes, config_from_args, dataset_tensors, encode_pieces, load_vq_dict,
-                            plain_args, run_dir)
+                            model_name, plain_args, run_dir)
 from utils.training import fit, open_run, split_indices, start_training
-from VQ_explore import model_name
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,18 +11,18 @@ the pieces coloured by quadrant in six quadrant-pair panels, and the silhouette 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from utils.checkpoint import atomic_write_bytes, build_muser, load_checkpoint, model_vocabulary
+from utils.atomic import atomic_write, write_csv
+from utils.checkpoint import build_muser, load_checkpoint, model_vocabulary
 from utils.cli import add_common_args, resolve_checkpoint, resolve_device, run_main, seed_everything, str2bool
 from utils.cp import ELEMENTS
 from utils.data import load_cp_dataset
-from utils.pipeline import codebook_fingerprint, dataset_tensors, encode_pieces, make_vq_dict, save_vq_dict
+from utils.pipeline import (codebook_fingerprint, dataset_tensors, encode_pieces, make_vq_dict, model_name,
+                            save_vq_dict)
 
 # Q1-Q2 and Q3-Q4 differ in valence, Q1-Q4 and Q2-Q3 in arousal.
 QUADRANT_PAIRS = [(1, 2), (1, 4), (1, 3), (3, 4), (2, 3), (2, 4)]
@@ -41,14 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
     add_common_args(parser)
     return parser
-
-
-def model_name(flag_value: str, checkpoint_path: Path) -> str:
-    """NAME for output files: the flag when it is a name, else the run folder's name."""
-    path = Path(flag_value)
-    if path.suffix in {".pt", ".pth"}:
-        return checkpoint_path.parent.name
-    return path.name
 
 
 def pooled_features(latent: torch.Tensor, mask: torch.Tensor, slice_dim: int) -> dict[str, np.ndarray]:
@@ -91,16 +83,12 @@ def silhouette_table(features: dict[str, np.ndarray], embedded: dict[str, np.nda
 
 def write_tables(rows: list[dict], figure_dir: Path) -> str:
     keys = list(rows[0])
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(figure_dir / "silhouette.csv", lambda h: h.write(text.getvalue().encode()))
+    write_csv(figure_dir / "silhouette.csv", rows)
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
         lines.append("| " + " | ".join(v if isinstance(v, str) else f"{v:.3f}" for v in row.values()) + " |")
     markdown = "\n".join(lines) + "\n"
-    atomic_write_bytes(figure_dir / "silhouette.md", lambda h: h.write(markdown.encode()))
+    atomic_write(figure_dir / "silhouette.md", lambda h: h.write(markdown.encode()))
     return markdown
 
 

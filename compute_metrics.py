@@ -22,6 +22,7 @@ import numpy as np
 
 from models import evaluator as E
 from utils import metrics as M
+from utils.atomic import write_csv
 from utils.cli import run_main
 from utils.errors import UserError
 from utils.piece_io import load_dataset_pieces, load_generated
@@ -129,10 +130,7 @@ def main(argv=None) -> int:
             for group, values in summary.items():
                 for metric, (mean, std, n) in values.items():
                     writer.writerow([source, group, metric, f"{mean:.6g}", f"{std:.6g}", n])
-    with open(out_dir / "per_piece.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(piece_rows[0]))
-        writer.writeheader()
-        writer.writerows(piece_rows)
+    write_csv(out_dir / "per_piece.csv", piece_rows)
 
     violins = plot_element_violins({s: element_groups(p) for s, p in sources.items()},
                                    out_dir / "violins.png",

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from utils.checkpoint import atomic_write_bytes, build_muser, build_prior, load_checkpoint
+from utils.atomic import atomic_write
+from utils.checkpoint import build_muser, build_prior, load_checkpoint
 from utils.cli import add_common_args, resolve_checkpoint, resolve_device, run_main, str2bool
 from utils.cp import words_to_midi
 from utils.errors import UserError
@@ -118,8 +119,7 @@ def main(argv=None) -> int:
                                  recurrent=not args.full_recompute)
         for i, words in enumerate(pieces):
             name = f"emotion{q}_{start + i}"
-            midi = words_to_midi(words, word2event, close_empty_bars=True)
-            atomic_write_bytes(out_dir / f"{name}.mid", lambda handle: midi.dump(file=handle))
+            words_to_midi(words, word2event, out_dir / f"{name}.mid", close_empty_bars=True)
             results["words"].append(words)
             indices["codes"].append(compact[i].cpu().numpy())
             for record in (results, indices):
@@ -129,8 +129,8 @@ def main(argv=None) -> int:
     bar.close()
 
     root = Path(args.out_root)
-    atomic_write_bytes(root / f"{args.music_file}_data.data", lambda h: pickle.dump(results, h))
-    atomic_write_bytes(root / f"{args.music_file}_index.data", lambda h: pickle.dump(indices, h))
+    atomic_write(root / f"{args.music_file}_data.data", lambda h: pickle.dump(results, h))
+    atomic_write(root / f"{args.music_file}_index.data", lambda h: pickle.dump(indices, h))
     if args.piano_rolls:
         from utils.plotting import plot_piano_roll
         for q in args.emotion:

@@ -223,7 +223,7 @@ import io, sys, time
 import torch
 import MusER
 import utils.training as training
-from utils.checkpoint import atomic_write_bytes
+from utils.atomic import atomic_write
 from utils.cli import run_main
 
 sentinel, saves, real_save = sys.argv[1], [], training.save_checkpoint
@@ -241,7 +241,7 @@ def save(path, checkpoint):
         handle.flush()
         open(sentinel, "w").close()
         time.sleep(600)
-    atomic_write_bytes(path, write)
+    atomic_write(path, write)
 
 training.save_checkpoint = save
 run_main(MusER.main, sys.argv[2:])

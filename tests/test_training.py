@@ -7,7 +7,8 @@ import torch
 
 from utils.distributed import DistInfo
 from utils.errors import UserError
-from utils.training import MetricSums, split_indices, write_history_csv
+from utils.atomic import write_csv
+from utils.training import MetricSums, split_indices
 
 
 def test_split_is_seeded_disjoint_and_complete():
@@ -41,7 +42,7 @@ def test_metric_sums_weight_by_batch_size_and_count_codes():
 
 def test_history_csv_has_every_column(tmp_path):
     path = tmp_path / "metrics.csv"
-    write_history_csv(path, [{"epoch": 1, "split": "train", "loss": 2.0},
+    write_csv(path, [{"epoch": 1, "split": "train", "loss": 2.0},
                              {"epoch": 1, "split": "val", "loss": 2.5, "acc_mean": 0.1}])
     lines = path.read_text().splitlines()
     assert lines[0] == "epoch,split,loss,acc_mean"

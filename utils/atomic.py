@@ -1,4 +1,6 @@
 """Atomic file writes without heavy imports (the data pipeline does not load torch)."""
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -41,3 +43,15 @@ def atomic_write(path, write) -> None:
 def _write_error(path: Path, exc: OSError) -> UserError:
     kept = " (the previous file is kept)" if path.exists() else ""
     return UserError(f"cannot write {path}: {exc.strerror or exc}{kept}")
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    """Write dict rows as a CSV file, atomically; the columns are every key, in first-seen order."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda handle: handle.write(text.getvalue().encode()))

@@ -28,15 +28,11 @@ import torch
 from utils.atomic import atomic_write
 from utils.errors import UserError
 
-# One implementation of atomic writes for the whole project (temporary file + fsync +
-# rename, usual permissions); the name is kept for the scripts that import it from here.
-atomic_write_bytes = atomic_write
-
 KIND_FLAGS = {"muser": "a MusER VQ-VAE", "prior": "a prior"}
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
-    atomic_write_bytes(path, lambda handle: torch.save(checkpoint, handle))
+    atomic_write(path, lambda handle: torch.save(checkpoint, handle))
 
 
 def load_checkpoint(path: str | os.PathLike, expect_kind: str | None = None,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.checkpoint import atomic_write_bytes
+from utils.atomic import atomic_write
 from utils.cli import SAVED_MODELS
 from utils.errors import UserError
 
@@ -70,6 +70,14 @@ def dataset_tensors(data, max_len: int) -> dict[str, torch.Tensor]:
         "mask": torch.as_tensor(data.mask[:, :max_len], dtype=torch.float32),
         "seq_len": torch.as_tensor(np.minimum(data.seq_len, max_len), dtype=torch.long),
     }
+
+
+def model_name(flag_value: str, checkpoint_path: Path) -> str:
+    """NAME for output files: the flag when it is a name, else the run folder's name."""
+    path = Path(flag_value)
+    if path.suffix in {".pt", ".pth"}:
+        return checkpoint_path.parent.name
+    return path.name
 
 
 def run_dir(model_path: str | None, default_name: str) -> Path:
@@ -134,7 +142,7 @@ def make_vq_dict(codes: torch.Tensor, fingerprint: str) -> dict:
 
 
 def save_vq_dict(path: Path, vq_dict: dict) -> None:
-    atomic_write_bytes(path, lambda handle: pickle.dump(vq_dict, handle))
+    atomic_write(path, lambda handle: pickle.dump(vq_dict, handle))
 
 
 def load_vq_dict(path: Path, fingerprint: str | None = None, codebook_size: int | None = None) -> dict:

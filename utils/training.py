@@ -13,8 +13,6 @@ current epoch: the previous `last.pt` is intact because writes are atomic.
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import random
@@ -29,7 +27,8 @@ import torch
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from utils.atomic import write_csv
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import resolve_device, seed_everything, setup_logging
 from utils.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, local_device
 from utils.pipeline import check_run_dir
@@ -187,17 +186,6 @@ def evaluate(model: torch.nn.Module, step_fn: StepFn, data: dict[str, torch.Tens
     return sums.reduce(DistInfo())
 
 
-def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_bytes(path, lambda handle: handle.write(text.getvalue().encode()))
-
-
 def _plot_history(csv_path: Path, logger: logging.Logger) -> None:
     try:
         from utils.plotting import plot_loss_curves
@@ -321,7 +309,7 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
                 save_checkpoint(out_dir / "last.pt", ckpt)
                 if improved:
                     save_checkpoint(out_dir / "best.pt", ckpt)
-                write_history_csv(out_dir / "metrics.csv", state["history"])
+                write_csv(out_dir / "metrics.csv", state["history"])
                 # Drawing costs seconds: redraw at most once a minute, and at the end.
                 if epoch + 1 == args.Epoch or stop.requested or time.time() - last_plot > 60:
                     _plot_history(out_dir / "metrics.csv", logger)
