@@ -53,6 +53,8 @@ demo: venv
 	@echo; echo "Generated MIDI:"; ls $(DEMO)/generate_midi/demo/*.mid
 	@echo; echo "Figures:"; find $(DEMO) -name '*.png' | sort
 	@echo; echo "Tables: $(DEMO)/metrics/metrics.md $(DEMO)/transfer/transfer.md $(DEMO)/figures/MusER_TRANS_CA_GE_emopia/silhouette.md"
+	@echo; echo "Listening pages: $(DEMO)/generate_midi/demo/index.html $(DEMO)/transfer/index.html"
+	@echo "Open in a browser: $(abspath $(DEMO))/metrics/index.html"
 
 clean-demo:
 	rm -rf $(DEMO)

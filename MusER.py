@@ -3,7 +3,7 @@
     python MusER.py --data_path ./data/co-representation/emopia_data.npz --dataset emopia \
         --model_path MusER_TRANS_CA_GE_emopia --log_path logs/muser.log
 
-Writes DIR/best.pt (lowest monitored loss), DIR/last.pt (resume point), DIR/metrics.csv and
+Writes DIR/best.pt (lowest reconstruction loss), DIR/last.pt (resume point), DIR/metrics.csv and
 DIR/loss_curves.png; DIR defaults to saved_models/{model name}_{dataset}.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from utils.cp import ELEMENTS, type_index, vocab_sizes
 from utils.data import check_model_vocabulary, load_cp_dataset
 from utils.distributed import shutdown
 from utils.pipeline import (add_config_flags, config_from_args, dataset_tensors,
-                            plain_args, run_dir)
+                            plain_args, report_pieces, run_dir)
 from utils.training import fit, open_run, split_indices, start_training
 
 
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: saved_models/{model name}_{dataset})")
     parser.add_argument("--log_path", default=None, help="text log (default: {model_path}/train.log)")
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS),
-                        help="'tiny' shrinks the model so the pipeline runs on a laptop CPU")
+                        help="'tiny' shrinks the model so the pipeline runs on a laptop CPU in minutes; "
+                             "'small' is the reproduction study's size (256-step windows, narrow layers)")
     training = parser.add_argument_group("training", "defaults are the paper's values")
     training.add_argument("--Epoch", "--epochs", dest="Epoch", type=int, default=300)
     training.add_argument("--batch_size", type=int, default=16)
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
     train_idx, val_idx = split_indices(len(data.x), args.val_split, args.seed)
     train = {k: v[train_idx] for k, v in tensors.items()}
     val = {k: v[val_idx] for k, v in tensors.items()} if len(val_idx) else None
+    report_pieces(data.emotion, len(train_idx), data.npz_path, args.preset, logger)
 
     model = MusER(config).to(device)
     n_params = sum(p.numel() for p in model.parameters())

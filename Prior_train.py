@@ -26,7 +26,7 @@ from utils.distributed import shutdown
 from utils.errors import UserError
 from utils.pipeline import (add_config_flags, check_prior_codes, codebook_fingerprint,
                             compact_codes, config_from_args, dataset_tensors, encode_pieces, load_vq_dict,
-                            model_name, plain_args, run_dir)
+                            model_name, plain_args, report_pieces, run_dir)
 from utils.training import fit, open_run, split_indices, start_training
 
 
@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     train_idx, val_idx = split_indices(len(compact), args.val_split, args.seed)
     train = {k: v[train_idx] for k, v in sequences.items()}
     val = {k: v[val_idx] for k, v in sequences.items()} if len(val_idx) else None
+    report_pieces(data.emotion, len(train_idx), data.npz_path, args.preset, logger)
 
     model = Prior(config).to(device)
     n_params = sum(p.numel() for p in model.parameters())

@@ -7,25 +7,26 @@ Writes data/{NAME}_VQ_dict.data ({0: {code: compact}, 1: {compact: code}}, the p
 vocabulary) and, with --plot_flag, per element and for the whole latent: a t-SNE figure of
 the pieces coloured by quadrant in six quadrant-pair panels, and the silhouette table
 (figures/{NAME}/silhouette.csv and .md).
+
+The latent-space protocol is the authors' (utils/latent_space.py): each piece's quantised
+latent averaged over the whole sequence, padding included (--pool all; --pool valid
+averages over the piece's real steps), t-SNE with perplexity 30, PCA init, seed 13 and 3000
+iterations, silhouettes of each quadrant pair on the 2-D t-SNE points (the paper's), plus
+silhouettes on the pooled latent itself as extra columns.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from utils.atomic import atomic_write, write_csv
 from utils.checkpoint import build_muser, load_checkpoint, model_vocabulary
 from utils.cli import add_common_args, resolve_checkpoint, resolve_device, run_main, seed_everything, str2bool
-from utils.cp import ELEMENTS
 from utils.data import load_cp_dataset
+from utils.errors import UserError
+from utils.latent_space import (PERPLEXITY, POOLS, TSNE_ITERATIONS, latent_features, silhouette_markdown,
+                                silhouette_table)
 from utils.pipeline import (codebook_fingerprint, dataset_tensors, encode_pieces, make_vq_dict, model_name,
                             save_vq_dict)
-
-# Q1-Q2 and Q3-Q4 differ in valence, Q1-Q4 and Q2-Q3 in arousal.
-QUADRANT_PAIRS = [(1, 2), (1, 4), (1, 3), (3, 4), (2, 3), (2, 4)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,62 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vq_dict_path", default=None, help="default: data/{NAME}_VQ_dict.data")
     parser.add_argument("--figure_dir", default=None, help="default: figures/{NAME}")
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
+    parser.add_argument("--pool", choices=POOLS, default="all",
+                        help="time average of each piece's latent: over all steps, padding included "
+                             "(the authors'), or over its valid steps only")
+    parser.add_argument("--perplexity", type=float, default=PERPLEXITY, help="t-SNE perplexity")
+    parser.add_argument("--tsne_iter", type=int, default=TSNE_ITERATIONS,
+                        help="t-SNE iterations (scikit-learn needs at least 250)")
     add_common_args(parser)
     return parser
 
 
-def pooled_features(latent: torch.Tensor, mask: torch.Tensor, slice_dim: int) -> dict[str, np.ndarray]:
-    """Per piece, the quantised latent averaged over its real steps: one vector per element and 'all'."""
-    weights = mask / mask.sum(dim=1, keepdim=True).clamp(min=1)
-    pooled = torch.einsum("nt,ntd->nd", weights, latent).numpy()
-    features = {name: pooled[:, k * slice_dim:(k + 1) * slice_dim] for k, name in enumerate(ELEMENTS)}
-    features["all"] = pooled
-    return features
-
-
-def tsne_2d(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
-    from sklearn.manifold import TSNE
-
-    perplexity = min(perplexity, max(1.0, (len(features) - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
-
-
-def pair_silhouette(points: np.ndarray, labels: np.ndarray, pair: tuple[int, int]) -> float:
-    """Silhouette of two quadrants, from the labels actually present; NaN when one is missing."""
-    from sklearn.metrics import silhouette_score
-
-    keep = np.isin(labels, pair)
-    if len(np.unique(labels[keep])) < 2 or keep.sum() < 3:
-        return float("nan")
-    return float(silhouette_score(points[keep], labels[keep]))
-
-
-def silhouette_table(features: dict[str, np.ndarray], embedded: dict[str, np.ndarray],
-                     labels: np.ndarray) -> list[dict]:
-    rows = []
-    for name, points in embedded.items():
-        for space, values in (("tsne", points), ("latent", features[name])):
-            row = {"element": name, "space": space}
-            for pair in QUADRANT_PAIRS:
-                row[f"Q{pair[0]}-Q{pair[1]}"] = pair_silhouette(values, labels, pair)
-            rows.append(row)
-    return rows
-
-
-def write_tables(rows: list[dict], figure_dir: Path) -> str:
-    keys = list(rows[0])
-    write_csv(figure_dir / "silhouette.csv", rows)
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(v if isinstance(v, str) else f"{v:.3f}" for v in row.values()) + " |")
-    markdown = "\n".join(lines) + "\n"
-    atomic_write(figure_dir / "silhouette.md", lambda h: h.write(markdown.encode()))
-    return markdown
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.plot_flag and (args.tsne_iter < 250 or not args.perplexity > 0):
+        raise UserError(f"--tsne_iter must be at least 250 and --perplexity positive "
+                        f"(got {args.tsne_iter}, {args.perplexity})")
     device = resolve_device(args.device)
     seed_everything(args.seed)
     ckpt_path = resolve_checkpoint(args.VQ_VAE, "--VQ_VAE")
@@ -112,18 +72,13 @@ def main(argv=None) -> int:
 
     if not args.plot_flag:
         return 0
-    from tqdm import tqdm
-    from utils.plotting import plot_tsne_pairs
-
     figure_dir = Path(args.figure_dir or f"figures/{name}")
-    labels = data.emotion
-    features = pooled_features(latent, tensors["mask"], model.config.slice_dim)
-    embedded = {}
-    for element in tqdm(list(features), desc="t-SNE", leave=False):
-        embedded[element] = tsne_2d(features[element], args.perplexity, args.seed)
-        plot_tsne_pairs(embedded[element], labels, f"{name}: {element} latent",
-                        figure_dir / f"tsne_{element}.png")
-    print(write_tables(silhouette_table(features, embedded, labels), figure_dir), end="")
+    features = latent_features(latent, tensors["mask"], model.config.slice_dim, args.pool)
+    rows = silhouette_table(features, data.emotion, perplexity=args.perplexity, seed=args.seed,
+                            max_iter=args.tsne_iter, figure_dir=figure_dir, title=name, progress=True)
+    print(f"silhouettes (pooled over {args.pool} steps; Q columns on the t-SNE points, "
+          f"'latent' columns on the pooled latent):")
+    print(silhouette_markdown(rows), end="")
     print(f"figures and silhouette table in {figure_dir}")
     return 0
 

@@ -9,7 +9,8 @@ quadrant; with --evaluator, how often the generated pieces carry the emotion ask
     python compute_metrics.py --generated generate_midi/OUT_data.data --evaluator saved_models/emotion_evaluator.json
 
 Writes OUT_DIR/metrics.md, metrics.csv (one row per source, quadrant and metric),
-per_piece.csv, violins.png and piano_rolls/*.png; prints the Markdown. The emotion
+per_piece.csv, violins.png, piano_rolls/*.png and a listening page index.html (the tables,
+and --listen pieces per quadrant of each source in pieces/, with audio); prints the Markdown. The emotion
 evaluator comes from train_evaluator.py.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from models import evaluator as E
 from utils import metrics as M
 from utils.atomic import write_csv
-from utils.cli import run_main
+from utils.cli import add_audio_args, run_main
 from utils.errors import UserError
 from utils.piece_io import load_dataset_pieces, load_generated
 from utils.plotting import plot_element_violins, plot_piano_roll
@@ -43,8 +44,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default="metrics", help="output folder (default metrics/)")
     p.add_argument("--piano_rolls", type=int, default=1,
                    help="piano-roll PNGs of the first N generated pieces per quadrant (default 1)")
+    p.add_argument("--listen", type=int, default=2,
+                   help="pieces per quadrant and source on the listening page index.html (default 2)")
+    add_audio_args(p)
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return p
+
+
+def listening_midis(args, sources, dataset, out_dir: Path) -> dict[str, dict[int, list[Path]]]:
+    """MIDI and piano roll of the first --listen pieces per quadrant and source, written
+    under out_dir/pieces/ so that the page links only inside its folder."""
+    import shutil
+
+    from utils.cp import words_to_midi
+    from utils.piece_io import dataset_words, read_words_pickle, words_pickle_word2event
+
+    words = None
+    if args.generated and not Path(args.generated).is_dir():
+        data = read_words_pickle(args.generated)
+        words = (data["words"], words_pickle_word2event(args.generated, data, args.dictionary))
+    out: dict[str, dict[int, list[Path]]] = {}
+    for source, pieces in sources.items():
+        for q in range(1, 5):
+            chosen = [i for i, p in enumerate(pieces) if p.emotion == q][:max(args.listen, 0)]
+            for i in chosen:
+                midi = out_dir / "pieces" / source / (Path(pieces[i].name).stem + ".mid")
+                midi.parent.mkdir(parents=True, exist_ok=True)
+                if source == "data":
+                    words_to_midi(dataset_words(dataset, i), dataset.word2event, path=midi)
+                elif words is not None:
+                    words_to_midi(words[0][i], words[1], path=midi, close_empty_bars=True)
+                else:
+                    shutil.copyfile(Path(args.generated) / pieces[i].name, midi)
+                plot_piano_roll(pieces[i], midi.with_suffix(".png"),
+                                title=f"{source}, Q{q}: {pieces[i].name}")
+                out.setdefault(source, {}).setdefault(q, []).append(midi)
+    return out
 
 
 def per_piece_rows(source: str, pieces) -> list[dict]:
@@ -106,6 +141,7 @@ def main(argv=None) -> int:
     evaluator = E.EmotionEvaluator.load(args.evaluator) if args.evaluator else None
 
     sources: dict[str, list] = {}
+    dataset = None
     if args.generated:
         generated = load_generated(args.generated, args.dictionary)
         if not any(p.emotion for p in generated):
@@ -113,7 +149,7 @@ def main(argv=None) -> int:
                             f"(expected names like emotion1_0.mid)")
         sources["generated"] = generated
     if args.data_path:
-        sources["data"], _ = load_dataset_pieces(args.data_path, args.dictionary)
+        sources["data"], dataset = load_dataset_pieces(args.data_path, args.dictionary)
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +180,10 @@ def main(argv=None) -> int:
                                          title=f"generated, asked Q{q}: {piece.name}"))
     counts = ", ".join(f"{s}: {len(p)} pieces ("
                        + "/".join(str(sum(x.emotion == q for x in p)) for q in range(1, 5))
-                       + " in Q1/Q2/Q3/Q4)" for s, p in sources.items())
+                       + " in Q1/Q2/Q3/Q4"
+                       # Empty pieces give NaN metrics and leave the means: say how many.
+                       + f"; {sum(len(x.notes) == 0 for x in p)} empty)"
+                       for s, p in sources.items())
     text = ["# Objective metrics", "", counts, "",
             "Mean ± std over pieces (ddof 0); empty pieces and undefined values are left out.",
             "", metrics_markdown(summaries), "", f"Violin plots: {violins.name}"
@@ -164,6 +203,14 @@ def main(argv=None) -> int:
     print(markdown)
     print(f"wrote {out_dir / 'metrics.md'}, {out_dir / 'metrics.csv'}, "
           f"{out_dir / 'per_piece.csv'}, {violins}")
+    from utils.audio import render_all
+    from utils.pages import describe, write_metrics_page
+    listen = listening_midis(args, sources, dataset, out_dir)
+    audio = render_all([m for groups in listen.values() for ms in groups.values() for m in ms],
+                       args.soundfont, enabled=args.audio)
+    groups = {source: {q: describe(ms, asked=[q] * len(ms), evaluator=evaluator, audio=audio)
+                       for q, ms in by_q.items()} for source, by_q in listen.items()}
+    print(f"listening page: {write_metrics_page(out_dir, out_dir / 'metrics.md', groups, [violins])}")
     return 0
 
 

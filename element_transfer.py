@@ -9,6 +9,11 @@ with --evaluator, the predicted emotion moved.
     python element_transfer.py --VQ_VAE MusER_TRANS_CA_GE_emopia \
         --data_path data/co-representation/emopia_data.npz --source Q4 --target Q1 --elements velocity
     python element_transfer.py --VQ_VAE MusER_TRANS_CA_GE_emopia --demo   # the paper's six swaps
+
+Pairs: --pairs first takes the first N pieces of each quadrant in data order and pairs
+them in that order, as the authors do (N = 20; the default with --demo; a quadrant with
+fewer pieces starts again from its first); --pairs random draws N of each with --seed
+(the default for a single transfer).
 """
 from __future__ import annotations
 
@@ -23,14 +28,15 @@ import torch
 from models import evaluator as E
 from utils import metrics as M
 from utils.checkpoint import build_muser, load_checkpoint, model_vocabulary
-from utils.cli import add_common_args, resolve_checkpoint, resolve_device, run_main
+from utils.cli import add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main
 from utils.cp import words_to_midi
 from utils.errors import UserError
 from utils.metrics import piece_from_midi
 from utils.piece_io import dataset_words
 from utils.plotting import plot_piano_roll
 from utils.sampling import SamplingParams
-from utils.transfer import ELEMENT_NAMES, element_index, swap_elements
+from utils.transfer import (ELEMENT_NAMES, PAIR_MODES, element_index, quadrant_rows, swap_elements,
+                            transfer_pairs)
 
 # The authors' demo: (elements, source quadrant, target quadrant).
 DEMO = ((("velocity",), 4, 1), (("tempo",), 4, 1), (("pitch",), 3, 1),
@@ -62,10 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="run the paper's six transfers (velocity, tempo Q4->Q1; pitch, "
                         "pitch+duration+velocity Q3->Q1; duration Q3->Q2; chord Q4->Q2)")
-    p.add_argument("--n_pieces", type=int, default=4, help="pairs (A, B) per transfer")
+    p.add_argument("--n_pieces", type=int, default=None,
+                   help="pairs (A, B) per transfer (default: 20 with --demo, as the authors; else 4)")
+    p.add_argument("--pairs", choices=PAIR_MODES, default=None,
+                   help="first: the first n_pieces of each quadrant in data order, paired in order "
+                        "(the authors'; default with --demo); random: drawn with --seed (default otherwise)")
+    p.add_argument("--class_index", default=None,
+                   help="{name}_idx.npz (cls_1_idx .. cls_4_idx) giving each quadrant's rows in order "
+                        "(default: the rows of each quadrant in data order, what prepare_data.py writes)")
     p.add_argument("--max_steps", type=int, default=None, help="words decoded per piece")
     p.add_argument("--evaluator", default=None, help="emotion evaluator from train_evaluator.py")
     p.add_argument("--out_dir", default="generate_midi/element_transfer")
+    add_audio_args(p)
     add_common_args(p)
     return p
 
@@ -127,19 +141,28 @@ ELEMENT_COLUMNS = {"tempo": "tempo", "chord": "major chords", "bar-beat": "onset
                    "velocity": "velocity"}
 
 
-def choose_rows(dataset, q: int, n: int, rng) -> np.ndarray:
-    rows = np.flatnonzero(dataset.emotion == q)
-    if len(rows) == 0:
-        raise UserError(f"{dataset.npz_path}: no pieces of quadrant Q{q}")
-    return rng.choice(rows, size=n, replace=len(rows) < n)
+def class_indices(dataset, path=None) -> dict:
+    """{quadrant: rows in order}: from a {name}_idx.npz, or the dataset's rows of each quadrant."""
+    if path is None:
+        return quadrant_rows(dataset.emotion)
+    from utils.data import load_class_indices
+
+    indices = load_class_indices(path)
+    for q, rows in indices.items():
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(dataset)):
+            raise UserError(f"{path}: cls_{q}_idx has rows outside 0..{len(dataset) - 1} "
+                            f"(an index file of another dataset?)")
+    return indices
 
 
 def run_transfer(model, dataset, word2event, transfer: Transfer, args, device, out_dir: Path,
-                 evaluator) -> str:
-    rng = np.random.default_rng(args.seed)
-    n = args.n_pieces
-    rows_a = choose_rows(dataset, transfer.source, n, rng)
-    rows_b = choose_rows(dataset, transfer.target, n, rng)
+                 evaluator, indices) -> str:
+    try:
+        rows_a, rows_b = transfer_pairs(indices, transfer.source, transfer.target, args.n_pieces,
+                                        args.pairs, args.seed)
+    except ValueError as exc:
+        raise UserError(f"{args.class_index or dataset.npz_path}: {exc}") from None
+    n = len(rows_a)
     length = model.config.max_len
     if dataset.y.shape[1] < length:
         raise UserError(f"{dataset.npz_path}: rows are {dataset.y.shape[1]} steps, the model needs {length}")
@@ -202,8 +225,17 @@ def report(transfer: Transfer, pieces, rows_a, rows_b, dataset, evaluator) -> st
     return "\n".join(lines)
 
 
+def resolve_pair_defaults(args) -> None:
+    """--demo follows the authors: the first 20 pieces of each quadrant; otherwise 4 random pairs."""
+    if args.n_pieces is None:
+        args.n_pieces = 20 if args.demo else 4
+    if args.pairs is None:
+        args.pairs = "first" if args.demo else "random"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    resolve_pair_defaults(args)
     if args.n_pieces <= 0:
         raise UserError(f"--n_pieces must be positive, got {args.n_pieces}")
     plan = experiments(args)
@@ -216,23 +248,35 @@ def main(argv=None) -> int:
     dataset = load_cp_dataset(args.data_path, args.dictionary, **model_vocabulary(checkpoint))
     word2event = dataset.word2event
     evaluator = E.EmotionEvaluator.load(args.evaluator) if args.evaluator else None
+    indices = class_indices(dataset, args.class_index)
 
     out_root = Path(args.out_dir)
     sections = [f"# Element transfer with {ckpt_path}", "",
                 "Each A piece keeps its latent except the transferred elements' slices, "
                 "which come from its paired B piece. 'A reconstructed' decodes A's own latent "
                 "with A's emotion tag: compare 'transferred' with it (both are sampled), and "
-                "with B for the direction of the move."]
+                "with B for the direction of the move.", "",
+                ("Pairs: the first pieces of each quadrant in data order, paired in order (the authors')."
+                 if args.pairs == "first" else f"Pairs: drawn at random (seed {args.seed}).")]
     for transfer in plan:
         print(f"transferring {'+'.join(transfer.elements)} Q{transfer.source} -> Q{transfer.target} ...")
         text = run_transfer(model, dataset, word2event, transfer, args, device,
-                            out_root / transfer.name, evaluator)
+                            out_root / transfer.name, evaluator, indices)
         print(text + "\n")
         sections += ["", text, "", f"MIDI and piano rolls: {out_root / transfer.name}/"]
     report_path = out_root / "transfer.md"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text("\n".join(sections) + "\n")
     print(f"wrote {report_path}")
+    from utils.audio import render_all
+    from utils.pages import describe, pair_midis, write_transfer_page
+    pairs = {t.name: pair_midis(out_root / t.name)[:args.n_pieces] for t in plan}
+    audio = render_all([m for ps in pairs.values() for pair in ps for m in pair], args.soundfont,
+                       enabled=args.audio)
+    listen = {name: [describe(pair, titles=[f"{role}: {m.stem}" for role, m in zip(ROLES, pair)],
+                              audio=audio, evaluator=evaluator) for pair in ps]
+              for name, ps in pairs.items()}
+    print(f"listening page: {write_transfer_page(out_root, report_path, listen)}")
     return 0
 
 

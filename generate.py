@@ -5,9 +5,9 @@
 
 For each quadrant, the prior samples a sequence of codes after the emotion token; the
 VQ-VAE decodes them step by step (recurrent attention state: constant work per step), many
-pieces per batch. Writes generate_midi/OUT/emotion{q}_{i}.mid, a piano roll of the first
-piece per quadrant, generate_midi/OUT_data.data (the words, for compute_metrics.py) and
-generate_midi/OUT_index.data (the sampled codes).
+pieces per batch. Writes generate_midi/OUT/emotion{q}_{i}.mid with its piano roll (.png)
+and audio (.mp3), a listening page generate_midi/OUT/index.html, generate_midi/OUT_data.data
+(the words, for compute_metrics.py) and generate_midi/OUT_index.data (the sampled codes).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from utils.atomic import atomic_write
 from utils.checkpoint import build_muser, build_prior, load_checkpoint
-from utils.cli import add_common_args, resolve_checkpoint, resolve_device, run_main, str2bool
+from utils.cli import (add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main,
+                       str2bool)
 from utils.cp import words_to_midi
 from utils.errors import UserError
 from utils.pipeline import check_prior_codes, codebook_fingerprint
@@ -49,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{field}_top_p", type=float, default=value.top_p)
     parser.add_argument("--full_recompute", action="store_true",
                         help="re-run the whole decoder every step (slow reference path)")
-    parser.add_argument("--piano_rolls", type=str2bool, default=True, help="draw the first piece per quadrant")
+    parser.add_argument("--piano_rolls", type=str2bool, default=True,
+                        help="draw a piano roll of every piece")
+    parser.add_argument("--evaluator", default=None,
+                        help="emotion evaluator from train_evaluator.py (its prediction per piece on the page)")
+    add_audio_args(parser)
     add_common_args(parser)
     return parser
 
@@ -94,6 +99,8 @@ def main(argv=None) -> int:
     check_args(args)
     device = resolve_device(args.device)
     vq_vae, prior, vq_ckpt, prior_ckpt = load_models(args, device)
+    from models.evaluator import EmotionEvaluator
+    evaluator = EmotionEvaluator.load(args.evaluator) if args.evaluator else None
     word2event = vq_ckpt["dictionary"]["word2event"]
     compact_to_code = torch.tensor([prior_ckpt["vq_dict"][1][i] for i in range(len(prior_ckpt["vq_dict"][1]))],
                                    device=device)
@@ -131,15 +138,23 @@ def main(argv=None) -> int:
     root = Path(args.out_root)
     atomic_write(root / f"{args.music_file}_data.data", lambda h: pickle.dump(results, h))
     atomic_write(root / f"{args.music_file}_index.data", lambda h: pickle.dump(indices, h))
+    midis = [out_dir / f"{name}.mid" for name in results["names"]]
     if args.piano_rolls:
         from utils.plotting import plot_piano_roll
-        for q in args.emotion:
-            plot_piano_roll(out_dir / f"emotion{q}_0.mid", out_dir / f"emotion{q}_0.png",
-                            title=f"{args.music_file}: emotion Q{q}, piece 0")
+        for midi, q in zip(midis, results["emotion"]):
+            plot_piano_roll(midi, midi.with_suffix(".png"),
+                            title=f"{args.music_file}: emotion Q{q}, {midi.stem}")
+    from utils.audio import render_all
+    from utils.pages import describe, write_generation_page
+    audio = render_all(midis, args.soundfont, enabled=args.audio)
+    entries = describe(midis, asked=results["emotion"], audio=audio, evaluator=evaluator)
+    page = write_generation_page(out_dir, f"Generated: {args.music_file}", entries, results["emotion"],
+                                 intro=f"Prior {args.VQ_prior}, VQ-VAE {args.VQ_VAE}, seed {args.seed}.")
     n_notes = [int((w[:, 3] == vq_vae.config.type_ids["Note"]).sum()) for w in results["words"]]
     print(f"wrote {len(results['words'])} pieces to {out_dir} "
           f"(notes per piece: min {min(n_notes)}, mean {sum(n_notes) / len(n_notes):.0f}, max {max(n_notes)}), "
           f"words in {root / (args.music_file + '_data.data')}, codes in {root / (args.music_file + '_index.data')}")
+    print(f"{len(audio)} audio files; listening page: {page}")
     return 0
 
 

@@ -1,6 +1,9 @@
 """Step 0: encode a folder of MIDI files as an EMOPIA-format compound-word dataset.
 
-    python prepare_data.py --midi_dir data/sample/midis --out_dir data/co-representation --name emopia
+    python prepare_data.py --midi_dir EMOPIA_1.0/midis --out_dir data/co-representation --name emopia
+
+`--midi_dir` has no default: the 32-clip sample in data/sample/midis must never end up,
+unnoticed, where MusER.py looks for the full corpus.
 
 Writes, each atomically:
   {out_dir}/{name}_data.npz   x, y [N, 1024, 8] int64; mask [N, 1024] float64; seq_len,
@@ -45,8 +48,9 @@ def parse_args(argv=None):
         description="Encode MIDI files as an EMOPIA-format compound-word dataset.",
         epilog="Exit status: 0 dataset written (possibly with skipped clips); 2 unusable input "
                "or no clip encoded.")
-    parser.add_argument("--midi_dir", default="data/sample/midis",
-                        help="folder of .mid/.midi files, searched recursively (default: %(default)s)")
+    parser.add_argument("--midi_dir", default=None,
+                        help="folder of .mid/.midi files, searched recursively (required; "
+                             "data/sample/midis holds a 32-clip sample)")
     parser.add_argument("--out_dir", default="data/co-representation", help="output folder (default: %(default)s)")
     parser.add_argument("--name", default="emopia", help="dataset name: {name}_data.npz, {name}_idx.npz")
     parser.add_argument("--dictionary", default=None,
@@ -225,6 +229,9 @@ def encode_all(jobs, workers: int, event2word):
 # ---------------------------------------------------------------------------------------
 def run(args) -> int:
     start = time.perf_counter()
+    if args.midi_dir is None:
+        raise UserError("--midi_dir is required: the folder of MIDI clips to encode (the full "
+                        "EMOPIA MIDI folder for the paper; data/sample/midis is a 32-clip sample)")
     midi_dir, out_dir = Path(args.midi_dir), Path(args.out_dir)
     paths, n_other = find_midi_files(midi_dir)
     labels = read_labels(Path(args.labels)) if args.labels else None

@@ -24,6 +24,9 @@ REG_TARGETS = ("index", "value")
 ATTENTION_KINDS = ("linear", "softmax", "full")
 DECODER_ATTENTION_KINDS = ("causal-linear", "causal-softmax", "causal-full")
 TYPE_NAMES = ("EOS", "Emotion", "Metrical", "Note")
+# Global decoder depth when dec_layers is left unset: the authors' MusER_TRANS_CA_G (global
+# decoding only) has 8 layers, the encoder's count; their two-level models have 4.
+GLOBAL_DECODER_LAYERS = {"GE": 4, "G": 8, "E": 0}
 
 
 class _ConfigDict:
@@ -55,10 +58,16 @@ class MusERConfig(_ConfigDict):
     commitment: float = 0.25
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
+    # Beyond the paper (0 = off): in training, a code whose moving-average count falls
+    # below this is re-seeded with a random encoder output (a remedy for codebook collapse).
+    dead_code_threshold: float = 0.0
     dr_layers: int = 4
     dr_heads: int = 4
     dec_d_model: int = 256
-    dec_layers: int = 4
+    # None = the variant's own depth (GLOBAL_DECODER_LAYERS); a number, from a flag or a
+    # preset, wins. Kept as None in the dict so a variant switch re-resolves it.
+    dec_layers: int | None = field(default=None, metadata={
+        "flag_type": int, "flag_default": "4; 8 with --decoding G, as the authors' MusER_TRANS_CA_G"})
     dec_heads: int = 8
     sub_layers: int = 2
     sub_heads: int = 8
@@ -103,6 +112,10 @@ class MusERConfig(_ConfigDict):
                                    ("dr", self.max_len, self.dr_heads)):
             if width % heads:
                 raise ValueError(f"{name}: width {width} is not divisible by {heads} heads")
+        if self.dec_layers is not None and self.dec_layers < 1:
+            raise ValueError(f"dec_layers must be at least 1, got {self.dec_layers}")
+        if self.dead_code_threshold < 0:
+            raise ValueError(f"dead_code_threshold must be >= 0, got {self.dead_code_threshold}")
         if self.type_ids is not None:
             missing = [n for n in TYPE_NAMES if n not in self.type_ids]
             if missing:
@@ -121,6 +134,11 @@ class MusERConfig(_ConfigDict):
         """Model name in the authors' style, e.g. MusER_TRANS_CA_GE; VQVAE_* without L_reg."""
         prefix = "MusER" if self.reg_weight > 0 else "VQVAE"
         return f"{prefix}_{self.reduction}_{self.conditioning}_{self.decoding}"
+
+    @property
+    def global_layers(self) -> int:
+        """Layers of the global decoder: dec_layers when set, else the variant's default."""
+        return self.dec_layers if self.dec_layers is not None else GLOBAL_DECODER_LAYERS[self.decoding]
 
     def slice_of(self, element: int) -> slice:
         """Latent dimensions owned by element `element` (FIELDS order)."""
@@ -164,6 +182,16 @@ PRESETS: dict[str, dict[str, dict]] = {
                       dr_layers=1, dr_heads=2, dec_d_model=32, dec_layers=1, dec_heads=2,
                       sub_layers=1, sub_heads=2, chunk_size=16),
         "prior": dict(d_model=32, layers=2, heads=2, emb_size=32, max_len=65, chunk_size=16),
+    },
+    # `small` keeps what the method is about (seven 16-dim slices of a 112-dim latent, a
+    # 512-code codebook, the DR module, two-level decoding) and shrinks the rest, so that
+    # the reproduction study on all of EMOPIA runs on a 2-core CPU in about an hour:
+    # 256-step windows (the DR width follows), half-width embeddings and layers.
+    "small": {
+        "muser": dict(emb_sizes=[64, 128, 32, 16, 256, 64, 64, 64], max_len=256, enc_d_model=64,
+                      enc_layers=2, enc_heads=4, dr_layers=1, dr_heads=4, dec_d_model=128,
+                      dec_layers=2, dec_heads=4, sub_layers=1, sub_heads=4),
+        "prior": dict(d_model=128, layers=4, heads=4, emb_size=128, max_len=257),
     },
 }
 

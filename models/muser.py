@@ -15,6 +15,7 @@ function serves both). The ablation switches of the config choose the latent red
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -194,14 +195,13 @@ class MusER(nn.Module):
         # Encoder over the target words (no emotion field).
         self.encoder_input = nn.Linear(sum(c.emb_sizes[:N_ELEMENTS]), c.enc_d_model)
         self.encoder_position = PositionalEncoding(c.enc_d_model, c.dropout, c.max_len)
-        # CONCAT feeds latent t to the decoder at step t, so its encoder is causal (the
-        # authors' MusER_TRANS_CONCAT variant); the others see the whole piece.
-        encoder_attention = f"causal-{c.attention}" if c.conditioning == "CONCAT" else c.attention
-        self.encoder = TransformerStack(c.enc_d_model, c.enc_layers, c.enc_heads, encoder_attention,
+        # Every variant's encoder sees the whole piece (CONCAT too, as in the authors'
+        # MusER_TRANS_CONCAT_GE: latent t may summarise later steps).
+        self.encoder = TransformerStack(c.enc_d_model, c.enc_layers, c.enc_heads, c.attention,
                                         dropout=c.dropout, chunk_size=c.chunk_size)
         self.to_latent = nn.Linear(c.enc_d_model, c.latent_dim)
         self.quantizer = EMAVectorQuantizer(c.codebook_size, c.latent_dim, c.commitment,
-                                            c.ema_decay, c.ema_eps)
+                                            c.ema_decay, c.ema_eps, c.dead_code_threshold)
 
         # DR module: the 16 dims of a slice are the tokens, the sequence is the width.
         if c.reduction == "TRANS" and c.reg_weight > 0:
@@ -227,12 +227,12 @@ class MusER(nn.Module):
         self.decoder_position = PositionalEncoding(d, c.dropout, c.max_len)
         if c.conditioning == "CA":
             self.memory_projection = nn.Linear(c.latent_dim, d)
-            self.global_decoder = TransformerStack(d, c.dec_layers, c.dec_heads,
+            self.global_decoder = TransformerStack(d, c.global_layers, c.dec_heads,
                                                    c.decoder_attention, c.attention,
                                                    c.dropout, c.chunk_size)
         elif c.conditioning == "CONCAT":
             self.concat_projection = nn.Linear(d + c.latent_dim, d)
-            self.global_decoder = TransformerStack(d, c.dec_layers, c.dec_heads,
+            self.global_decoder = TransformerStack(d, c.global_layers, c.dec_heads,
                                                    c.decoder_attention, None,
                                                    c.dropout, c.chunk_size)
         else:
@@ -241,10 +241,11 @@ class MusER(nn.Module):
         # Element decoders, one per element in FIELDS order, fed with their latent slice.
         self.slice_projection = nn.Linear(c.slice_dim, d)
         if c.decoding in ("GE", "E"):
+            # Deep copies of one module, as the authors build them: identical initial weights.
+            first = TransformerStack(d, c.sub_layers, c.sub_heads, c.decoder_attention, None,
+                                     c.dropout, c.chunk_size)
             self.element_decoders = nn.ModuleList(
-                TransformerStack(d, c.sub_layers, c.sub_heads, c.decoder_attention, None,
-                                 c.dropout, c.chunk_size)
-                for _ in range(N_ELEMENTS))
+                [first] + [copy.deepcopy(first) for _ in range(N_ELEMENTS - 1)])
         else:
             self.element_decoders = None
 

@@ -5,6 +5,13 @@ towards the mean of the encoder outputs assigned to each code, through bias-corr
 exponential moving averages of the assignment counts and of the summed vectors. In eval
 mode it never moves. Every piece of EMA state, the step counter included, is a buffer, so
 a reloaded model continues exactly where it stopped.
+
+Optional dead-code restart (beyond the paper; Dhariwal et al. 2020, Jukebox): with
+`dead_code_threshold` > 0, after each training update every code whose bias-corrected
+moving-average count is below the threshold is moved onto a random encoder output of the
+batch, and its moving averages are reset to describe a code that holds that vector with
+count = threshold. It stays there while it attracts at least `threshold` vectors a step on
+average, and is re-seeded otherwise.
 """
 from __future__ import annotations
 
@@ -16,8 +23,9 @@ from torch import nn
 
 class EMAVectorQuantizer(nn.Module):
     def __init__(self, num_codes: int, dim: int, commitment: float = 0.25,
-                 decay: float = 0.99, eps: float = 1e-5):
+                 decay: float = 0.99, eps: float = 1e-5, dead_code_threshold: float = 0.0):
         super().__init__()
+        self.dead_code_threshold = float(dead_code_threshold)
         self.num_codes = num_codes
         self.dim = dim
         self.commitment = commitment
@@ -58,11 +66,40 @@ class EMAVectorQuantizer(nn.Module):
         self.ema_count_hidden.sub_((self.ema_count_hidden - counts) * (1.0 - self.decay))
         self.ema_sum_hidden.sub_((self.ema_sum_hidden - sums) * (1.0 - self.decay))
         correction = correction.to(flat.dtype)
+        dead = None
+        if self.dead_code_threshold > 0:
+            dead, rows = self._dead_codes(flat, correction)
         count = self.ema_count_hidden / correction
         total = count.sum()
         # Laplace smoothing keeps unused codes from dividing by zero.
         count = (count + self.eps) / (total + self.num_codes * self.eps) * total
-        self.codebook.copy_((self.ema_sum_hidden / correction) / count.unsqueeze(1))
+        if dead is None:
+            self.codebook.copy_((self.ema_sum_hidden / correction) / count.unsqueeze(1))
+            return
+        # A re-seeded code's sum is its vector times its (smoothed) count, so the formula
+        # below gives back the vector, and later steps average from there.
+        self.ema_sum_hidden.copy_(torch.where(dead, rows * (count * correction).unsqueeze(1),
+                                              self.ema_sum_hidden))
+        self.codebook.copy_(torch.where(dead, rows, (self.ema_sum_hidden / correction)
+                                        / count.unsqueeze(1)))
+
+    def _dead_codes(self, flat, correction):
+        """Find the codes used less than the threshold and reset their counts to it.
+
+        Returns (dead [num_codes, 1] bool, rows [num_codes, dim]): rows[i] is the encoder
+        output that code i restarts from when dead. One row is drawn per code every step
+        (torch's generator, so runs are reproducible and resumes exact), whether or not
+        any code is dead: no host sync, and a fixed use of the random stream.
+        """
+        dead = (self.ema_count_hidden / correction) < self.dead_code_threshold
+        pick = torch.randint(flat.shape[0], (self.num_codes,), device=flat.device)
+        rows = flat[pick].to(self.codebook.dtype)
+        if dist.is_available() and dist.is_initialized():
+            # Every replica must restart from the same vectors: rank 0's choice.
+            dist.broadcast(rows, src=0)
+        self.ema_count_hidden.copy_(torch.where(dead, self.dead_code_threshold * correction,
+                                                self.ema_count_hidden))
+        return dead.unsqueeze(1), rows
 
     def forward(self, x):
         """x [..., dim] -> (quantised with straight-through gradient, commitment loss,

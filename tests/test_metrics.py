@@ -1,10 +1,13 @@
 """Metrics against values computed by hand on small constructed pieces."""
+import io
 import math
+import zipfile
 
 import miditoolkit
 import numpy as np
 import pytest
 
+from tests.conftest import SAMPLE_MIDI_DIR
 from utils import metrics as M
 
 # One bar, overlapping notes (two of them the same pitch, overlapping in time).
@@ -119,6 +122,102 @@ def test_piece_from_midi_rescales_to_480(tmp_path):
     assert M.element_values(piece)["tempo"].tolist() == pytest.approx([100])
 
 
+# ------------------------------------------------------------------ muspy 0.5 agreement
+# muspy (requirements-dev.txt) is the reference the song-level metrics re-code. Floats are
+# compared with ==: both divide the same two integers, so they agree to the last bit.
+
+def _muspy_music(notes, resolution=M.TICKS_PER_BEAT):
+    import muspy
+
+    track = muspy.Track(notes=[muspy.Note(time=int(s), pitch=int(p), duration=int(e - s))
+                               for p, s, e in np.asarray(notes).reshape(-1, 3)])
+    return muspy.Music(resolution=resolution, tracks=[track])
+
+
+def _muspy_song(music) -> dict:
+    import muspy
+
+    return {"pitch_range": muspy.pitch_range(music),
+            "pitch_classes": muspy.n_pitch_classes_used(music),
+            "polyphony": muspy.polyphony(music)}
+
+
+def _ours_song(notes) -> dict:
+    return {m: M.song_metrics(notes)[m] for m in M.SONG_METRICS}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
+def test_hand_made_pieces_match_muspy():
+    rng = np.random.default_rng(0)
+    pieces = [ONE_BAR, THREE_BARS,
+              [(60, 0, 480), (60, 480, 960)],                  # same pitch, touching
+              [(60, 0, 0), (64, 0, 240), (67, 240, 240)],      # zero-length notes
+              [(60, 0, 0), (72, 120, 120)]]                    # nothing sounds: NaN in both
+    for _ in range(40):  # dense random pieces: many same-pitch overlaps
+        n = int(rng.integers(1, 60))
+        start = rng.integers(0, 4000, n)
+        pieces.append(np.stack([rng.integers(55, 67, n), start,
+                                start + rng.integers(0, 900, n)], axis=1))
+    for notes in pieces:
+        assert _same(_ours_song(notes), _muspy_song(_muspy_music(notes))), notes
+
+
+def test_empty_piece_is_nan_where_muspy_gives_zero():
+    # The one documented difference (see utils/metrics.py): muspy gives 0 for the pitch
+    # range and pitch classes of an empty piece (and NaN for its polyphony); we give NaN.
+    assert _same(_muspy_song(_muspy_music([])),
+                 {"pitch_range": 0, "pitch_classes": 0, "polyphony": math.nan})
+    assert all(math.isnan(v) for v in _ours_song([]).values())
+
+
+def _muspy_disagreements(name: str, data: bytes) -> list[str]:
+    """How our song-level metrics differ from muspy's on one MIDI file (empty when equal).
+
+    muspy reads the file with its own reader (`muspy.read_midi` is `from_mido` of the
+    mido file) at the file's own resolution. We check: (1) the two readers see the same
+    notes; (2) our metrics on those notes equal muspy's; (3) through `piece_from_midi`
+    (rescaled to 480 ticks per beat) pitch range and classes equal muspy's and polyphony
+    equals muspy's on the same grid, i.e. after `adjust_resolution(480)`.
+    """
+    import mido
+    import muspy
+
+    music = muspy.from_mido(mido.MidiFile(file=io.BytesIO(data)))
+    midi = miditoolkit.MidiFile(file=io.BytesIO(data))
+    reference = _muspy_song(music)
+    problems = []
+    (track,) = [t for t in music.tracks if not t.is_drum]  # a Piece keeps one track
+    native = sorted((n.pitch, n.time, n.end) for n in track.notes)
+    if native != sorted((n.pitch, n.start, n.end) for n in midi.instruments[0].notes):
+        problems.append(f"{name}: muspy and miditoolkit read different notes")
+    if not _same(_ours_song(native), reference):
+        problems.append(f"{name}: same notes: ours {_ours_song(native)}, muspy {reference}")
+    ours = _ours_song(M.piece_from_midi(midi).notes)
+    reference["polyphony"] = muspy.polyphony(music.adjust_resolution(M.TICKS_PER_BEAT))
+    if not _same(ours, reference):
+        problems.append(f"{name}: at 480 ticks per beat: ours {ours}, muspy {reference}")
+    return problems
+
+
+def test_sample_clips_match_muspy():
+    paths = sorted(SAMPLE_MIDI_DIR.glob("*.mid"))
+    assert len(paths) == 32
+    problems = [p for path in paths for p in _muspy_disagreements(path.name, path.read_bytes())]
+    assert not problems, "\n".join(problems)
+
+
+def test_all_emopia_clips_match_muspy(emopia_zip):
+    # About 20 s on one core: the files are read from the zip in memory.
+    with zipfile.ZipFile(emopia_zip) as archive:
+        names = sorted(n for n in archive.namelist() if n.endswith(".mid"))
+        assert len(names) == 1078
+        problems = [p for n in names for p in _muspy_disagreements(n, archive.read(n))]
+    assert not problems, f"{len(problems)} disagreements:\n" + "\n".join(problems[:20])
+
+
 # ------------------------------------------------------------------ compute_metrics.py
 
 
@@ -192,3 +291,25 @@ def test_compute_metrics_with_evaluator(sample_npz, tmp_path, capsys):
                                  "--out_dir", str(tmp_path / "m"), "--piano_rolls", "0"]) == 0
     text = (tmp_path / "m" / "metrics.md").read_text()
     assert "## Emotion evaluator" in text and "| generated | all | 4 |" in text
+
+
+def test_compute_metrics_leaves_empty_pieces_out_and_counts_them(tmp_path, capsys):
+    import csv
+
+    import compute_metrics
+
+    folder = tmp_path / "generated"
+    folder.mkdir()
+    for i, notes in enumerate([[(60, 0, 480), (67, 0, 960)], []]):
+        midi = miditoolkit.MidiFile(ticks_per_beat=M.TICKS_PER_BEAT)
+        inst = miditoolkit.Instrument(program=0)
+        inst.notes = [miditoolkit.Note(velocity=80, pitch=p, start=s, end=e) for p, s, e in notes]
+        midi.instruments = [inst]
+        midi.dump(str(folder / f"emotion1_{i}.mid"))
+    out = tmp_path / "m"
+    assert compute_metrics.main(["--generated", str(folder), "--out_dir", str(out),
+                                 "--piano_rolls", "0"]) == 0
+    assert "generated: 2 pieces (2/0/0/0 in Q1/Q2/Q3/Q4; 1 empty)" in capsys.readouterr().out
+    rows = {(r["quadrant"], r["metric"]): r for r in csv.DictReader(open(out / "metrics.csv"))}
+    assert rows["Q1", "pitch_range"]["n"] == "1" and float(rows["Q1", "pitch_range"]["mean"]) == 7
+    assert float(rows["all", "polyphony"]["mean"]) == 1.5

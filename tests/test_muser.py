@@ -365,10 +365,11 @@ def test_forward_backward_under_bf16_autocast():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_concat_variant_has_a_causal_encoder():
-    """DESIGN 4: CONCAT conditioning goes with a causal encoder; CA sees the whole piece."""
+def test_every_encoder_sees_the_whole_piece():
+    """DESIGN 4: the encoder is non-causal in every variant, CONCAT included (the authors'
+    MusER_TRANS_CONCAT_GE): changing later steps changes earlier latents."""
     torch.manual_seed(0)
-    for conditioning, causal in (("CONCAT", True), ("CA", False)):
+    for conditioning in ("CONCAT", "CA"):
         config = apply_preset(MusERConfig(vocab_sizes=[3, 9, 18, 4, 12, 18, 10, 5],
                                           conditioning=conditioning), "tiny")
         model = MusER(config).eval()
@@ -377,4 +378,32 @@ def test_concat_variant_has_a_causal_encoder():
         later[0, 40:, 4] = 7  # change only steps 40..
         with torch.no_grad():
             before, after = model._encoder_output(y), model._encoder_output(later)
-        assert torch.equal(before[0, :40], after[0, :40]) == causal
+        assert not torch.allclose(before[0, :40], after[0, :40]), conditioning
+        assert all(layer.attention.kind == "linear" for layer in model.encoder.layers)
+
+
+# -- variants as the authors built them ------------------------------------------------
+
+def test_global_decoder_depth_follows_the_variant_unless_set():
+    """The authors' MusER_TRANS_CA_G has 8 global decoder layers, their GE models 4; a set
+    dec_layers (flag or preset) wins, and an unset one follows a later variant switch."""
+    assert len(MusER(MusERConfig(VOCAB, decoding="G")).global_decoder.layers) == 8
+    assert len(MusER(MusERConfig(VOCAB)).global_decoder.layers) == 4
+    assert MusERConfig(VOCAB, decoding="G", dec_layers=3).global_layers == 3
+    assert dataclasses.replace(MusERConfig(VOCAB), decoding="G").global_layers == 8
+    config = MusERConfig(VOCAB, decoding="G")
+    assert MusERConfig.from_dict(config.to_dict()).global_layers == 8
+    assert tiny(decoding="G").global_layers == PRESETS["tiny"]["muser"]["dec_layers"]
+    with pytest.raises(ValueError, match="dec_layers"):
+        MusERConfig(VOCAB, dec_layers=0)
+
+
+def test_element_decoders_start_from_identical_weights():
+    """The authors deep-copy one element decoder seven times."""
+    torch.manual_seed(0)
+    decoders = MusER(tiny()).element_decoders
+    first = decoders[0].state_dict()
+    assert len(decoders) == 7
+    for decoder in decoders[1:]:
+        assert all(torch.equal(first[k], v) for k, v in decoder.state_dict().items())
+        assert all(p is not q for p, q in zip(decoders[0].parameters(), decoder.parameters()))

@@ -96,7 +96,8 @@ def test_figures_and_silhouette_table(pipeline):
     for element in ("tempo", "chord", "bar-beat", "type", "pitch", "duration", "velocity", "all"):
         assert (figures / f"tsne_{element}.png").stat().st_size > 0
     header = (figures / "silhouette.csv").read_text().splitlines()[0]
-    assert header == "element,space,Q1-Q2,Q1-Q4,Q1-Q3,Q3-Q4,Q2-Q3,Q2-Q4"
+    assert header == ("element,Q1-Q2,Q1-Q4,Q1-Q3,Q3-Q4,Q2-Q3,Q2-Q4,"
+                      "latent Q1-Q2,latent Q1-Q4,latent Q1-Q3,latent Q3-Q4,latent Q2-Q3,latent Q2-Q4")
 
 
 def test_every_generated_midi_parses_and_has_notes(pipeline):
@@ -161,3 +162,24 @@ def test_readme_commands_run_verbatim(tmp_path):
     assert (tmp_path / "data" / "MusER_TRANS_CA_GE_emopia_VQ_dict.data").is_file()
     assert len(list((tmp_path / "generate_midi" / "readme_music").glob("*.mid"))) == 4
     assert np.load(tmp_path / "data" / "co-representation" / "emopia_data.npz")["x"].shape[1:] == (1024, 8)
+
+
+def test_variant_depth_from_flags_and_presets():
+    """--decoding G alone gives the authors' 8 global layers; --dec_layers N wins; tiny stays tiny."""
+    import argparse
+
+    from models.config import MusERConfig
+    from utils.pipeline import add_config_flags, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, MusERConfig, "model")
+    vocab = [56, 135, 18, 4, 87, 18, 42, 5]
+
+    def layers(*flags, preset="paper"):
+        args = parser.parse_args(list(flags))
+        return config_from_args(MusERConfig, args, preset, vocab_sizes=vocab).global_layers
+
+    assert layers() == 4 and layers("--decoding", "G") == 8
+    assert layers("--decoding", "G", "--dec_layers", "2") == 2
+    assert layers("--decoding", "G", preset="tiny") == 1
+    assert parser.parse_args(["--dead_code_threshold", "1.5"]).dead_code_threshold == 1.5

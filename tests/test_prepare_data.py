@@ -41,8 +41,16 @@ def one_line_error(result):
 # ---------------------------------------------------------------------------------------
 # normal runs
 # ---------------------------------------------------------------------------------------
-def test_defaults_encode_the_shipped_sample(tmp_path):
-    result = run_prepare("--out_dir", tmp_path, "--workers", "2")
+def test_midi_dir_is_required(tmp_path):
+    """No default input: the 32-clip sample must never land where MusER.py reads by default."""
+    result = run_prepare("--out_dir", tmp_path, "--workers", "1")
+    assert result.returncode == 2
+    assert one_line_error(result).startswith("error: --midi_dir is required")
+    assert not list(tmp_path.iterdir())
+
+
+def test_shipped_sample_is_encoded(tmp_path):
+    result = run_prepare("--midi_dir", SAMPLE_MIDI_DIR, "--out_dir", tmp_path, "--workers", "2")
     assert result.returncode == 0, result.stderr
     assert "wrote 32 clips" in result.stdout and "skipped 0 clip(s)" in result.stdout
     with np.load(tmp_path / "emopia_data.npz") as npz:

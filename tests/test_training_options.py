@@ -26,6 +26,11 @@ def test_amp_trains_with_finite_losses_and_float32_weights(sample_npz, tmp_path)
                        *TINY]) == 0
     values = losses(run)
     assert values and all(math.isfinite(v) for v in values)
+    log = (run / "train.log").read_text()       # the corpus is reported, the sample not warned (tiny)
+    assert "data: 32 pieces in" in log and "(Q1 8, Q2 8, Q3 8, Q4 8); 32 train" in log
+    assert "warning" not in log
+    with open(run / "metrics.csv") as handle:       # the codebook's use, per epoch, for plotting
+        assert 1 <= int(next(csv.DictReader(handle))["codes_used"]) <= 32
     weights = torch.load(run / "last.pt", weights_only=False)["model"]
     assert all(w.dtype != torch.bfloat16 for w in weights.values())
 

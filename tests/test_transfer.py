@@ -7,7 +7,7 @@ import torch
 
 from models.config import MusERConfig, apply_preset
 from models.muser import MusER
-from utils.transfer import ELEMENT_NAMES, element_index, element_slice, swap_elements
+from utils.transfer import ELEMENT_NAMES, element_index, element_slice, swap_elements, transfer_pairs
 
 VOCAB = [5, 12, 18, 4, 20, 10, 12, 5]
 TYPE_IDS = dict(EOS=0, Emotion=1, Metrical=2, Note=3)
@@ -130,6 +130,69 @@ def test_transferring_velocity_moves_the_decoded_velocities():
     assert mean_velocity(swap_elements(latent_a, latent_b, ["pitch"], s)) < 1.5
 
 
+# ---------------------------------------------------------------------- pair selection
+
+CLASSES = {1: np.array([5, 7, 9]), 2: np.array([1]), 3: np.array([], dtype=int), 4: np.array([0, 2, 3, 8])}
+
+
+def test_first_pairs_are_the_first_pieces_of_each_quadrant_in_order():
+    """The authors' element transfer: the first 20 of each quadrant, pair i = (i-th A, i-th B)."""
+    a, b = transfer_pairs(CLASSES, 4, 1, 2)                    # "first" is the default
+    assert a.tolist() == [0, 2] and b.tolist() == [5, 7]
+    a, b = transfer_pairs(CLASSES, 4, 1, 6, "first", seed=99)   # too few: start again from the first
+    assert a.tolist() == [0, 2, 3, 8, 0, 2] and b.tolist() == [5, 7, 9, 5, 7, 9]
+    classes = {q: np.arange(100 * q, 100 * q + 30) for q in (1, 2, 3, 4)}
+    a, b = transfer_pairs(classes, 3, 2, 20, "first")
+    assert a.tolist() == list(range(300, 320)) and b.tolist() == list(range(200, 220))
+
+
+def test_random_pairs_are_seeded_draws():
+    a, b = transfer_pairs(CLASSES, 4, 1, 2, "random", seed=13)
+    rng = np.random.default_rng(13)                            # A drawn first, then B
+    assert a.tolist() == rng.choice(CLASSES[4], 2, replace=False).tolist()
+    assert b.tolist() == rng.choice(CLASSES[1], 2, replace=False).tolist()
+    assert len(set(a.tolist())) == 2 and set(a) <= set(CLASSES[4]) and set(b) <= set(CLASSES[1])
+    again = transfer_pairs(CLASSES, 4, 1, 2, "random", seed=13)
+    assert all(np.array_equal(x, y) for x, y in zip((a, b), again))
+    classes = {q: np.arange(100 * q, 100 * q + 50) for q in (1, 2, 3, 4)}
+    draws = {tuple(transfer_pairs(classes, 4, 1, 5, "random", seed=s)[0]) for s in range(5)}
+    assert len(draws) > 1
+    a, b = transfer_pairs(CLASSES, 2, 4, 3, "random")          # one Q2 piece: drawn with replacement
+    assert a.tolist() == [1, 1, 1] and len(b) == 3
+
+
+def test_quadrant_rows():
+    from utils.transfer import quadrant_rows
+
+    rows = quadrant_rows([4, 1, 0, 4, 2, 1])
+    assert {q: r.tolist() for q, r in rows.items()} == {1: [1, 5], 2: [4], 3: [], 4: [0, 3]}
+    assert transfer_pairs(rows, 4, 1, 2)[0].tolist() == [0, 3]
+
+
+def test_pair_errors():
+    with pytest.raises(ValueError, match="Q3"):
+        transfer_pairs(CLASSES, 3, 1, 2)
+    with pytest.raises(ValueError, match="positive"):
+        transfer_pairs(CLASSES, 4, 1, 0)
+    with pytest.raises(ValueError, match="mode"):
+        transfer_pairs(CLASSES, 4, 1, 2, "last")
+
+
+def test_demo_defaults_to_the_authors_first_20():
+    import element_transfer
+
+    parser = element_transfer.build_parser()
+    args = parser.parse_args(["--demo"])
+    element_transfer.resolve_pair_defaults(args)
+    assert (args.pairs, args.n_pieces) == ("first", 20)
+    args = parser.parse_args(["--demo", "--pairs", "random", "--n_pieces", "3"])
+    element_transfer.resolve_pair_defaults(args)
+    assert (args.pairs, args.n_pieces) == ("random", 3)
+    args = parser.parse_args(["--source", "4", "--target", "1", "--elements", "pitch"])
+    element_transfer.resolve_pair_defaults(args)
+    assert (args.pairs, args.n_pieces) == ("random", 4)
+
+
 # ---------------------------------------------------------------- element_transfer.py
 
 
@@ -162,6 +225,24 @@ def test_element_transfer_script(sample_npz, tmp_path, capsys):
     report = (out / "transfer.md").read_text()
     assert "| **velocity** |" in report and "| **onsets/bar** |" in report
     assert "| transferred |" in capsys.readouterr().out
+    # --pairs first: the first two pieces of Q4 and of Q1 in data order, named in the report.
+    from utils.data import load_cp_dataset
+    data = load_cp_dataset(sample_npz)
+    first = [np.flatnonzero(data.emotion == q)[:2] for q in (4, 1)]
+    assert element_transfer.main(args + ["--pairs", "first"]) == 0
+    report = (out / "transfer.md").read_text()
+    assert f"A = {', '.join(str(data.names[r]) for r in first[0])}; " in report
+    assert f"B = {', '.join(str(data.names[r]) for r in first[1])}. " in report
+    assert "data order" in report
+    # --class_index: the order of a {name}_idx.npz decides which pieces come first.
+    reversed_idx = tmp_path / "reversed_idx.npz"
+    np.savez(reversed_idx, **{f"cls_{q}_idx": np.flatnonzero(data.emotion == q)[::-1] for q in (1, 2, 3, 4)})
+    assert element_transfer.main(args + ["--pairs", "first", "--class_index", str(reversed_idx)]) == 0
+    last = np.flatnonzero(data.emotion == 4)[::-1][:2]
+    assert f"A = {', '.join(str(data.names[r]) for r in last)}; " in (out / "transfer.md").read_text()
+    np.savez(reversed_idx, **{f"cls_{q}_idx": np.array([len(data) + 5]) for q in (1, 2, 3, 4)})
+    with pytest.raises(UserError, match="outside"):
+        element_transfer.main(args + ["--class_index", str(reversed_idx)])
     with pytest.raises(UserError, match="--elements"):
         element_transfer.main(args[:9] + ["loudness"])
     with pytest.raises(UserError, match="--demo"):

@@ -36,6 +36,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
+def add_audio_args(parser: argparse.ArgumentParser) -> None:
+    """--audio and --soundfont for every script that writes MIDI (see utils/audio.py)."""
+    parser.add_argument("--audio", type=str2bool, default=True,
+                        help="render every MIDI file written to audio (MP3) for the listening page")
+    parser.add_argument("--soundfont", default=None,
+                        help="SoundFont (.sf2) for the audio (default: TimGM6mb.sf2 from pretty_midi)")
+
+
 def resolve_device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -4,21 +4,30 @@ Everything here works on a plain note array: one row per note, columns
 (pitch, start, end[, velocity]) in ticks, on the CP time grid (480 ticks per beat,
 1920 ticks per 4/4 bar). `as_note_array` also accepts miditoolkit notes.
 
-Song-level metrics follow the definitions of muspy 0.5:
+Song-level metrics are those of muspy 0.5 (`muspy.pitch_range`, `n_pitch_classes_used`,
+`polyphony`) and equal them exactly, float bits included, on the same notes; the tests check
+this on every EMOPIA clip (muspy is a test-only dependency):
 - pitch range: highest minus lowest pitch;
 - pitch classes: number of distinct pitch classes (pitch mod 12) used;
 - polyphony: mean number of distinct pitches sounding, over the time steps (ticks)
   where at least one pitch sounds. A note sounds on [start, end); two overlapping notes
-  of the same pitch count once (muspy's piano roll is binary).
-Bar-level metrics compute, for every bar that holds at least one note onset (a note
-belongs to the bar its onset falls in), the pitch range, the number of pitch classes,
-and notes / distinct onset positions; the song value is the mean over those bars.
+  of the same pitch count once (muspy's piano roll is binary); a zero-length note never
+  sounds.
+Polyphony depends on the time grid: `piece_from_midi` rounds times to 480 ticks per beat
+(as `muspy.Music.adjust_resolution(480)` does, with which it agrees exactly); on EMOPIA's
+384-tick files that moves polyphony by less than 0.1% from muspy's value at the native
+resolution. muspy evaluates all non-drum tracks, a `Piece` holds the first one only (every
+EMOPIA clip and every decoded piece has exactly one).
+Bar-level metrics (no muspy counterpart) compute, for every bar that holds at least one
+note onset (a note belongs to the bar its onset falls in), the pitch range, the number of
+pitch classes, and notes / distinct onset times; the song value is the mean over those bars.
 
 Empty pieces: a piece with no notes (or, for polyphony, no note of positive length)
 has no defined value; every metric then returns NaN, and `summarize` leaves NaNs out
-of means and standard deviations (and counts only the pieces it used). muspy itself
-returns 0 for the pitch classes of an empty piece; we return NaN so that an empty
-generated piece cannot pull a quadrant's mean down.
+of means and standard deviations (and counts only the pieces it used). muspy returns NaN
+for the polyphony of such a piece too, but 0 for its pitch range and pitch classes; we
+return NaN for all three so that the metrics agree with each other and an empty generated
+piece cannot pull a quadrant's mean down (compute_metrics.py reports how many were empty).
 
 Element distributions (`element_values`) list, for one `Piece`, every value an element
 takes: tempo (bpm of each tempo change), chord quality (of each chord marker), beat
@@ -110,7 +119,7 @@ def _union_length(starts: np.ndarray, ends: np.ndarray) -> int:
 # ------------------------------------------------------------------ song-level metrics
 
 def pitch_range(notes) -> float:
-    """Highest minus lowest pitch; NaN for a piece with no notes."""
+    """Highest minus lowest pitch; NaN for a piece with no notes (muspy: 0)."""
     arr = as_note_array(notes)
     if len(arr) == 0:
         return math.nan
@@ -118,7 +127,7 @@ def pitch_range(notes) -> float:
 
 
 def n_pitch_classes(notes) -> float:
-    """Number of distinct pitch classes (pitch mod 12) used; NaN for no notes."""
+    """Number of distinct pitch classes (pitch mod 12) used; NaN for no notes (muspy: 0)."""
     arr = as_note_array(notes)
     if len(arr) == 0:
         return math.nan
@@ -129,7 +138,8 @@ def polyphony(notes) -> float:
     """Mean number of distinct pitches sounding over the ticks where at least one sounds.
 
     Equals sum over pitches of the time that pitch sounds, divided by the time anything
-    sounds (both as unions of [start, end) intervals). NaN when nothing sounds.
+    sounds (both as unions of [start, end) intervals): muspy's piano-roll sum over its
+    count of non-empty time steps, without building the piano roll. NaN when nothing sounds.
     """
     arr = as_note_array(notes)
     active = _union_length(arr[:, 1], arr[:, 2])
@@ -169,7 +179,8 @@ def bar_pitch_classes(notes, ticks_per_bar: int = TICKS_PER_BAR) -> float:
 
 
 def bar_polyphony(notes, ticks_per_bar: int = TICKS_PER_BAR) -> float:
-    """Mean over non-empty bars of (notes in the bar) / (distinct onset times in the bar)."""
+    """Mean over non-empty bars of (notes in the bar) / (distinct onset times in the bar);
+    NaN for no notes."""
     return _bar_mean(notes, lambda b: len(b) / len(np.unique(b[:, 1])), ticks_per_bar)
 
 

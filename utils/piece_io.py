@@ -67,24 +67,28 @@ def read_words_pickle(path) -> dict:
     return data
 
 
+def words_pickle_word2event(path, data: dict, dictionary=None) -> dict:
+    """The word2event of a words pickle: `dictionary` when given, else the one stored in the
+    pickle, else the file it names (looked for beside the pickle when moved)."""
+    from utils.cp import load_dictionary
+
+    if dictionary is None and isinstance(data.get("word2event"), dict):
+        return data["word2event"]       # generate.py stores the dictionary it used
+    if dictionary is None:
+        dictionary = data["dictionary"]
+        if not Path(dictionary).is_file():
+            dictionary = Path(path).parent / Path(dictionary).name
+    return (load_dictionary(dictionary) if isinstance(dictionary, (str, Path)) else dictionary)[1]
+
+
 def load_words_pickle(path, dictionary=None) -> list[Piece]:
     """Pieces from generate.py's words pickle, decoded as generate.py writes its MIDI files.
 
     The dictionary is `dictionary` when given (a path, or a loaded (event2word,
     word2event) pair), else the word2event stored in the pickle, else the file it names.
     """
-    from utils.cp import load_dictionary
-
     data = read_words_pickle(path)
-    if dictionary is None and isinstance(data.get("word2event"), dict):
-        word2event = data["word2event"]       # generate.py stores the dictionary it used
-    else:
-        if dictionary is None:
-            dictionary = data["dictionary"]
-            if not Path(dictionary).is_file():
-                dictionary = Path(path).parent / Path(dictionary).name
-        _, word2event = (load_dictionary(dictionary) if isinstance(dictionary, (str, Path))
-                         else dictionary)
+    word2event = words_pickle_word2event(path, data, dictionary)
     names = data.get("names") or [f"emotion{q}_{i}" for i, q in enumerate(data["emotion"])]
     return [piece_from_words(np.asarray(w), word2event, emotion=int(q), name=str(n),
                              close_empty_bars=True)

@@ -18,6 +18,9 @@ from utils.errors import UserError
 
 # Config fields that come from the data, never from flags.
 DATA_FIELDS = {"vocab_sizes", "type_ids", "value_tables", "n_codes"}
+# A paper-size model trained on fewer pieces than this is almost surely fed a sample by
+# mistake (EMOPIA has 1,078 clips; data/sample holds 32).
+MIN_PAPER_PIECES = 200
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_cls, title: str) -> None:
@@ -27,7 +30,10 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, title: str) ->
         if field.name in DATA_FIELDS:
             continue
         default = _field_default(field)
-        if isinstance(default, bool):
+        if default is None and "flag_type" in field.metadata:   # None = "decided by the config"
+            group.add_argument(f"--{field.name}", type=field.metadata["flag_type"], default=None,
+                               help=f"(default {field.metadata.get('flag_default', 'set by the other flags')})")
+        elif isinstance(default, bool):
             from utils.cli import str2bool
             group.add_argument(f"--{field.name}", type=str2bool, default=None, help=f"(default {default})")
         elif isinstance(default, (int, float, str)):
@@ -58,6 +64,20 @@ def config_from_args(config_cls, args: argparse.Namespace, preset: str, **data_f
         return dataclasses.replace(apply_preset(config_cls(**data_fields), preset), **overrides)
     except ValueError as exc:
         raise UserError(f"model flags: {exc}") from None
+
+
+def report_pieces(emotion, n_train: int, source, preset: str, logger: logging.Logger) -> None:
+    """Log the corpus size and its pieces per quadrant; warn when a model larger than the
+    tiny preset trains on fewer than MIN_PAPER_PIECES pieces."""
+    emotion = np.asarray(emotion)
+    counts = ", ".join(f"Q{q} {int((emotion == q).sum())}" for q in (1, 2, 3, 4))
+    unlabeled = int((emotion == 0).sum())
+    logger.info(f"data: {len(emotion)} pieces in {source} ({counts}"
+                + (f", unlabeled {unlabeled}" if unlabeled else "") + f"); {n_train} train")
+    if preset != "tiny" and n_train < MIN_PAPER_PIECES:
+        logger.warning(f"warning: the {preset} preset trains on only {n_train} pieces "
+                       f"(fewer than {MIN_PAPER_PIECES}): is {source} a sample rather than the "
+                       f"full corpus? (prepare_data.py --midi_dir on the full EMOPIA MIDI folder)")
 
 
 def dataset_tensors(data, max_len: int) -> dict[str, torch.Tensor]:

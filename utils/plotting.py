@@ -17,12 +17,13 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from utils import metrics as M  # noqa: E402
+from utils.latent_space import QUADRANT_PAIRS  # noqa: E402
 
 QUADRANT_COLORS = {1: "#d62728", 2: "#ff7f0e", 3: "#1f77b4", 4: "#2ca02c"}
 QUADRANT_NAMES = {1: "Q1 (V+ A+)", 2: "Q2 (V- A+)", 3: "Q3 (V- A-)", 4: "Q4 (V+ A-)"}
 # The six quadrant pairs of the paper's t-SNE figure: Q1-Q2 and Q3-Q4 differ in valence,
 # Q1-Q4 and Q2-Q3 in arousal, Q1-Q3 and Q2-Q4 in both.
-TSNE_PAIRS = ((1, 2), (1, 4), (1, 3), (3, 4), (2, 3), (2, 4))
+TSNE_PAIRS = QUADRANT_PAIRS
 LOSS_COLUMNS = ("loss", "recon", "vq", "reg")
 
 

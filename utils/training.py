@@ -2,8 +2,8 @@
 
 One loop, read top to bottom: shuffle (a seeded DistributedSampler, also with one process),
 batch, forward under optional bf16 autocast, check the loss is finite, backward, clip,
-step; at the end of each epoch validate, log, write `last.pt` and (when the monitored loss
-improved) `best.pt`, both atomically, and rewrite the CSV log from the history stored in
+step; at the end of each epoch validate, log, write `last.pt` and (when the monitored loss,
+see `monitored_loss`, improved) `best.pt`, both atomically, and rewrite the CSV log from the history stored in
 the checkpoint (so a resumed run never duplicates or loses rows).
 
 Interruptions: Ctrl-C or SIGTERM finishes the current step, saves a mid-epoch `last.pt`
@@ -159,12 +159,28 @@ class MetricSums:
             codes = all_reduce_sum(self.codes.clone(), info).double()
             probs = codes / codes.sum().clamp(min=1)
             result["code_usage"] = (codes > 0).double().mean().item()
+            result["codes_used"] = int((codes > 0).sum().item())
             result["code_perplexity"] = math.exp(-(probs * probs.clamp(min=1e-12).log()).sum().item())
         return result
 
 
 def _batches(order: list[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def epoch_batches(order: list[int], batch_size: int) -> list[list[int]]:
+    """An epoch's training batches: the last incomplete one is dropped, as the authors'
+    loaders do (drop_last), unless it is the only batch (fewer pieces than batch_size)."""
+    batches = _batches(order, batch_size)
+    if len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def monitored_loss(row: dict[str, Any]) -> float:
+    """What best.pt minimises: the reconstruction loss when there is one (the authors'
+    choice for the VQ-VAE), else the loss (the prior)."""
+    return row["recon"] if "recon" in row else row["loss"]
 
 
 def _gather(data: dict[str, torch.Tensor], idx: list[int], device: torch.device) -> dict[str, torch.Tensor]:
@@ -250,7 +266,7 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
     with StopFlag(logger) as stop:
         for epoch in range(state["epoch"], args.Epoch):
             sampler.set_epoch(epoch)
-            batches = _batches(list(sampler), args.batch_size)
+            batches = epoch_batches(list(sampler), args.batch_size)
             start = state["batch"] if epoch == state["epoch"] else 0
             sums = MetricSums(n_codes, state["running"] if start else None)
             began = time.time()
@@ -289,15 +305,14 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
 
             row = {"epoch": epoch + 1, "split": "train", **sums.reduce(dist)}
             rows = [row]
-            monitored = row["loss"]
             if val is not None:
-                val_row = {"epoch": epoch + 1, "split": "val",
-                           **evaluate(model, step_fn, val, args.batch_size, device, autocast, n_codes)}
-                rows.append(val_row)
-                monitored = val_row["loss"]
+                rows.append({"epoch": epoch + 1, "split": "val",
+                             **evaluate(model, step_fn, val, args.batch_size, device, autocast, n_codes)})
+            monitored = monitored_loss(rows[-1])       # validation when there is some
             at_end = f"the end of epoch {epoch + 1}"
-            if not math.isfinite(monitored):
-                return _diverged(logger, f"the validation loss became {monitored}", at_end, out_dir)
+            if not (math.isfinite(monitored) and math.isfinite(rows[-1]["loss"])):
+                return _diverged(logger, f"the {'validation' if val is not None else 'training'} loss became {rows[-1]['loss']} "
+                                 f"(monitored {monitored})", at_end, out_dir)
             if (bad := _nonfinite_weights(model)) is not None:
                 return _diverged(logger, f"weight {bad} became non-finite", at_end, out_dir)
             state["history"] = state["history"] + rows
@@ -315,7 +330,9 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
                     _plot_history(out_dir / "metrics.csv", logger)
                     last_plot = time.time()
             logger.info(f"epoch {epoch + 1}/{args.Epoch} " + " | ".join(_summary(r) for r in rows)
-                        + f" | {time.time() - began:.1f}s" + (" | best" if improved else ""))
+                        + f" | {time.time() - began:.1f}s"
+                        + (f" | best ({'recon' if 'recon' in rows[-1] else 'loss'} {monitored:.4f}, "
+                           f"total {rows[-1]['loss']:.4f})" if improved else ""))
             barrier(dist)
             if stop.requested:
                 logger.info(f"stopped after epoch {epoch + 1}; continue with --resume")
@@ -344,4 +361,5 @@ def _diverged(logger: logging.Logger, what: str, where: str, out_dir: Path) -> i
 
 def _summary(row: dict[str, Any]) -> str:
     keys = [k for k in ("loss", "recon", "vq", "reg", "acc_mean", "code_usage") if k in row]
-    return f"{row['split']} " + " ".join(f"{k} {row[k]:.4f}" for k in keys)
+    text = f"{row['split']} " + " ".join(f"{k} {row[k]:.4f}" for k in keys)
+    return text + (f" codes_used {row['codes_used']}" if "codes_used" in row else "")

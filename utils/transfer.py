@@ -42,3 +42,44 @@ def swap_elements(latent_a, latent_b, elements, slice_dim: int):
         dims = element_slice(name, slice_dim)
         mixed[..., dims] = latent_b[..., dims]
     return mixed
+
+
+PAIR_MODES = ("first", "random")
+
+
+def quadrant_rows(emotion) -> dict:
+    """{quadrant 1..4: its rows in data order} from per-piece labels (e.g. CPDataset.emotion);
+    the same as the cls_{q}_idx arrays prepare_data.py writes to {name}_idx.npz."""
+    import numpy as np
+
+    emotion = np.asarray(emotion)
+    return {q: np.flatnonzero(emotion == q) for q in (1, 2, 3, 4)}
+
+
+def transfer_pairs(class_indices, source: int, target: int, n: int, mode: str = "first",
+                   seed: int = 13):
+    """Rows (A, B) of the pieces paired for a transfer from quadrant `source` to `target`.
+
+    class_indices: {quadrant: rows of that quadrant in data order} (utils.data.load_class_indices,
+    or {q: np.flatnonzero(emotion == q)}). mode="first": the first n rows of each quadrant,
+    pair i = (i-th A, i-th B), as the authors do (their n is 20); a quadrant with fewer than
+    n rows starts again from its first (`seed` is unused). mode="random": n rows of each
+    drawn with numpy's default_rng(seed), A first, without replacement unless the quadrant
+    has fewer than n. Returns two int64 arrays of length n.
+    """
+    import numpy as np
+
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    if mode not in PAIR_MODES:
+        raise ValueError(f"mode must be one of {PAIR_MODES}, got {mode!r}")
+    rows = {}
+    for q in (source, target):
+        rows[q] = np.asarray(class_indices.get(q, ()), dtype=np.int64).reshape(-1)
+        if len(rows[q]) == 0:
+            raise ValueError(f"no pieces of quadrant Q{q}")
+    if mode == "first":
+        return np.resize(rows[source], n), np.resize(rows[target], n)
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(rows[q], size=n, replace=len(rows[q]) < n) for q in (source, target)]
+    return chosen[0].astype(np.int64), chosen[1].astype(np.int64)
