@@ -1,0 +1,123 @@
+"""reproduce.py end to end on the shipped sample (tiny preset): the report, skipped stages on
+a second run, redone stages when an input changes, and a killed study that resumes."""
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+
+def run_study(npz, out, *extra, check=True):
+    result = subprocess.run([sys.executable, "reproduce.py", "--preset", "tiny", "--data_path", str(npz),
+                             "--out", str(out), *extra], cwd=ROOT, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+def table_after(text: str, heading: str) -> list[list[str]]:
+    """Rows of the first markdown table after a line containing `heading`."""
+    at = text.index(heading)
+    lines = text[text.rfind("\n", 0, at) + 1:].splitlines()      # from the start of its line
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def finite(cell: str) -> bool:
+    number = re.match(r"\**(-?\d+(\.\d+)?)", cell)
+    return bool(number) and math.isfinite(float(number.group(1)))
+
+
+@pytest.fixture(scope="module")
+def study(sample_npz, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    first = run_study(sample_npz, out)
+    return sample_npz, out, first
+
+
+def test_study_writes_a_report_with_finite_tables(study):
+    _, out, first = study
+    text = (out / "REPORT.md").read_text()
+    for heading in ("Codes in use per epoch", "## Latent space", "diagonal share, per piece",
+                    "Song-level metrics", "How often a piece is classified", "## Element transfer"):
+        rows = table_after(text, heading)
+        assert rows, heading
+    usage = table_after(text, "Codes in use per epoch")
+    assert len(usage) == 2 and all(finite(c) for row in usage for c in row)
+    shares = table_after(text, "diagonal share, per piece")
+    assert [r[0] for r in shares] == ["MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE"]
+    assert all(finite(c) for r in shares for c in r[1:])
+    silhouettes = table_after(text, "## Latent space")
+    assert len(silhouettes) == 16 and all(finite(c) for r in silhouettes for c in r[2:])
+    transfers = table_after(text, "## Element transfer")
+    assert len(transfers) == 12
+    for name in ("training.png", "probe.png"):
+        assert (out / name).stat().st_size > 1000
+    for model in ("MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE"):
+        probe = json.loads((out / "measures" / f"probe_{model}.json").read_text())
+        assert len(probe["piece_r2"]) == 7 and len(probe["step_skill"][0]) == 7
+        assert (out / "figures" / model / "tsne_all.png").exists()
+    assert "## What holds at this scale" in text
+    assert first.stdout.count("] done in") == 15       # the evaluator, then 7 stages per model
+
+
+def test_second_run_skips_every_finished_stage(study):
+    npz, out, _ = study
+    markers = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
+    second = run_study(npz, out)
+    assert "started" not in second.stdout and "continuing" not in second.stdout
+    assert second.stdout.count("skipped") == len(markers)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")} == markers
+
+
+def test_changed_input_redoes_only_the_stages_it_feeds(study):
+    npz, out, _ = study
+    third = run_study(npz, out, "--pairs", "1")
+    redone = set(re.findall(r"\[(\w+)\] started", third.stdout))
+    assert redone == {"transfer_MusER_TRANS_CA_GE", "transfer_VQVAE_TRANS_CA_GE"}
+    transfer = json.loads((out / "measures" / "transfer_MusER_TRANS_CA_GE.json").read_text())
+    assert transfer[0]["pairs"] == 1
+
+
+def test_killed_study_resumes(sample_npz, tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "reproduce.py", "--preset", "tiny", "--data_path", str(sample_npz),
+               "--out", str(out), "--jobs", "1", "--epochs", "4"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    last = out / "models" / "MusER_TRANS_CA_GE" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the study ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (out / "stages" / "train_MusER_TRANS_CA_GE.started").exists()
+    assert not (out / "stages" / "train_MusER_TRANS_CA_GE.json").exists()
+    resumed = run_study(sample_npz, out, "--jobs", "1", "--epochs", "4")
+    assert "[train_MusER_TRANS_CA_GE] continuing" in resumed.stdout
+    assert (out / "REPORT.md").exists()
+    log = (out / "logs" / "train_MusER_TRANS_CA_GE.log").read_text()
+    assert "--resume" in log and "resumed from" in log
+
+
+def test_bad_input_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "reproduce.py", "--preset", "tiny", "--data_path",
+                             str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "missing.npz" in result.stderr

@@ -1,0 +1,238 @@
+"""Disentanglement probe: how much of each musical element each latent slice carries.
+
+MusER claims that latent slice k holds element k. A linear probe tests it directly: for
+every slice k and element j, fit a linear model from slice k to a statistic of element j
+and score it on held-out songs. The result is a 7 x 7 matrix (rows = slices, columns =
+elements); a disentangled latent is diagonal-dominant.
+
+Two probes:
+- per piece: the slice averaged over the piece's valid steps -> per-piece statistics of
+  each element (`piece_statistics`), scored by R^2 of ridge regression under
+  song-grouped cross-validation (clips of one song never sit on both sides);
+- per step: the slice at step t -> element j's token at step t, scored by the skill of a
+  logistic regression over the majority class, (accuracy - majority) / (1 - majority),
+  on held-out songs. Only the steps where element j is in use are probed (note elements on
+  Note words, metrical elements on Metrical words, the type on every word): otherwise the
+  "unused" token would let any slice that knows the word type score on every element.
+
+`diagonal_share` turns a matrix into one number: per element, the share of the (positive)
+probe scores held by its own slice, averaged over elements. 1 = every element lives only
+in its slice; 1/7 = spread evenly.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from utils.cp import ELEMENTS, TYPE_FIELD
+
+N_ELEMENTS = len(ELEMENTS)
+CHORD_QUALITIES = ("M", "m", "o", "+", "sus2", "sus4", "7", "M7", "m7", "o7", "/o7")
+# Per element, the statistics the per-piece probe predicts (one column each).
+STATISTICS = {
+    "tempo": ("tempo mean",),
+    "chord": tuple(f"share of {q} chords" for q in CHORD_QUALITIES),
+    "bar-beat": ("onsets per bar",),
+    "type": ("share of note words",),
+    "pitch": ("pitch mean", "pitch range"),
+    "duration": ("duration mean (beats)",),
+    "velocity": ("velocity mean", "velocity spread"),
+}
+# Word type on which each element is in use (None: every word).
+ACTIVE_TYPE = {"tempo": "Metrical", "chord": "Metrical", "bar-beat": "Metrical", "type": None,
+               "pitch": "Note", "duration": "Note", "velocity": "Note"}
+_NUMBER = re.compile(r"_(-?\d+)$")
+
+
+def _number(event) -> float:
+    match = _NUMBER.search(event) if isinstance(event, str) else None
+    return float(match.group(1)) if match else math.nan
+
+
+def piece_statistics(words: np.ndarray, word2event: dict) -> dict[str, np.ndarray]:
+    """Per element, a float vector of the statistics in STATISTICS (NaN when undefined).
+
+    words: int array [T, 8] of one piece (compound-word columns), padding excluded.
+    """
+    words = np.asarray(words)
+    types = [word2event["type"][int(t)] for t in words[:, TYPE_FIELD]]
+    col = {name: k for k, name in enumerate(ELEMENTS)}
+
+    def events(element, kind):
+        return [word2event[element][int(words[i, col[element]])] for i, t in enumerate(types) if t == kind]
+
+    def mean(values):
+        return float(np.mean(values)) if len(values) else math.nan
+
+    tempos = [_number(e) for e in events("tempo", "Metrical") if isinstance(e, str) and e.startswith("Tempo")]
+    chords = [e.split("_")[1] for e in events("chord", "Metrical")
+              if isinstance(e, str) and e.count("_") == 1]
+    quality_share = np.array([sum(c == q for c in chords) / len(chords) if chords else math.nan
+                              for q in CHORD_QUALITIES])
+    # Onset positions: a Note word sits at the position of the last Bar/Beat word before it.
+    onsets, bar, beat = set(), -1, None
+    for i, t in enumerate(types):
+        if t == "Metrical":
+            event = word2event["bar-beat"][int(words[i, col["bar-beat"]])]
+            if event == "Bar":
+                bar, beat = bar + 1, None
+            elif isinstance(event, str) and event.startswith("Beat"):
+                beat = _number(event)
+        elif t == "Note":
+            onsets.add((bar, beat))
+    # Bars up to the one holding the last onset (a closing Bar word adds no bar).
+    bars = max(max((b for b, _ in onsets), default=0) + 1, 1)
+    pitches = [_number(e) for e in events("pitch", "Note")]
+    durations = [_number(e) / 480.0 for e in events("duration", "Note")]
+    velocities = [_number(e) for e in events("velocity", "Note")]
+    n_notes = sum(t == "Note" for t in types)
+    return {
+        "tempo": np.array([mean(tempos)]),
+        "chord": quality_share,
+        "bar-beat": np.array([len(onsets) / bars]),
+        "type": np.array([n_notes / len(types) if types else math.nan]),
+        "pitch": np.array([mean(pitches), (max(pitches) - min(pitches)) if pitches else math.nan]),
+        "duration": np.array([mean(durations)]),
+        "velocity": np.array([mean(velocities), float(np.std(velocities)) if velocities else math.nan]),
+    }
+
+
+def statistics_table(words_list, word2event) -> dict[str, np.ndarray]:
+    """piece_statistics of many pieces: per element an array [N, n_statistics]."""
+    rows = [piece_statistics(w, word2event) for w in words_list]
+    return {element: np.stack([r[element] for r in rows]) for element in ELEMENTS}
+
+
+def pooled_slices(latent: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Latent [N, T, 7*s] averaged over the valid steps of each piece -> [N, 7, s]."""
+    latent = np.asarray(latent, dtype=np.float64)
+    weights = np.asarray(mask, dtype=np.float64)
+    weights = weights / np.maximum(weights.sum(1, keepdims=True), 1)
+    pooled = np.einsum("nt,ntd->nd", weights, latent)
+    return pooled.reshape(len(pooled), N_ELEMENTS, -1)
+
+
+def _grouped_r2(features: np.ndarray, targets: np.ndarray, groups, n_splits: int, alpha: float) -> float:
+    """Held-out R^2 of ridge regression (mean over target columns that vary); NaN if none do."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    keep = np.isfinite(targets).all(1)
+    x, y, g = features[keep], targets[keep], np.asarray(groups)[keep]
+    varying = y.std(0) > 1e-12
+    n_splits = min(n_splits, len(np.unique(g)))
+    if not varying.any() or n_splits < 2:
+        return math.nan
+    y = y[:, varying]
+    predicted = np.zeros_like(y)
+    for train, test in GroupKFold(n_splits=n_splits).split(x, y, g):
+        model = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x[train], y[train])
+        predicted[test] = model.predict(x[test]).reshape(len(test), -1)
+    residual = ((y - predicted) ** 2).sum(0)
+    total = ((y - y.mean(0)) ** 2).sum(0)
+    return float(np.mean(1.0 - residual / total))
+
+
+def piece_probe(slices: np.ndarray, statistics: dict[str, np.ndarray], groups,
+                n_splits: int = 5, alpha: float = 1.0) -> np.ndarray:
+    """[7, 7] held-out R^2 from pooled slice k (rows) to element j's statistics (columns).
+
+    slices: [N, 7, s] from `pooled_slices`; statistics: `statistics_table`; groups: one song
+    id per piece for the cross-validation folds.
+    """
+    matrix = np.full((N_ELEMENTS, N_ELEMENTS), math.nan)
+    for k in range(N_ELEMENTS):
+        for j, element in enumerate(ELEMENTS):
+            matrix[k, j] = _grouped_r2(slices[:, k], statistics[element], groups, n_splits, alpha)
+    return matrix
+
+
+def active_steps(tokens: np.ndarray, mask: np.ndarray, type_ids: dict) -> np.ndarray:
+    """[N, T, 7] bool: the valid steps at which each element is in use (see ACTIVE_TYPE)."""
+    valid = np.asarray(mask) > 0
+    types = np.asarray(tokens)[..., TYPE_FIELD]
+    active = np.zeros(types.shape + (N_ELEMENTS,), dtype=bool)
+    for j, element in enumerate(ELEMENTS):
+        kind = ACTIVE_TYPE[element]
+        active[..., j] = valid if kind is None else valid & (types == type_ids[kind])
+    return active
+
+
+def _skill(x_train, y_train, x_test, y_test) -> float:
+    """Held-out skill of multinomial logistic regression over the majority class."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(y_test) == 0 or len(y_train) == 0:
+        return math.nan
+    values, counts = np.unique(y_train, return_counts=True)
+    majority = values[counts.argmax()]
+    base = float(np.mean(y_test == majority))
+    if len(values) < 2 or base >= 1.0:
+        return math.nan
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=1.0))
+    accuracy = float(np.mean(model.fit(x_train, y_train).predict(x_test) == y_test))
+    return (accuracy - base) / (1.0 - base)
+
+
+def step_probe(latent: np.ndarray, tokens: np.ndarray, active: np.ndarray, groups,
+               max_steps: int = 6000, test_share: float = 0.25, seed: int = 13) -> np.ndarray:
+    """[7, 7] held-out skill from slice k at step t (rows) to element j's token at t (columns).
+
+    latent [N, T, 7*s]; tokens [N, T, >=7] word columns; active [N, T, 7] from
+    `active_steps`. Songs are split once into train and test (test_share of the songs);
+    at most max_steps active steps per side and element are used.
+    """
+    rng = np.random.default_rng(seed)
+    latent = np.asarray(latent, dtype=np.float32)
+    n, length, width = latent.shape
+    s = width // N_ELEMENTS
+    songs = np.asarray(groups)
+    unique = np.unique(songs)
+    test_songs = rng.choice(unique, size=max(1, int(round(len(unique) * test_share))), replace=False)
+    is_test = np.isin(songs, test_songs)
+    matrix = np.full((N_ELEMENTS, N_ELEMENTS), math.nan)
+    for j in range(N_ELEMENTS):
+        sides = []
+        for side in (~is_test, is_test):
+            rows, steps = np.nonzero(active[:, :, j] & side[:, None])
+            if len(rows) > max_steps:
+                pick = rng.choice(len(rows), size=max_steps, replace=False)
+                rows, steps = rows[pick], steps[pick]
+            sides.append((rows, steps))
+        (r_tr, t_tr), (r_te, t_te) = sides
+        y_tr, y_te = tokens[r_tr, t_tr, j], tokens[r_te, t_te, j]
+        for k in range(N_ELEMENTS):
+            dims = slice(k * s, (k + 1) * s)
+            matrix[k, j] = _skill(latent[r_tr, t_tr, dims], y_tr, latent[r_te, t_te, dims], y_te)
+    return matrix
+
+
+def diagonal_share(matrix: np.ndarray) -> float:
+    """Mean over elements (columns) of the own slice's share of the positive scores.
+
+    Columns with no positive score (an element no slice predicts, e.g. a constant tempo)
+    are left out; NaN if every column is.
+    """
+    m = np.clip(np.nan_to_num(np.asarray(matrix, dtype=np.float64), nan=0.0), 0.0, None)
+    totals = m.sum(0)
+    used = totals > 0
+    if not used.any():
+        return math.nan
+    return float(np.mean(np.diag(m)[used] / totals[used]))
+
+
+def format_matrix(matrix: np.ndarray, digits: int = 2) -> str:
+    """A markdown table: rows = latent slices, columns = elements."""
+    lines = ["| slice \\ element | " + " | ".join(ELEMENTS) + " |",
+             "|---|" + "---|" * N_ELEMENTS]
+    for k, name in enumerate(ELEMENTS):
+        cells = [("n/a" if not np.isfinite(v) else f"**{v:.{digits}f}**" if j == k else f"{v:.{digits}f}")
+                 for j, v in enumerate(matrix[k])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
