@@ -14,15 +14,17 @@ import dataclasses
 import torch
 
 from models.config import PRESETS, MusERConfig
+from models.losses import value_tables
 from models.muser import MusER
-from utils.checkpoint import model_vocabulary
-from utils.cli import add_common_args, run_main, str2bool
-from utils.cp import ELEMENTS, type_index, vocab_sizes
-from utils.data import check_model_vocabulary, load_cp_dataset
-from utils.distributed import shutdown
-from utils.pipeline import (add_config_flags, config_from_args, dataset_tensors,
+from run.checkpoint import model_vocabulary
+from run.cli import add_common_args, add_training_args, run_main
+from music.cp import type_index, vocab_sizes
+from music.elements import ELEMENTS
+from music.data import check_model_vocabulary, load_cp_dataset
+from run.distributed import shutdown
+from run.pipeline import (add_config_flags, config_from_args, dataset_tensors,
                             plain_args, report_pieces, run_dir)
-from utils.training import fit, open_run, split_indices, start_training
+from run.training import fit, open_run, split_tensors, start_training
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,17 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS),
                         help="'tiny' shrinks the model so the pipeline runs on a laptop CPU in minutes; "
                              "'small' is the reproduction study's size (256-step windows, narrow layers)")
-    training = parser.add_argument_group("training", "defaults are the paper's values")
-    training.add_argument("--Epoch", "--epochs", dest="Epoch", type=int, default=300)
-    training.add_argument("--batch_size", type=int, default=16)
-    training.add_argument("--lr", type=float, default=1e-4)
-    training.add_argument("--clip", type=float, default=3.0, help="gradient-norm clip")
-    training.add_argument("--val_split", type=float, default=0.0,
-                          help="fraction of pieces held out for validation (paper: 0, all data trains)")
-    training.add_argument("--resume", action="store_true", help="continue from {model_path}/last.pt")
-    training.add_argument("--overwrite", action="store_true", help="start again over an earlier run")
-    training.add_argument("--amp", type=str2bool, default=False, help="bf16 autocast")
-    training.add_argument("--compile", type=str2bool, default=False, help="torch.compile the model")
+    add_training_args(parser, epochs=300)
     add_config_flags(parser, MusERConfig, "model")
     add_common_args(parser)
     return parser
@@ -75,7 +67,6 @@ def main(argv=None) -> int:
     config = config_from_args(MusERConfig, args, args.preset, vocab_sizes=vocab_sizes(data.event2word),
                               type_ids=type_ids)
     if config.reg_target == "value":  # replace() re-runs the config's checks on the tables
-        from models.muser import value_tables
         config = dataclasses.replace(config, value_tables=value_tables(data.word2event))
 
     out_dir = run_dir(args.model_path, f"{config.name}_{args.dataset}")
@@ -86,15 +77,13 @@ def main(argv=None) -> int:
         config = MusERConfig.from_dict(resume["config"])
 
     tensors = dataset_tensors(data, config.max_len)
-    train_idx, val_idx = split_indices(len(data.x), args.val_split, args.seed)
-    train = {k: v[train_idx] for k, v in tensors.items()}
-    val = {k: v[val_idx] for k, v in tensors.items()} if len(val_idx) else None
-    report_pieces(data.emotion, len(train_idx), data.npz_path, args.preset, logger)
+    train, val, n_train, n_val = split_tensors(tensors, args.val_split, args.seed)
+    report_pieces(data.emotion, n_train, data.npz_path, args.preset, logger)
 
     model = MusER(config).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info(f"{config.name}: {n_params / 1e6:.2f}M parameters, {len(train_idx)} training / "
-                f"{len(val_idx)} validation pieces from {data.npz_path}, device {device}"
+    logger.info(f"{config.name}: {n_params / 1e6:.2f}M parameters, {n_train} training / "
+                f"{n_val} validation pieces from {data.npz_path}, device {device}"
                 + (f" x {dist.world_size} processes" if dist.enabled else ""))
     meta = {"kind": "muser", "config": config.to_dict(), "args": plain_args(args),
             "vocab_sizes": vocab_sizes(data.event2word), "dictionary_path": str(data.dictionary_path.resolve()),

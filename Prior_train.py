@@ -19,15 +19,15 @@ import torch.nn.functional as F
 
 from models.config import PRESETS, PriorConfig
 from models.prior import Prior
-from utils.checkpoint import build_muser, load_checkpoint, model_vocabulary
-from utils.cli import (add_common_args, resolve_checkpoint, run_main, str2bool)
-from utils.data import load_cp_dataset
-from utils.distributed import shutdown
-from utils.errors import UserError
-from utils.pipeline import (add_config_flags, check_prior_codes, codebook_fingerprint,
+from run.checkpoint import load_muser, model_vocabulary
+from run.cli import add_common_args, add_training_args, run_main
+from music.data import load_cp_dataset
+from run.distributed import shutdown
+from music.errors import UserError
+from run.pipeline import (add_config_flags, check_prior_codes, codebook_fingerprint,
                             compact_codes, config_from_args, dataset_tensors, encode_pieces, load_vq_dict,
                             model_name, plain_args, report_pieces, run_dir)
-from utils.training import fit, open_run, split_indices, start_training
+from run.training import fit, open_run, split_tensors, start_training
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,16 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: saved_models/Prior_{VQ-VAE variant}_{dataset})")
     parser.add_argument("--log_path", default=None, help="text log (default: {model_path}/train.log)")
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
-    training = parser.add_argument_group("training", "defaults are the paper's values")
-    training.add_argument("--Epoch", "--epochs", dest="Epoch", type=int, default=1300)
-    training.add_argument("--batch_size", type=int, default=16)
-    training.add_argument("--lr", type=float, default=1e-4)
-    training.add_argument("--clip", type=float, default=3.0)
-    training.add_argument("--val_split", type=float, default=0.0)
-    training.add_argument("--resume", action="store_true")
-    training.add_argument("--overwrite", action="store_true")
-    training.add_argument("--amp", type=str2bool, default=False)
-    training.add_argument("--compile", type=str2bool, default=False)
+    add_training_args(parser, epochs=1300)
     add_config_flags(parser, PriorConfig, "prior model")
     add_common_args(parser)
     return parser
@@ -82,9 +73,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device, dist = start_training(args)
 
-    vq_path = resolve_checkpoint(args.VQ_VAE, "--VQ_VAE")
-    vq_ckpt = load_checkpoint(vq_path, "muser", "--VQ_VAE")
-    vq_vae = build_muser(vq_ckpt, vq_path).to(device)
+    vq_vae, vq_ckpt, vq_path = load_muser(args.VQ_VAE)
+    vq_vae = vq_vae.to(device)
     name = model_name(args.VQ_VAE, vq_path)
     fingerprint = codebook_fingerprint(vq_vae)
     vq_dict_path = Path(args.vq_dict_path or f"data/{name}_VQ_dict.data")
@@ -113,15 +103,13 @@ def main(argv=None) -> int:
     config.max_len = sequences["inp"].shape[1]
     if resume is not None:
         config = PriorConfig.from_dict(resume["config"])
-    train_idx, val_idx = split_indices(len(compact), args.val_split, args.seed)
-    train = {k: v[train_idx] for k, v in sequences.items()}
-    val = {k: v[val_idx] for k, v in sequences.items()} if len(val_idx) else None
-    report_pieces(data.emotion, len(train_idx), data.npz_path, args.preset, logger)
+    train, val, n_train, n_val = split_tensors(sequences, args.val_split, args.seed)
+    report_pieces(data.emotion, n_train, data.npz_path, args.preset, logger)
 
     model = Prior(config).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"prior over {n_codes} used codes: {n_params / 1e6:.2f}M parameters, "
-                f"{len(train_idx)} training / {len(val_idx)} validation pieces, device {device}")
+                f"{n_train} training / {n_val} validation pieces, device {device}")
     meta = {"kind": "prior", "config": config.to_dict(), "args": plain_args(args),
             "vocab_sizes": vq_ckpt["vocab_sizes"], "dictionary_path": vq_ckpt["dictionary_path"],
             "vq_vae_path": str(vq_path.resolve()), "vq_vae": fingerprint,

@@ -8,7 +8,7 @@ vocabulary) and, with --plot_flag, per element and for the whole latent: a t-SNE
 the pieces coloured by quadrant in six quadrant-pair panels, and the silhouette table
 (figures/{NAME}/silhouette.csv and .md).
 
-The latent-space protocol is the authors' (utils/latent_space.py): each piece's quantised
+The latent-space protocol is the authors' (evaluation/latent_space.py): each piece's quantised
 latent averaged over the whole sequence, padding included (--pool all; --pool valid
 averages over the piece's real steps), t-SNE with perplexity 30, PCA init, seed 13 and 3000
 iterations, silhouettes of each quadrant pair on the 2-D t-SNE points (the paper's), plus
@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from utils.checkpoint import build_muser, load_checkpoint, model_vocabulary
-from utils.cli import add_common_args, resolve_checkpoint, resolve_device, run_main, seed_everything, str2bool
-from utils.data import load_cp_dataset
-from utils.errors import UserError
-from utils.latent_space import (PERPLEXITY, POOLS, TSNE_ITERATIONS, latent_features, silhouette_markdown,
+from run.checkpoint import load_muser, model_vocabulary
+from run.cli import add_common_args, resolve_device, run_main, seed_everything, str2bool
+from music.data import load_cp_dataset
+from music.errors import UserError
+from evaluation.latent_space import (PERPLEXITY, POOLS, TSNE_ITERATIONS, latent_features, silhouette_markdown,
                                 silhouette_table)
-from utils.pipeline import (codebook_fingerprint, dataset_tensors, encode_pieces, make_vq_dict, model_name,
+from run.pipeline import (codebook_fingerprint, dataset_tensors, encode_pieces, make_vq_dict, model_name,
                             save_vq_dict)
 
 
@@ -56,9 +56,8 @@ def main(argv=None) -> int:
                         f"(got {args.tsne_iter}, {args.perplexity})")
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    ckpt_path = resolve_checkpoint(args.VQ_VAE, "--VQ_VAE")
-    checkpoint = load_checkpoint(ckpt_path, "muser", "--VQ_VAE")
-    model = build_muser(checkpoint, ckpt_path).to(device)
+    model, checkpoint, ckpt_path = load_muser(args.VQ_VAE)
+    model = model.to(device)
     data = load_cp_dataset(args.data_path, args.dictionary, **model_vocabulary(checkpoint))
     name = model_name(args.VQ_VAE, ckpt_path)
 

@@ -1,7 +1,7 @@
 """Step 5: objective metrics of generated music next to the training data.
 
 Song-level (pitch range, pitch classes, polyphony) and bar-level metrics per quadrant
-and overall, mean ± std (definitions in utils/metrics.py); violin plots of the element
+and overall, mean ± std (definitions in evaluation/metrics.py); violin plots of the element
 distributions (tempo, chord quality, beat position, pitch, duration, velocity) per
 quadrant; with --evaluator, how often the generated pieces carry the emotion asked for.
 
@@ -16,18 +16,17 @@ evaluator comes from train_evaluator.py.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 
-from models import evaluator as E
-from utils import metrics as M
-from utils.atomic import write_csv
-from utils.cli import add_audio_args, run_main
-from utils.errors import UserError
-from utils.piece_io import load_dataset_pieces, load_generated
-from utils.plotting import plot_element_violins, plot_piano_roll
+from evaluation import evaluator as E
+from evaluation import metrics as M
+from music.atomic import write_csv, write_text
+from run.cli import add_audio_args, run_main
+from music.errors import UserError
+from music.piece_io import load_dataset_pieces, load_generated
+from evaluation.plotting import plot_element_violins, plot_piano_roll
 
 GROUPS = ("Q1", "Q2", "Q3", "Q4", "all")
 
@@ -56,8 +55,8 @@ def listening_midis(args, sources, dataset, out_dir: Path) -> dict[str, dict[int
     under out_dir/pieces/ so that the page links only inside its folder."""
     import shutil
 
-    from utils.cp import words_to_midi
-    from utils.piece_io import dataset_words, read_words_pickle, words_pickle_word2event
+    from music.cp import words_to_midi
+    from music.piece_io import dataset_words, read_words_pickle, words_pickle_word2event
 
     words = None
     if args.generated and not Path(args.generated).is_dir():
@@ -159,13 +158,10 @@ def main(argv=None) -> int:
         piece_rows += rows
         summaries[source] = M.summarize(rows, [p.emotion for p in pieces])
 
-    with open(out_dir / "metrics.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["source", "quadrant", "metric", "mean", "std", "n"])
-        for source, summary in summaries.items():
-            for group, values in summary.items():
-                for metric, (mean, std, n) in values.items():
-                    writer.writerow([source, group, metric, f"{mean:.6g}", f"{std:.6g}", n])
+    write_csv(out_dir / "metrics.csv", [
+        {"source": source, "quadrant": group, "metric": metric, "mean": f"{mean:.6g}", "std": f"{std:.6g}", "n": n}
+        for source, summary in summaries.items() for group, values in summary.items()
+        for metric, (mean, std, n) in values.items()])
     write_csv(out_dir / "per_piece.csv", piece_rows)
 
     violins = plot_element_violins({s: element_groups(p) for s, p in sources.items()},
@@ -199,12 +195,12 @@ def main(argv=None) -> int:
                  "one asked for (for data: its label; data it was trained on included).", "",
                  emotion_markdown(matches)]
     markdown = "\n".join(text) + "\n"
-    (out_dir / "metrics.md").write_text(markdown)
+    write_text(out_dir / "metrics.md", markdown)
     print(markdown)
     print(f"wrote {out_dir / 'metrics.md'}, {out_dir / 'metrics.csv'}, "
           f"{out_dir / 'per_piece.csv'}, {violins}")
-    from utils.audio import render_all
-    from utils.pages import describe, write_metrics_page
+    from evaluation.audio import render_all
+    from evaluation.pages import describe, write_metrics_page
     listen = listening_midis(args, sources, dataset, out_dir)
     audio = render_all([m for groups in listen.values() for ms in groups.values() for m in ms],
                        args.soundfont, enabled=args.audio)

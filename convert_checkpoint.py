@@ -22,13 +22,13 @@ import argparse
 from pathlib import Path
 
 from models.config import PRESETS, PriorConfig, apply_preset
-from utils.authors_checkpoint import (VARIANTS, convert_muser, convert_prior, load_authors_checkpoint,
+from run.authors_checkpoint import (VARIANTS, convert_muser, convert_prior, load_authors_checkpoint,
                                       muser_config)
-from utils.checkpoint import build_muser, load_checkpoint, save_checkpoint
-from utils.cli import resolve_checkpoint, run_main
-from utils.cp import load_dictionary, type_index, vocab_sizes
-from utils.errors import UserError
-from utils.pipeline import codebook_fingerprint, load_vq_dict, plain_args
+from run.checkpoint import load_muser, save_checkpoint
+from run.cli import run_main
+from music.cp import load_dictionary, type_index, vocab_sizes
+from music.errors import UserError
+from run.pipeline import codebook_fingerprint, load_vq_dict, plain_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,9 +68,7 @@ def convert_prior_file(args) -> dict:
     if not args.vq_dict or not args.VQ_VAE:
         raise UserError("--kind prior needs --vq_dict (their VQ_dict) and --VQ_VAE (the converted VQ-VAE)")
     state, epoch = load_authors_checkpoint(args.authors)
-    vq_path = resolve_checkpoint(args.VQ_VAE, "--VQ_VAE")
-    vq_ckpt = load_checkpoint(vq_path, "muser", "--VQ_VAE")
-    vq_vae = build_muser(vq_ckpt, vq_path)
+    vq_vae, vq_ckpt, vq_path = load_muser(args.VQ_VAE)
     fingerprint = codebook_fingerprint(vq_vae)
     vq_dict = load_vq_dict(Path(args.vq_dict), fingerprint, vq_vae.config.codebook_size)
     config = apply_preset(PriorConfig(n_codes=len(vq_dict[0])), args.preset)

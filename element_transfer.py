@@ -25,22 +25,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import evaluator as E
-from utils import metrics as M
-from utils.checkpoint import build_muser, load_checkpoint, model_vocabulary
-from utils.cli import add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main
-from utils.cp import words_to_midi
-from utils.errors import UserError
-from utils.metrics import piece_from_midi
-from utils.piece_io import dataset_words
-from utils.plotting import plot_piano_roll
-from utils.sampling import SamplingParams
-from utils.transfer import (ELEMENT_NAMES, PAIR_MODES, element_index, quadrant_rows, swap_elements,
-                            transfer_pairs)
+from evaluation import evaluator as E
+from evaluation import metrics as M
+from run.checkpoint import load_muser, model_vocabulary
+from run.cli import add_audio_args, add_common_args, resolve_device, run_main
+from music.cp import words_to_midi
+from music.atomic import write_text
+from music.errors import UserError
+from music.piece import piece_from_midi
+from music.piece_io import dataset_words
+from evaluation.plotting import plot_piano_roll
+from models.sampling import SamplingParams
+from evaluation.transfer import PAIR_MODES, PAPER_TRANSFERS, quadrant_rows, swap_elements, transfer_pairs
+from music.elements import ELEMENTS, element_index
 
-# The authors' demo: (elements, source quadrant, target quadrant).
-DEMO = ((("velocity",), 4, 1), (("tempo",), 4, 1), (("pitch",), 3, 1),
-        (("pitch", "duration", "velocity"), 3, 1), (("duration",), 3, 2), (("chord",), 4, 2))
+DEMO = PAPER_TRANSFERS
 ROLES = ("A original", "A reconstructed", "transferred", "B original")
 
 
@@ -62,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target_emotion", "--target", dest="target", type=quadrant, default=None,
                    help="quadrant B whose element slices are taken (1 or Q1)")
     p.add_argument("--elements", nargs="+", default=None,
-                   help=f"elements to take from B: {', '.join(ELEMENT_NAMES)}")
+                   help=f"elements to take from B: {', '.join(ELEMENTS)}")
     p.add_argument("--emotion_tag", type=quadrant, default=None,
                    help="emotion of the decoder's first word (default: the target quadrant)")
     p.add_argument("--demo", action="store_true",
@@ -105,7 +104,7 @@ def experiments(args) -> list[Transfer]:
     names = []
     for name in args.elements:
         try:
-            names.append(ELEMENT_NAMES[element_index(name)])
+            names.append(ELEMENTS[element_index(name)])
         except ValueError as exc:
             raise UserError(f"--elements: {exc}") from None
     tag = args.target if args.emotion_tag is None else args.emotion_tag
@@ -145,7 +144,7 @@ def class_indices(dataset, path=None) -> dict:
     """{quadrant: rows in order}: from a {name}_idx.npz, or the dataset's rows of each quadrant."""
     if path is None:
         return quadrant_rows(dataset.emotion)
-    from utils.data import load_class_indices
+    from music.data import load_class_indices
 
     indices = load_class_indices(path)
     for q, rows in indices.items():
@@ -241,10 +240,9 @@ def main(argv=None) -> int:
     plan = experiments(args)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    ckpt_path = resolve_checkpoint(args.VQ_VAE, "--VQ_VAE")
-    checkpoint = load_checkpoint(ckpt_path, "muser", "--VQ_VAE")
-    model = build_muser(checkpoint, ckpt_path).to(device).eval()
-    from utils.data import load_cp_dataset
+    model, checkpoint, ckpt_path = load_muser(args.VQ_VAE)
+    model = model.to(device).eval()
+    from music.data import load_cp_dataset
     dataset = load_cp_dataset(args.data_path, args.dictionary, **model_vocabulary(checkpoint))
     word2event = dataset.word2event
     evaluator = E.EmotionEvaluator.load(args.evaluator) if args.evaluator else None
@@ -266,10 +264,10 @@ def main(argv=None) -> int:
         sections += ["", text, "", f"MIDI and piano rolls: {out_root / transfer.name}/"]
     report_path = out_root / "transfer.md"
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text("\n".join(sections) + "\n")
+    write_text(report_path, "\n".join(sections) + "\n")
     print(f"wrote {report_path}")
-    from utils.audio import render_all
-    from utils.pages import describe, pair_midis, write_transfer_page
+    from evaluation.audio import render_all
+    from evaluation.pages import describe, pair_midis, write_transfer_page
     pairs = {t.name: pair_midis(out_root / t.name)[:args.n_pieces] for t in plan}
     audio = render_all([m for ps in pairs.values() for pair in ps for m in pair], args.soundfont,
                        enabled=args.audio)

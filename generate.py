@@ -18,16 +18,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from utils.atomic import atomic_write
-from utils.checkpoint import build_muser, build_prior, load_checkpoint
-from utils.cli import (add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main,
+from music.atomic import atomic_write
+from run.checkpoint import build_prior, load_checkpoint, load_muser
+from run.cli import (add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main,
                        str2bool)
-from utils.cp import words_to_midi
-from utils.errors import UserError
-from utils.pipeline import check_prior_codes, codebook_fingerprint
-from utils.sampling import FieldSampling, SamplingParams
+from music.cp import words_to_midi
+from music.elements import IDENTIFIERS, TYPE_FIELD
+from music.errors import UserError
+from run.pipeline import check_prior_codes, codebook_fingerprint
+from models.sampling import FieldSampling, SamplingParams
 
-SAMPLED_FIELDS = ("tempo", "chord", "bar_beat", "type", "pitch", "duration", "velocity")
+SAMPLED_FIELDS = IDENTIFIERS          # --tempo_temperature, --bar_beat_top_p, ...
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,11 +85,10 @@ def sampling_from_args(args) -> SamplingParams:
 
 
 def load_models(args, device):
-    vq_path = resolve_checkpoint(args.VQ_VAE, "--VQ_VAE")
+    vq_vae, vq_ckpt, vq_path = load_muser(args.VQ_VAE)
     prior_path = resolve_checkpoint(args.VQ_prior, "--VQ_prior")
-    vq_ckpt = load_checkpoint(vq_path, "muser", "--VQ_VAE")
     prior_ckpt = load_checkpoint(prior_path, "prior", "--VQ_prior")
-    vq_vae = build_muser(vq_ckpt, vq_path).to(device).eval()
+    vq_vae = vq_vae.to(device).eval()
     prior = build_prior(prior_ckpt, prior_path).to(device).eval()
     check_prior_codes(prior_ckpt, prior_path, codebook_fingerprint(vq_vae), vq_path)
     return vq_vae, prior, vq_ckpt, prior_ckpt
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     check_args(args)
     device = resolve_device(args.device)
     vq_vae, prior, vq_ckpt, prior_ckpt = load_models(args, device)
-    from models.evaluator import EmotionEvaluator
+    from evaluation.evaluator import EmotionEvaluator
     evaluator = EmotionEvaluator.load(args.evaluator) if args.evaluator else None
     word2event = vq_ckpt["dictionary"]["word2event"]
     compact_to_code = torch.tensor([prior_ckpt["vq_dict"][1][i] for i in range(len(prior_ckpt["vq_dict"][1]))],
@@ -140,17 +140,17 @@ def main(argv=None) -> int:
     atomic_write(root / f"{args.music_file}_index.data", lambda h: pickle.dump(indices, h))
     midis = [out_dir / f"{name}.mid" for name in results["names"]]
     if args.piano_rolls:
-        from utils.plotting import plot_piano_roll
+        from evaluation.plotting import plot_piano_roll
         for midi, q in zip(midis, results["emotion"]):
             plot_piano_roll(midi, midi.with_suffix(".png"),
                             title=f"{args.music_file}: emotion Q{q}, {midi.stem}")
-    from utils.audio import render_all
-    from utils.pages import describe, write_generation_page
+    from evaluation.audio import render_all
+    from evaluation.pages import describe, write_generation_page
     audio = render_all(midis, args.soundfont, enabled=args.audio)
     entries = describe(midis, asked=results["emotion"], audio=audio, evaluator=evaluator)
     page = write_generation_page(out_dir, f"Generated: {args.music_file}", entries, results["emotion"],
                                  intro=f"Prior {args.VQ_prior}, VQ-VAE {args.VQ_VAE}, seed {args.seed}.")
-    n_notes = [int((w[:, 3] == vq_vae.config.type_ids["Note"]).sum()) for w in results["words"]]
+    n_notes = [int((w[:, TYPE_FIELD] == vq_vae.config.type_ids["Note"]).sum()) for w in results["words"]]
     print(f"wrote {len(results['words'])} pieces to {out_dir} "
           f"(notes per piece: min {min(n_notes)}, mean {sum(n_notes) / len(n_notes):.0f}, max {max(n_notes)}), "
           f"words in {root / (args.music_file + '_data.data')}, codes in {root / (args.music_file + '_index.data')}")

@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from utils import cp
-from utils.atomic import atomic_write
-from utils.errors import UserError
-from utils.midi_io import ClipError
+from music import cp
+from music.elements import FIELDS
+from music.atomic import atomic_write
+from music.errors import UserError
+from music.midi_io import ClipError
 
 MIDI_SUFFIXES = {".mid", ".midi"}
 _QUADRANT_PREFIX = re.compile(r"^Q([1-4])_", re.IGNORECASE)
@@ -154,8 +155,8 @@ def local_words(events, keep: int):
     Workers send these compact codes instead of event tuples; once the dictionary is built
     from every piece's values, `to_dictionary_words` turns them into dictionary indices.
     """
-    values, codes = [], np.empty((min(len(events), keep), len(cp.FIELDS)), dtype=np.int32)
-    for k in range(len(cp.FIELDS)):
+    values, codes = [], np.empty((min(len(events), keep), len(FIELDS)), dtype=np.int32)
+    for k in range(len(FIELDS)):
         index = {}
         column = [index.setdefault(event[k], len(index)) for event in events]
         values.append(list(index))
@@ -166,7 +167,7 @@ def local_words(events, keep: int):
 def to_dictionary_words(local_values, codes, event2word) -> np.ndarray:
     """Dictionary indices [<=1022, 8] of a piece sent as `local_words` codes."""
     words = np.empty(codes.shape, dtype=np.int64)
-    for k, name in enumerate(cp.FIELDS):
+    for k, name in enumerate(FIELDS):
         table = np.array([event2word[name][v] for v in local_values[k]], dtype=np.int64)
         words[:, k] = table[codes[:, k]]
     return words
@@ -268,12 +269,12 @@ def run(args) -> int:
         raise UserError(f"{midi_dir}: no clip could be encoded ({len(skipped)} skipped: {why})")
 
     if event2word is None:
-        values = {name: set() for name in cp.FIELDS}
+        values = {name: set() for name in FIELDS}
         # Every emotion label gets an entry, even one absent from this corpus, so that the
         # emotion index always equals the quadrant (EMOPIA's corpus holds all of them anyway).
         values["emotion"].update(cp.EMOTIONS)
         for result in results:
-            for name, piece_values in zip(cp.FIELDS, result.local_values):
+            for name, piece_values in zip(FIELDS, result.local_values):
                 values[name].update(piece_values)
         event2word, word2event = cp.build_dictionary(values)
         for result in results:
@@ -301,7 +302,7 @@ def run(args) -> int:
     print(f"wrote {len(results)} clips to {data_path} ({per_class}; "
           f"{int((arrays['seq_len'] >= cp.MAX_WORDS - 1).sum())} at the {cp.MAX_WORDS}-word limit)")
     print(f"dictionary {'copied from ' + str(given) if given else 'built'}: {dict_path} "
-          f"(sizes {', '.join(f'{n} {s}' for n, s in zip(cp.FIELDS, cp.vocab_sizes(event2word)))})")
+          f"(sizes {', '.join(f'{n} {s}' for n, s in zip(FIELDS, cp.vocab_sizes(event2word)))})")
     print(f"class indices: {idx_path}")
     print(f"skipped {len(skipped)} clip(s){': ' + why if skipped else ''}")
     print(f"done in {time.perf_counter() - start:.1f} s with {args.workers} worker(s)")

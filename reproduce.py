@@ -24,9 +24,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.cli import run_main
-from utils.errors import UserError
-from utils import study as S
+from run.cli import run_main
+from music.errors import UserError
+from run import study as S
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +95,7 @@ def evaluator_stage(ctx: Context, length: int) -> None:
     fp = S.fingerprint(["evaluator", length, ctx.seed], [ctx.data_path])
 
     def work(_):
-        from utils.data import load_cp_dataset
+        from music.data import load_cp_dataset
         data = load_cp_dataset(ctx.data_path)
         pieces = S.data_pieces(data, length)
         info = S.train_window_evaluator(data, pieces, ctx.seed, ctx.out / "evaluator.json")
@@ -137,7 +137,7 @@ def model_chain(spec: S.ModelSpec, ctx: Context) -> str:
         "--figure_dir", out / "figures" / spec.name, *p.tsne_flags, *common], [ctx.data_path, best])
 
     def probe(_):
-        from utils.data import load_cp_dataset
+        from music.data import load_cp_dataset
         result = S.probe_model(best, load_cp_dataset(ctx.data_path), ctx.seed)
         S.write_json(out / "measures" / f"probe_{spec.name}.json", result)
     stages.run(f"probe_{spec.name}", S.fingerprint(["probe", ctx.seed], [ctx.data_path, best]), probe)
@@ -160,7 +160,7 @@ def model_chain(spec: S.ModelSpec, ctx: Context) -> str:
     stages.run(f"measure_{spec.name}", S.fingerprint(["measure"], [words, out / "evaluator.json"]), measure)
 
     def transfer(_):
-        from utils.data import load_cp_dataset
+        from music.data import load_cp_dataset
         data = load_cp_dataset(ctx.data_path)
         model, _ = S.load_model(best)
         scale = S.statistics_scale(data, model.config.max_len)
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for future in [pool.submit(model_chain, spec, ctx) for spec in specs]:
                 future.result()
-    from utils.study_report import write_report
+    from run.study_report import write_report
     report = write_report(ctx, specs, argv_line=_command_line(argv))
     log_line(out, f"study: finished in {(time.time() - began) / 60:.1f} min this run; report {report}")
     return 0

@@ -1,6 +1,6 @@
 """Train the emotion evaluator and report its held-out accuracy.
 
-The evaluator (models/evaluator.py) classifies a piece's quadrant, arousal and valence
+The evaluator (evaluation/evaluator.py) classifies a piece's quadrant, arousal and valence
 from musical features. It is trained on CP data (an npz + dictionary, as the VQ-VAE is),
 or on a folder of EMOPIA-style MIDI clips `Q{q}_*.mid`, with a stratified held-out split
 (by default whole songs are held out, so clips of one song never sit on both sides).
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models import evaluator as E
-from utils.cli import run_main
-from utils.errors import UserError
-from utils.piece_io import load_dataset_pieces, load_midi_folder
+from evaluation import evaluator as E
+from run.cli import run_main
+from music.errors import UserError
+from music.piece_io import load_dataset_pieces, load_midi_folder
 
 DEFAULT_OUT = Path("saved_models") / "emotion_evaluator.json"
 

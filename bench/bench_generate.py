@@ -43,7 +43,7 @@ from bench.common import EMOPIA_VOCAB, TYPE_IDS  # noqa: E402
 from models.config import MusERConfig, PriorConfig  # noqa: E402
 from models.muser import MusER  # noqa: E402
 from models.prior import Prior  # noqa: E402
-from utils.sampling import sample_tokens  # noqa: E402
+from models.sampling import sample_tokens  # noqa: E402
 
 N_CODES = 512
 

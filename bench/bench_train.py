@@ -45,9 +45,11 @@ import torch.nn.functional as F  # noqa: E402
 from bench.common import EMOPIA_VOCAB, TYPE_IDS  # noqa: E402
 from models.attention import causal_linear_attention, feature_map  # noqa: E402
 from models.config import MusERConfig  # noqa: E402
-from models.muser import MusER, element_regularization, reconstruction_losses  # noqa: E402
+from models.losses import element_regularization, reconstruction_losses  # noqa: E402
+from models.muser import MusER  # noqa: E402
+from music.elements import N_ELEMENTS  # noqa: E402
 
-N_ELEMENTS = 7
+
 EMOPIA_PIECES = 1078
 
 

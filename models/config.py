@@ -1,6 +1,6 @@
 """Hyperparameters of the MusER VQ-VAE and of its emotion-conditioned prior.
 
-Defaults are the paper's values (DESIGN.md section 4). A config is a plain dataclass that
+Defaults are the paper's values. A config is a plain dataclass that
 round-trips through `to_dict` / `from_dict`, so checkpoints can rebuild the model without
 repeating hyperparameters by hand.
 """
@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-# Column order of a compound word; the first seven are the musical elements, and latent
-# slice k (dims [k*slice_dim, (k+1)*slice_dim)) belongs to element k.
-FIELDS = ("tempo", "chord", "bar-beat", "type", "pitch", "duration", "velocity", "emotion")
-ELEMENTS = FIELDS[:7]
-N_ELEMENTS = 7
-TYPE_FIELD = 3
-EMOTION_FIELD = 7
+from music.elements import EVENT_TYPES, FIELDS, N_ELEMENTS, per_field
+
+# Embedding width of each field (the paper's), and the latent: one 16-dim slice per element.
+EMB_SIZES = per_field({"tempo": 128, "chord": 256, "bar-beat": 64, "type": 32, "pitch": 512,
+                       "duration": 128, "velocity": 128, "emotion": 128})
+SLICE_DIM = 16
 
 REDUCTIONS = ("TRANS", "MEAN")
 CONDITIONINGS = ("CA", "CONCAT", "NONE")
@@ -23,7 +22,6 @@ DECODINGS = ("GE", "G", "E")
 REG_TARGETS = ("index", "value")
 ATTENTION_KINDS = ("linear", "softmax", "full")
 DECODER_ATTENTION_KINDS = ("causal-linear", "causal-softmax", "causal-full")
-TYPE_NAMES = ("EOS", "Emotion", "Metrical", "Note")
 # Global decoder depth when dec_layers is left unset: the authors' MusER_TRANS_CA_G (global
 # decoding only) has 8 layers, the encoder's count; their two-level models have 4.
 GLOBAL_DECODER_LAYERS = {"GE": 4, "G": 8, "E": 0}
@@ -47,13 +45,13 @@ class _ConfigDict:
 @dataclass
 class MusERConfig(_ConfigDict):
     vocab_sizes: list[int]                # 8 ints in FIELDS order, from the dictionary
-    emb_sizes: list[int] = field(default_factory=lambda: [128, 256, 64, 32, 512, 128, 128, 128])
+    emb_sizes: list[int] = field(default_factory=lambda: list(EMB_SIZES))
     max_len: int = 1024                   # sequence length; also the DR module's width
     enc_d_model: int = 128
     enc_layers: int = 8
     enc_heads: int = 8
-    latent_dim: int = 112
-    slice_dim: int = 16
+    latent_dim: int = N_ELEMENTS * SLICE_DIM
+    slice_dim: int = SLICE_DIM
     codebook_size: int = 512
     commitment: float = 0.25
     ema_decay: float = 0.99
@@ -91,7 +89,7 @@ class MusERConfig(_ConfigDict):
         if len(self.emb_sizes) != len(FIELDS):
             raise ValueError(f"emb_sizes needs {len(FIELDS)} entries, got {len(self.emb_sizes)}")
         if self.latent_dim != N_ELEMENTS * self.slice_dim:
-            raise ValueError(f"latent_dim ({self.latent_dim}) must be 7 x slice_dim ({self.slice_dim})")
+            raise ValueError(f"latent_dim ({self.latent_dim}) must be {N_ELEMENTS} x slice_dim ({self.slice_dim})")
         for name, value, allowed in (("reduction", self.reduction, REDUCTIONS),
                                      ("conditioning", self.conditioning, CONDITIONINGS),
                                      ("decoding", self.decoding, DECODINGS),
@@ -117,13 +115,13 @@ class MusERConfig(_ConfigDict):
         if self.dead_code_threshold < 0:
             raise ValueError(f"dead_code_threshold must be >= 0, got {self.dead_code_threshold}")
         if self.type_ids is not None:
-            missing = [n for n in TYPE_NAMES if n not in self.type_ids]
+            missing = [n for n in EVENT_TYPES if n not in self.type_ids]
             if missing:
                 raise ValueError(f"type_ids lacks {missing}")
             self.type_ids = {k: int(v) for k, v in self.type_ids.items()}
         if self.value_tables is not None:
             if len(self.value_tables) != N_ELEMENTS:
-                raise ValueError("value_tables needs one table per element (7)")
+                raise ValueError(f"value_tables needs one table per element ({N_ELEMENTS})")
             for k, table in enumerate(self.value_tables):
                 if len(table) != self.vocab_sizes[k]:
                     raise ValueError(f"value_tables[{k}] has {len(table)} entries, "
@@ -177,8 +175,9 @@ class PriorConfig(_ConfigDict):
 PRESETS: dict[str, dict[str, dict]] = {
     "paper": {"muser": {}, "prior": {}},
     "tiny": {
-        "muser": dict(emb_sizes=[8, 16, 8, 8, 16, 8, 8, 8], max_len=64, enc_d_model=32,
-                      enc_layers=2, enc_heads=2, latent_dim=28, slice_dim=4, codebook_size=32,
+        "muser": dict(emb_sizes=per_field({"tempo": 8, "chord": 16, "bar-beat": 8, "type": 8, "pitch": 16,
+                                          "duration": 8, "velocity": 8, "emotion": 8}), max_len=64, enc_d_model=32,
+                      enc_layers=2, enc_heads=2, latent_dim=N_ELEMENTS * 4, slice_dim=4, codebook_size=32,
                       dr_layers=1, dr_heads=2, dec_d_model=32, dec_layers=1, dec_heads=2,
                       sub_layers=1, sub_heads=2, chunk_size=16),
         "prior": dict(d_model=32, layers=2, heads=2, emb_size=32, max_len=65, chunk_size=16),
@@ -188,7 +187,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     # the reproduction study on all of EMOPIA runs on a 2-core CPU in about an hour:
     # 256-step windows (the DR width follows), half-width embeddings and layers.
     "small": {
-        "muser": dict(emb_sizes=[64, 128, 32, 16, 256, 64, 64, 64], max_len=256, enc_d_model=64,
+        "muser": dict(emb_sizes=[width // 2 for width in EMB_SIZES], max_len=256, enc_d_model=64,
                       enc_layers=2, enc_heads=4, dr_layers=1, dr_heads=4, dec_d_model=128,
                       dec_layers=2, dec_heads=4, sub_layers=1, sub_heads=4),
         "prior": dict(d_model=128, layers=4, heads=4, emb_size=128, max_len=257),

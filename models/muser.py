@@ -1,11 +1,15 @@
 """MusER: a transformer VQ-VAE whose latent is disentangled by musical element.
 
-Data flow (DESIGN.md section 4), for words x (decoder input) and y (targets, x shifted):
+Data flow, for words x (decoder input) and y (targets, x shifted):
 
     y -> element embeddings -> encoder -> 112-dim latent per step -> EMA vector quantiser
     quantised latent -> seven 16-dim slices -> DR module -> one value per step and element
                      -> regularisation: each slice orders the batch like its element's tokens
     x + latent -> global decoder -> per element: + slice -> element decoder -> heads
+
+Read top to bottom: the element embeddings, then the model (encoding, regularisation,
+parallel decoding, heads, the training forward pass, generation). The losses are in
+models/losses.py, the generation engines in models/generation.py.
 
 The heads predict the type first; every other element's head also sees the embedding of
 the next word's type (ground truth in training, the sampled type in generation: the same
@@ -24,147 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import (ELEMENTS, EMOTION_FIELD, FIELDS, N_ELEMENTS, TYPE_FIELD,
-                           MusERConfig)
+from models.config import MusERConfig
+from models.generation import generate_words
+from models.losses import element_regularization, reconstruction_losses
 from models.quantizer import EMAVectorQuantizer
-from models.transformer import (PackedLinear, PackedStacks, PositionalEncoding,
-                                TransformerStack, select_state)
-from utils.sampling import SamplingParams, row_settings, sample_tokens
-
-# Elements whose head is conditioned on the type (all but the type itself).
-CONDITIONED = tuple(k for k in range(N_ELEMENTS) if k != TYPE_FIELD)
-# Elements whose tokens carry a number that orders them musically (for reg_target='value').
-NUMERIC_ELEMENTS = ("tempo", "bar-beat", "pitch", "duration", "velocity")
-
-
-# ---------------------------------------------------------------------------------------
-# Pieces that are also used (and tested) on their own.
-
-def value_tables(word2event: dict) -> list[list[float]]:
-    """Per element, the musical value of each token index, for reg_target='value'.
-
-    Token names such as 'Note_Pitch_60', 'Tempo_120', 'Beat_3' give their number. Tokens
-    without one (0, 'CONTI', 'Bar') are placed below every number, in index order. Chord
-    and type have no musical order, so their index is kept. Only the order matters: the
-    regulariser looks at the sign of differences.
-    """
-    tables = []
-    for field in ELEMENTS:
-        events = word2event[field]
-        size = len(events)
-        if sorted(events) != list(range(size)):
-            raise ValueError(f"word2event[{field!r}] indices are not 0..{size - 1}")
-        if field not in NUMERIC_ELEMENTS:
-            tables.append([float(i) for i in range(size)])
-            continue
-        numbers = {i: _token_number(events[i]) for i in range(size)}
-        without = [i for i in range(size) if numbers[i] is None]
-        table = [0.0] * size
-        for rank, i in enumerate(without):
-            table[i] = float(rank - len(without))
-        for i, number in numbers.items():
-            if number is not None:
-                table[i] = number
-        tables.append(table)
-    return tables
-
-
-def _token_number(event) -> float | None:
-    if not isinstance(event, str):
-        return None                     # the integer 0 marks an unused field
-    try:
-        return float(int(event.rsplit("_", 1)[-1]))
-    except ValueError:
-        return None
-
-
-def element_regularization(reduced: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-element regularisation loss [7], all batch pairs at once.
-
-    reduced, targets: [7, B, T]. Targets are real values, or integers (token indices) in
-    a type wide enough for their differences (int16 below 2**14 takes the least memory).
-    For element k:
-        L_k = mean over (i, j, t) of |tanh(z[i,t] - z[j,t]) - sign(x[i,t] - x[j,t])|.
-    The term is symmetric in (i, j) and zero for i = j, so only the pairs i < j are
-    computed, and counted twice. All latent pair differences come from one product with a
-    [pairs, B] matrix of +1/-1 (exact: a single rounding, as z[i] - z[j]), and
-    tanh(d) = 2 sigmoid(2d) - 1 (the same function; much cheaper than tanh on CPU).
-    """
-    dtype = torch.promote_types(reduced.dtype, torch.float32)
-    batch, length = reduced.shape[1:]
-    with torch.autocast(reduced.device.type, enabled=False):
-        pairs = _pair_matrix(batch, reduced.device, dtype)
-        with torch.no_grad():
-            if targets.is_floating_point():
-                target_diff = torch.matmul(pairs, targets.to(dtype))
-            else:               # integers: differences in their own (e.g. 16-bit) type
-                i, j = torch.triu_indices(batch, batch, 1, device=targets.device)
-                target_diff = targets.index_select(1, i) - targets.index_select(1, j)
-            offset = target_diff.sign_().add_(1).to(dtype)                     # 1 + sign(dx)
-        losses = _PairwiseRankLoss.apply(reduced.to(dtype), pairs, offset)
-    return losses * (2.0 / (batch * batch * length))
-
-
-def _pair_matrix(batch: int, device, dtype) -> torch.Tensor:
-    """[B(B-1)/2, B]: row p has +1 at i and -1 at j for the p-th pair i < j."""
-    i, j = torch.triu_indices(batch, batch, 1, device=device)
-    rows = torch.arange(len(i), device=device)
-    pairs = torch.zeros(len(i), batch, device=device, dtype=dtype)
-    pairs[rows, i] = 1.0
-    pairs[rows, j] = -1.0
-    return pairs
-
-
-class _PairwiseRankLoss(torch.autograd.Function):
-    """sum over pairs p and steps t of |tanh(d[k,p,t]) - sign[k,p,t]|, d = pairs @ z[k],
-    given offset = 1 + sign (overwritten). Forward and backward take a few in-place
-    passes over the [7, pairs, T] tensor; autograd's own graph would keep and re-read
-    several such tensors."""
-
-    @staticmethod
-    def forward(ctx, reduced, pairs, offset):
-        s = torch.matmul(pairs, reduced * 2).sigmoid_()             # tanh(d) = 2 s - 1
-        residual = offset.addcmul_(s, s.new_tensor(2.0), value=-1)    # sign - tanh(d)
-        # d|tanh(d) - sign| / dd = -4 s (1 - s) sign(residual): kept without the -4.
-        slope = s.addcmul_(s, s, value=-1).copysign_(residual)
-        ctx.save_for_backward(slope, pairs)
-        return residual.abs_().sum(dim=(1, 2))
-
-    @staticmethod
-    def backward(ctx, grad):
-        slope, pairs = ctx.saved_tensors
-        # pairs^T @ slope: on CPU two index_add passes are about twice as fast as the
-        # product (whose inner dimension is tiny); elsewhere the product is deterministic.
-        if slope.device.type == "cpu":
-            first, second = torch.triu_indices(pairs.shape[1], pairs.shape[1], 1)
-            out = slope.new_zeros(slope.shape[0], pairs.shape[1], slope.shape[2])
-            out.index_add_(1, first, slope).index_add_(1, second, slope, alpha=-1)
-        else:
-            out = torch.matmul(pairs.t(), slope)
-        return out.mul_((-4 * grad)[:, None, None]), None, None
-
-
-def reconstruction_losses(log_probs, y, mask, seq_len):
-    """Per-element NLL and accuracy over each piece's first seq_len steps.
-
-    log_probs: 7 tensors [B, T, V_k]; y [B, T, 8]; mask [B, T]; seq_len [B].
-    Loss of element k: per sample, the mean NLL over its valid steps, averaged over the
-    batch. Accuracy: correct / valid over the whole batch. Returns ([7], [7]).
-    """
-    batch, length = y.shape[:2]
-    dtype = log_probs[0].dtype
-    steps = torch.arange(length, device=y.device)
-    valid = (steps < seq_len.to(y.device).view(-1, 1)).to(dtype) * mask.to(dtype)
-    per_sample_count = valid.sum(1).clamp_min(1)
-    total_count = valid.sum().clamp_min(1)
-    losses, accuracies = [], []
-    for k in range(N_ELEMENTS):
-        target = y[..., k]
-        nll = -log_probs[k].gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        losses.append(((nll * valid).sum(1) / per_sample_count).mean())
-        correct = (log_probs[k].argmax(-1) == target).to(dtype)
-        accuracies.append((correct * valid).sum() / total_count)
-    return torch.stack(losses), torch.stack(accuracies)
+from models.sampling import SamplingParams
+from models.transformer import PositionalEncoding, TransformerStack
+from music.elements import CONDITIONED, N_ELEMENTS, N_FIELDS, TYPE_FIELD
 
 
 class ElementEmbeddings(nn.Module):
@@ -309,7 +179,7 @@ class MusER(nn.Module):
         """Global decoder output [B, L, d] for words x [B, L, 8] and a latent [B, T, ...],
         T >= L. Without a global decoder (NONE) this is the projected input embedding."""
         c = self.config
-        h = self.decoder_input(self.embeddings(x, range(len(FIELDS))))
+        h = self.decoder_input(self.embeddings(x, range(N_FIELDS)))
         if c.conditioning == "CA":
             h = self.global_decoder(self.decoder_position(h), self.memory_projection(latent))
         elif c.conditioning == "CONCAT":
@@ -378,7 +248,6 @@ class MusER(nn.Module):
 
     # -- generation ----------------------------------------------------------------------
 
-    @torch.inference_mode()
     def generate(self, latent, emotion, sampling: SamplingParams | None = None,
                  generator: torch.Generator | None = None, max_steps: int | None = None,
                  recurrent: bool = True, recompute: str = "window") -> list[np.ndarray]:
@@ -391,242 +260,4 @@ class MusER(nn.Module):
         over the whole T-step window as the authors do (recompute="window"), or over the
         words so far (recompute="prefix"). All paths give the same words for the same seed.
         """
-        type_ids = self.config.type_ids
-        if type_ids is None:
-            raise ValueError("generation needs config.type_ids (EOS/Emotion/Metrical/Note)")
-        sampling = sampling or SamplingParams()
-        was_training = self.training
-        self.eval()
-        batch, length, _ = latent.shape
-        device = latent.device
-        steps = length - 1 if max_steps is None else max(0, min(int(max_steps), length))
-        emotion = torch.as_tensor(emotion, device=device).long().reshape(-1).expand(batch)
-
-        words = torch.zeros(batch, steps + 1, len(FIELDS), dtype=torch.long, device=device)
-        words[:, 0, TYPE_FIELD] = type_ids["Emotion"]
-        words[:, 0, EMOTION_FIELD] = emotion
-        lengths = torch.full((batch,), steps + 1, dtype=torch.long)
-        active = torch.arange(batch, device=device)
-        all_active = True
-        decoder = (RecurrentDecoder(self, latent) if recurrent
-                   else FullRecomputeDecoder(self, latent, recompute))
-        heads = GenerationHeads(self, sampling)
-        conditioned = torch.tensor(CONDITIONED, device=device)
-        word = words[:, 0]
-        try:
-            for t in range(steps):
-                states, z = decoder.step(word if recurrent else words[active, : t + 1], t)
-                fs = sampling.type
-                next_type = sample_tokens(self.type_logits(states, z), fs.temperature, fs.top_p,
-                                          generator)
-                word = torch.zeros(len(next_type), len(FIELDS), dtype=torch.long, device=device)
-                word[:, TYPE_FIELD] = next_type
-                word[:, conditioned] = heads.sample_conditioned(states, z, next_type, generator)
-                if all_active:
-                    words[:, t + 1] = word
-                else:
-                    words[active, t + 1] = word
-                ended = next_type == type_ids["EOS"]
-                if bool(ended.any()):
-                    lengths[active[ended].cpu()] = t + 2
-                    keep = torch.nonzero(~ended).squeeze(1)
-                    active, word, all_active = active[keep], word[keep], False
-                    if active.numel() == 0:
-                        break
-                    decoder.select(keep)
-        finally:
-            self.train(was_training)
-        words = words.cpu().numpy()
-        return [words[b, : lengths[b]] for b in range(batch)]
-
-
-class RecurrentDecoder:
-    """Step-by-step decoding with recurrent attention state: constant work per step.
-
-    packed=True (used by generate) steps the global decoder and the seven element decoders
-    through PackedStacks (stacked weights, one batched matmul per projection for all seven
-    element decoders); packed=False uses each module's own step (the plain reference form).
-    Both equal the parallel decoder up to floating-point rounding.
-    """
-
-    def __init__(self, model: MusER, latent, packed: bool = True):
-        self.model = m = model
-        c = m.config
-        batch = latent.shape[0]
-        self.packed = packed
-        self.latent = latent
-        self.z = m._slice_inputs(latent)                              # [B, T, 7, d]
-        args = (batch, latent.device, latent.dtype)
-        self.global_stack = self.element_stack = None
-        self.global_state = self.memory = self.element_states = None
-        if m.global_decoder is not None:
-            self.global_stack = PackedStacks([m.global_decoder]) if packed else m.global_decoder
-            self.global_state = self.global_stack.init_state(*args)
-            if c.conditioning == "CA":
-                self.memory = self.global_stack.summarize_memory(m.memory_projection(latent))
-        if m.element_decoders is not None:
-            if packed:
-                self.element_stack = PackedStacks(list(m.element_decoders))
-                self.element_states = self.element_stack.init_state(*args)
-            else:
-                self.element_states = [dec.init_state(*args) for dec in m.element_decoders]
-        if packed:
-            self.input_table, self.input_offsets = _fused_input_table(m)
-            self.positions = m.decoder_position.pe.to(latent.dtype)
-        self.global_output = None   # last global decoder output, kept for inspection
-
-    def _embed(self, word):
-        """decoder_input(embeddings(word)): [b, 8] -> [b, d]."""
-        m = self.model
-        if self.packed:
-            return self.input_table[word + self.input_offsets].sum(1) + m.decoder_input.bias
-        return m.decoder_input(m.embeddings(word, range(len(FIELDS))))
-
-    def _position(self, h, t: int):
-        if self.packed:         # eval mode: no dropout
-            return h + self.positions[t]
-        return self.model.decoder_position.step(h, t)
-
-    def _global_step(self, h):
-        if self.packed:
-            h, self.global_state = self.global_stack.step(h.unsqueeze(0), self.global_state,
-                                                          self.memory)
-            return h[0]
-        h, self.global_state = self.global_stack.step(h, self.global_state, self.memory)
-        return h
-
-    def step(self, word, t: int):
-        """word [b, 8] at position t -> (element states for position t, slices [b, 7, d])."""
-        m, c = self.model, self.model.config
-        z = self.z[:, t]
-        h = self._embed(word)
-        if c.conditioning == "CA":
-            h = self._global_step(self._position(h, t))
-        elif c.conditioning == "CONCAT":
-            h = m.concat_projection(torch.cat([h, self.latent[:, t]], dim=-1))
-            h = self._global_step(self._position(h, t))
-        self.global_output = h
-        if c.decoding == "G":
-            return h, z
-        inputs = self._position(h.unsqueeze(1) + z, t)                  # [b, 7, d]
-        if self.packed:
-            states, self.element_states = self.element_stack.step(inputs.transpose(0, 1),
-                                                                  self.element_states)
-            return states.transpose(0, 1), z
-        states = []
-        for k, decoder in enumerate(m.element_decoders):
-            e, self.element_states[k] = decoder.step(inputs[:, k], self.element_states[k])
-            states.append(e)
-        return torch.stack(states, dim=-2), z
-
-    def select(self, index):
-        """Keep only batch rows `index` (pieces still being generated)."""
-        self.latent = self.latent[index]
-        self.z = self.z[index]
-        if self.packed:
-            if self.global_stack is not None:
-                self.global_state = self.global_stack.select(self.global_state, index)
-                if self.memory is not None:
-                    self.memory = self.global_stack.select(self.memory, index)
-            if self.element_stack is not None:
-                self.element_states = self.element_stack.select(self.element_states, index)
-        else:
-            self.global_state = select_state(self.global_state, index)
-            self.memory = select_state(self.memory, index)
-            self.element_states = select_state(self.element_states, index)
-
-
-@torch.no_grad()
-def _fused_input_table(model: MusER):
-    """decoder_input(embeddings(word)) as a sum of rows of one table: for each field, its
-    scaled embedding table times its block of decoder_input's weight, computed once.
-    Returns (table [sum of vocabularies, d], row offset of each field [8])."""
-    weight = model.decoder_input.weight                                # [d, sum of widths]
-    tables, start = [], 0
-    for f, embedding in enumerate(model.embeddings.tables):
-        width = embedding.embedding_dim
-        tables.append((embedding.weight * model.embeddings.scales[f])
-                      @ weight[:, start:start + width].t())
-        start += width
-    sizes = torch.tensor([0] + [len(t) for t in tables[:-1]], device=weight.device)
-    return torch.cat(tables), sizes.cumsum(0)
-
-
-class GenerationHeads:
-    """The six type-conditioned heads of generation as one batched product and one draw.
-
-    Computes what MusER.conditioned_logits computes (equal up to rounding): the half of
-    type_projection that reads the type embedding becomes a table per type, the six heads
-    are stacked with their vocabularies padded to the largest by -inf logits, and all six
-    fields are sampled in one sample_tokens call with per-row settings, which draws the
-    same tokens as one call per field. Settings with temperature 0 (greedy) fall back to
-    one call per field. Both generation paths use this, so they stay comparable.
-    """
-
-    @torch.no_grad()
-    def __init__(self, model: MusER, sampling: SamplingParams):
-        c = model.config
-        d = c.dec_d_model
-        self.decoding = c.decoding
-        projection = model.type_projection
-        self.state_projection = PackedLinear(projection.weight[None, :, :d],
-                                             projection.bias.new_zeros(1, d))
-        type_embeddings = model.embeddings.embed(
-            TYPE_FIELD, torch.arange(c.vocab_sizes[TYPE_FIELD], device=projection.weight.device))
-        self.type_table = type_embeddings @ projection.weight[:, d:].t() + projection.bias
-        self.vocab = [c.vocab_sizes[k] for k in CONDITIONED]
-        weight = projection.weight.new_zeros(len(CONDITIONED), max(self.vocab), d)
-        bias = projection.weight.new_full((len(CONDITIONED), max(self.vocab)), float("-inf"))
-        for i, k in enumerate(CONDITIONED):
-            weight[i, : self.vocab[i]] = model.heads[k].weight
-            bias[i, : self.vocab[i]] = model.heads[k].bias
-        self.heads = PackedLinear(weight, bias)
-        self.index = torch.tensor(CONDITIONED, device=weight.device)
-        self.settings = [sampling.for_element(k) for k in CONDITIONED]
-        self.per_row = all(fs.temperature > 0 for fs in self.settings)
-        self.rows = None                    # per-row settings, rebuilt when the batch shrinks
-
-    def sample_conditioned(self, states, z, next_type, generator=None):
-        """Sample the six conditioned fields given the sampled type: [b, 6] (CONDITIONED order)."""
-        batch, d = states.shape[0], states.shape[-1]
-        n = len(CONDITIONED)
-        if self.decoding == "G":
-            u = self.state_projection(states.unsqueeze(0))[0] + self.type_table[next_type]
-            u = u.unsqueeze(1) + z.index_select(1, self.index)               # [b, 6, d]
-        else:
-            others = states.index_select(1, self.index).reshape(1, batch * n, d)
-            u = (self.state_projection(others).view(batch, n, d)
-                 + self.type_table[next_type].unsqueeze(1))
-        logits = self.heads(u.transpose(0, 1))                              # [6, b, V]
-        if not self.per_row:
-            return torch.stack([sample_tokens(logits[i, :, :v], fs.temperature, fs.top_p, generator)
-                                for i, (v, fs) in enumerate(zip(self.vocab, self.settings))], 1)
-        if self.rows is None or self.rows[0].shape[0] != n * batch:
-            self.rows = row_settings(self.settings, batch, logits.device)
-        tokens = sample_tokens(logits.reshape(n * batch, -1), *self.rows, generator)
-        return tokens.view(n, batch).t()
-
-
-class FullRecomputeDecoder:
-    """Reference path: re-run the parallel decoder every step.
-
-    window="window" decodes the whole T-step buffer (the words so far, zeros after them),
-    as the authors' generation does; window="prefix" decodes only the words so far.
-    Causality makes both give the same outputs; they differ only in cost.
-    """
-
-    def __init__(self, model: MusER, latent, window: str = "window"):
-        if window not in ("window", "prefix"):
-            raise ValueError(f"recompute must be 'window' or 'prefix', got {window!r}")
-        self.model = model
-        self.latent = latent
-        self.window = window
-
-    def step(self, prefix, t: int):
-        if self.window == "window":
-            prefix = F.pad(prefix, (0, 0, 0, self.latent.shape[1] - prefix.shape[1]))
-        states, z = self.model.decode(prefix, self.latent)
-        return states[:, t], z[:, t]
-
-    def select(self, index):
-        self.latent = self.latent[index]
+        return generate_words(self, latent, emotion, sampling, generator, max_steps, recurrent, recompute)

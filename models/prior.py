@@ -15,7 +15,7 @@ from torch import nn
 
 from models.config import PriorConfig
 from models.transformer import PackedLinear, PackedStacks, PositionalEncoding, TransformerStack
-from utils.sampling import sample_tokens
+from models.sampling import sample_tokens
 
 
 class Prior(nn.Module):

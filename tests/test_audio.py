@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from utils import audio as A
+from evaluation import audio as A
 
 
 def write_midi(path, seconds_per_beat=0.5, n_beats=8, velocity=90, chord=(60,), tempo_change=None):

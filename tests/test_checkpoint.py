@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.errors import UserError
+from run.checkpoint import load_checkpoint, save_checkpoint
+from music.errors import UserError
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -3,8 +3,8 @@ import argparse
 
 import pytest
 
-from utils.cli import resolve_checkpoint, resolve_device, str2bool
-from utils.errors import UserError
+from run.cli import resolve_checkpoint, resolve_device, str2bool
+from music.errors import UserError
 
 
 @pytest.mark.parametrize("text,value", [("True", True), ("true", True), ("1", True), ("yes", True),

@@ -1,4 +1,4 @@
-"""Converting the authors' checkpoints (convert_checkpoint.py, utils/authors_checkpoint.py).
+"""Converting the authors' checkpoints (convert_checkpoint.py, run/authors_checkpoint.py).
 
 Their files cannot be downloaded here, so tests/authors_spec.py rebuilds the key set and
 shapes of their state dicts from their code, fills them with random weights, and computes
@@ -12,12 +12,12 @@ import torch
 from convert_checkpoint import main as convert_main
 from models.config import PRESETS, MusERConfig, PriorConfig
 from tests import authors_spec as spec
-from utils.authors_checkpoint import EMA_STEPS, convert_muser, convert_prior, muser_config
-from utils.checkpoint import build_muser, build_prior, load_checkpoint
-from utils.cli import run_main
-from utils.cp import save_dictionary
-from utils.errors import UserError
-from utils.pipeline import check_prior_codes, codebook_fingerprint
+from run.authors_checkpoint import EMA_STEPS, convert_muser, convert_prior, muser_config
+from run.checkpoint import build_muser, build_prior, load_checkpoint
+from run.cli import run_main
+from music.cp import save_dictionary
+from music.errors import UserError
+from run.pipeline import check_prior_codes, codebook_fingerprint
 
 TYPE_IDS = {"EOS": 0, "Emotion": 1, "Metrical": 2, "Note": 3}
 EMOPIA_SIZES = [56, 135, 18, 4, 87, 18, 42, 5]          # FIELDS order (tempo first)
@@ -199,7 +199,7 @@ def tiny_muser_spec(vocab_sizes):
 
 
 def write_dictionary(path, vocab_sizes):
-    from models.config import FIELDS
+    from music.elements import FIELDS
     event2word = {}
     for field, size in zip(FIELDS, vocab_sizes):
         names = list(TYPE_IDS) if field == "type" else [0] + [f"{field}_{i}" for i in range(1, size)]

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from miditoolkit.midi.containers import Instrument, Marker, Note, TempoChange
 
 from tests.conftest import SAMPLE_MIDI_DIR
-from utils import cp
-from utils.chords import chorder_chords_per_beat, chords_per_beat
-from utils.errors import UserError
-from utils.midi_io import ClipError
+from music import cp
+from music.chords import chorder_chords_per_beat, chords_per_beat
+from music.errors import UserError
+from music.midi_io import ClipError
 
 SAMPLE_FILES = sorted(SAMPLE_MIDI_DIR.glob("*.mid"))
 

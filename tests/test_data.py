@@ -7,9 +7,9 @@ import pytest
 
 import prepare_data
 from tests.conftest import SAMPLE_MIDI_DIR
-from utils import cp
-from utils.data import CPDataset, default_dictionary_path, load_class_indices, load_cp_dataset
-from utils.errors import UserError
+from music import cp
+from music.data import CPDataset, default_dictionary_path, load_class_indices, load_cp_dataset
+from music.errors import UserError
 
 
 @pytest.fixture(scope="module")

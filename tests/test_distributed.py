@@ -5,7 +5,7 @@ import sys
 
 from tests.conftest import ROOT
 from tests.test_pipeline import prepare_sample
-from utils.checkpoint import build_muser, load_checkpoint
+from run.checkpoint import build_muser, load_checkpoint
 
 
 def test_two_process_ddp_training(tmp_path):

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from models import evaluator as E
-from utils import metrics as M
-from utils.errors import UserError
-from utils.piece_io import load_dataset_pieces, quadrant_from_name
+from evaluation import evaluator as E
+from evaluation import metrics as M
+from music.errors import UserError
+from music.piece_io import load_dataset_pieces, quadrant_from_name
 
 
 def test_head_labels_follow_russell_quadrants():

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from miditoolkit.midi.containers import Instrument, Note, TempoChange
 
 from tests.conftest import ROOT, SAMPLE_MIDI_DIR
-from utils import cp
-from utils.midi_io import ClipError
+from music import cp
+from music.midi_io import ClipError
 
 SAMPLE_FILES = sorted(SAMPLE_MIDI_DIR.glob("*.mid"))
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import SAMPLE_MIDI_DIR
-from utils import metrics as M
+from music.piece import piece_from_midi
+from evaluation import metrics as M
 
 # One bar, overlapping notes (two of them the same pitch, overlapping in time).
 #   pitch 60 on [0, 480) and [240, 720) -> sounds 720 ticks (same pitch counts once)
@@ -115,7 +116,7 @@ def test_piece_from_midi_rescales_to_480(tmp_path):
     midi.markers = [miditoolkit.Marker("D_m7", 0)]
     path = tmp_path / "x.mid"
     midi.dump(str(path))
-    piece = M.piece_from_midi(path, emotion=2)
+    piece = piece_from_midi(path, emotion=2)
     assert piece.notes.tolist() == [[60, 480, 960, 70]]
     assert piece.emotion == 2 and piece.name == "x.mid"
     assert M.element_values(piece)["chord"].tolist() == [M.CHORD_QUALITIES.index("m7")]
@@ -166,7 +167,7 @@ def test_hand_made_pieces_match_muspy():
 
 
 def test_empty_piece_is_nan_where_muspy_gives_zero():
-    # The one documented difference (see utils/metrics.py): muspy gives 0 for the pitch
+    # The one documented difference (see evaluation/metrics.py): muspy gives 0 for the pitch
     # range and pitch classes of an empty piece (and NaN for its polyphony); we give NaN.
     assert _same(_muspy_song(_muspy_music([])),
                  {"pitch_range": 0, "pitch_classes": 0, "polyphony": math.nan})
@@ -195,7 +196,7 @@ def _muspy_disagreements(name: str, data: bytes) -> list[str]:
         problems.append(f"{name}: muspy and miditoolkit read different notes")
     if not _same(_ours_song(native), reference):
         problems.append(f"{name}: same notes: ours {_ours_song(native)}, muspy {reference}")
-    ours = _ours_song(M.piece_from_midi(midi).notes)
+    ours = _ours_song(piece_from_midi(midi).notes)
     reference["polyphony"] = muspy.polyphony(music.adjust_resolution(M.TICKS_PER_BEAT))
     if not _same(ours, reference):
         problems.append(f"{name}: at 480 ticks per beat: ours {ours}, muspy {reference}")
@@ -226,9 +227,9 @@ def _generated_like(sample_npz, tmp_path):
     """Four sample rows posing as generated output: a MIDI folder and a words pickle."""
     import pickle
 
-    from utils.cp import words_to_midi
-    from utils.data import load_cp_dataset
-    from utils.piece_io import dataset_words
+    from music.cp import words_to_midi
+    from music.data import load_cp_dataset
+    from music.piece_io import dataset_words
 
     data = load_cp_dataset(sample_npz)
     folder = tmp_path / "generated"
@@ -250,7 +251,7 @@ def test_compute_metrics_script(sample_npz, tmp_path, capsys):
     import csv
 
     import compute_metrics
-    from utils.errors import UserError
+    from music.errors import UserError
 
     folder, pickle_path = _generated_like(sample_npz, tmp_path)
     out = tmp_path / "m1"

@@ -15,8 +15,8 @@ import soundfile
 
 import compute_metrics
 from tests.test_audio import midi_seconds, write_midi
-from utils import pages as P
-from utils.audio import render_all
+from evaluation import pages as P
+from evaluation.audio import render_all
 
 
 class References(HTMLParser):

@@ -16,9 +16,9 @@ import MusER
 import Prior_train
 import VQ_explore
 from tests.conftest import ROOT, SAMPLE_MIDI_DIR
-from utils.checkpoint import build_muser, build_prior, load_checkpoint
-from utils.data import load_cp_dataset
-from utils.pipeline import dataset_tensors, encode_pieces
+from run.checkpoint import build_muser, build_prior, load_checkpoint
+from music.data import load_cp_dataset
+from run.pipeline import dataset_tensors, encode_pieces
 
 TINY = ["--preset", "tiny", "--device", "cpu"]
 
@@ -169,7 +169,7 @@ def test_variant_depth_from_flags_and_presets():
     import argparse
 
     from models.config import MusERConfig
-    from utils.pipeline import add_config_flags, config_from_args
+    from run.pipeline import add_config_flags, config_from_args
 
     parser = argparse.ArgumentParser()
     add_config_flags(parser, MusERConfig, "model")

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from utils import metrics as M
-from utils import plotting as P
-from utils.errors import UserError
+from evaluation import metrics as M
+from evaluation import plotting as P
+from music.errors import UserError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,8 +11,8 @@ import pytest
 from miditoolkit.midi.containers import Instrument, Note
 
 from tests.conftest import ROOT, SAMPLE_MIDI_DIR, shared_path
-from utils import cp
-from utils.data import load_class_indices, load_cp_dataset
+from music import cp
+from music.data import load_class_indices, load_cp_dataset
 
 SAMPLE_FILES = sorted(SAMPLE_MIDI_DIR.glob("*.mid"))
 KEYS = {"x", "y", "mask", "seq_len", "num_groups", "names"}

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from utils import probe as P
-from utils.cp import ELEMENTS
+from evaluation import probe as P
+from music.elements import ELEMENTS
 
 N, S = 120, 12         # pieces, slice width (>= the 11 chord statistics)
 

@@ -30,12 +30,12 @@ import prepare_data
 import Prior_train
 import VQ_explore
 from tests.conftest import ROOT, SAMPLE_MIDI_DIR
-import utils.training
-from utils import cp
-from utils.checkpoint import load_checkpoint
-from utils.cli import run_main
-from utils.data import load_cp_dataset
-from utils.errors import UserError
+from run import training as run_training
+from music import cp
+from run.checkpoint import load_checkpoint
+from run.cli import run_main
+from music.data import load_cp_dataset
+from music.errors import UserError
 
 TINY = ["--preset", "tiny", "--device", "cpu"]
 FAST = ["--lr", "3e-3", "--batch_size", "8"]
@@ -143,7 +143,7 @@ def train_chain(work: Path, npz: Path) -> SimpleNamespace:
 def no_loss_curves():
     """In-process runs skip the loss-curve figure: ~1.5 s per finished run, tested elsewhere."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(utils.training, "_plot_history", lambda *args: None)
+        patch.setattr(run_training, "_plot_history", lambda *args: None)
         yield
 
 
@@ -222,9 +222,9 @@ HANG_IN_THIRD_SAVE = r"""
 import io, sys, time
 import torch
 import MusER
-import utils.training as training
-from utils.atomic import atomic_write
-from utils.cli import run_main
+import run.training as training
+from music.atomic import atomic_write
+from run.cli import run_main
 
 sentinel, saves, real_save = sys.argv[1], [], training.save_checkpoint
 

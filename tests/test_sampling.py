@@ -1,7 +1,7 @@
 """Temperature + nucleus sampling: support, frequencies, determinism, batching."""
 import torch
 
-from utils.sampling import FieldSampling, SamplingParams, nucleus_mask, sample_tokens
+from models.sampling import FieldSampling, SamplingParams, nucleus_mask, sample_tokens
 
 
 def draw(logits_row, n, temperature=1.0, top_p=1.0, seed=0):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from utils.distributed import DistInfo
-from utils.errors import UserError
-from utils.atomic import write_csv
-from utils.checkpoint import load_checkpoint
-from utils.training import MetricSums, epoch_batches, fit, split_indices
+from run.distributed import DistInfo
+from music.errors import UserError
+from music.atomic import write_csv
+from run.checkpoint import load_checkpoint
+from run.training import MetricSums, epoch_batches, fit, split_indices
 
 
 def test_split_is_seeded_disjoint_and_complete():
@@ -139,7 +139,7 @@ def test_mid_epoch_stop_then_resume_is_exact_with_a_dropped_batch(tmp_path):
 
 
 def test_every_run_reports_its_pieces_and_a_paper_model_on_a_sample_is_warned(caplog):
-    from utils.pipeline import MIN_PAPER_PIECES, report_pieces
+    from run.pipeline import MIN_PAPER_PIECES, report_pieces
 
     logger = logging.getLogger("pieces")
     emotion = np.array([1, 1, 2, 3, 4, 4, 4, 0])

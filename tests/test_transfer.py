@@ -7,7 +7,8 @@ import torch
 
 from models.config import MusERConfig, apply_preset
 from models.muser import MusER
-from utils.transfer import ELEMENT_NAMES, element_index, element_slice, swap_elements, transfer_pairs
+from evaluation.transfer import swap_elements, transfer_pairs
+from music.elements import ELEMENTS as ELEMENT_NAMES, element_index, element_slice
 
 VOCAB = [5, 12, 18, 4, 20, 10, 12, 5]
 TYPE_IDS = dict(EOS=0, Emotion=1, Metrical=2, Note=3)
@@ -162,7 +163,7 @@ def test_random_pairs_are_seeded_draws():
 
 
 def test_quadrant_rows():
-    from utils.transfer import quadrant_rows
+    from evaluation.transfer import quadrant_rows
 
     rows = quadrant_rows([4, 1, 0, 4, 2, 1])
     assert {q: r.tolist() for q, r in rows.items()} == {1: [1, 5], 2: [4], 3: [], 4: [0, 3]}
@@ -200,9 +201,9 @@ def test_demo_defaults_to_the_authors_first_20():
 def test_element_transfer_script(sample_npz, tmp_path, capsys):
     """End to end on a tiny untrained checkpoint: files are written and the report printed."""
     import element_transfer
-    from utils import cp
-    from utils.checkpoint import save_checkpoint
-    from utils.errors import UserError
+    from music import cp
+    from run.checkpoint import save_checkpoint
+    from music.errors import UserError
 
     event2word, _ = cp.load_dictionary(sample_npz.parent / "dictionary.pkl")
     config = apply_preset(MusERConfig(vocab_sizes=cp.vocab_sizes(event2word),
@@ -226,7 +227,7 @@ def test_element_transfer_script(sample_npz, tmp_path, capsys):
     assert "| **velocity** |" in report and "| **onsets/bar** |" in report
     assert "| transferred |" in capsys.readouterr().out
     # --pairs first: the first two pieces of Q4 and of Q1 in data order, named in the report.
-    from utils.data import load_cp_dataset
+    from music.data import load_cp_dataset
     data = load_cp_dataset(sample_npz)
     first = [np.flatnonzero(data.emotion == q)[:2] for q in (4, 1)]
     assert element_transfer.main(args + ["--pairs", "first"]) == 0

@@ -4,8 +4,8 @@ import logging
 import pytest
 import torch
 
-from utils.errors import UserError
-from utils.pipeline import compact_codes, load_vq_dict, make_vq_dict, save_vq_dict
+from music.errors import UserError
+from run.pipeline import compact_codes, load_vq_dict, make_vq_dict, save_vq_dict
 
 
 def test_vq_dict_maps_used_codes_both_ways(tmp_path):

@@ -9,8 +9,9 @@ import torch
 from sklearn.metrics import silhouette_score
 
 import VQ_explore
-from utils import latent_space as L
-from utils.cp import ELEMENTS
+from evaluation import latent_space as L
+from run.pipeline import pooled_latents
+from music.elements import ELEMENTS
 
 
 def _padded_latent():
@@ -132,9 +133,9 @@ def test_real_tsne_and_missing_quadrants():
 def test_pooled_latents_encode_the_whole_sequence(sample_npz):
     from models.config import MusERConfig, apply_preset
     from models.muser import MusER
-    from utils import cp
-    from utils.data import load_cp_dataset
-    from utils.pipeline import dataset_tensors, encode_pieces
+    from music import cp
+    from music.data import load_cp_dataset
+    from run.pipeline import dataset_tensors, encode_pieces
 
     data = load_cp_dataset(sample_npz)
     event2word = data.event2word
@@ -145,12 +146,12 @@ def test_pooled_latents_encode_the_whole_sequence(sample_npz):
     # Long enough that the shortest piece is padded.
     length = int(data.seq_len.min()) // config.chunk_size * config.chunk_size + config.chunk_size
     model = MusER(dataclasses.replace(config, max_len=length)).eval()
-    features = L.pooled_latents(model, data)
+    features = pooled_latents(model, data)
     assert list(features) == [*ELEMENTS, "all"] and len(features["all"]) == len(data)
     tensors = dataset_tensors(data, model.config.max_len)
     latent, _ = encode_pieces(model, tensors["y"], 16, torch.device("cpu"))
     assert np.allclose(features["all"], latent.double().mean(dim=1).numpy())
-    valid = L.pooled_latents(model, data, pool="valid")
+    valid = pooled_latents(model, data, pool="valid")
     short = int(np.argmin(tensors["seq_len"].numpy()))
     assert tensors["mask"][short].sum() < model.config.max_len
     assert not np.allclose(valid["all"][short], features["all"][short])

@@ -16,7 +16,7 @@ from pathlib import Path
 import miditoolkit
 import numpy as np
 
-from utils.errors import UserError
+from music.errors import UserError
 
 TICKS_PER_BEAT = 480
 

@@ -2,10 +2,11 @@
 import csv
 import io
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
-from utils.errors import UserError
+from music.errors import UserError
 
 
 def _umask() -> int:
@@ -45,6 +46,11 @@ def _write_error(path: Path, exc: OSError) -> UserError:
     return UserError(f"cannot write {path}: {exc.strerror or exc}{kept}")
 
 
+def write_text(path, text: str) -> None:
+    """Write a text file (UTF-8) atomically."""
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
 def write_csv(path, rows: list[dict]) -> None:
     """Write dict rows as a CSV file, atomically; the columns are every key, in first-seen order."""
     keys: list[str] = []
@@ -54,4 +60,17 @@ def write_csv(path, rows: list[dict]) -> None:
     writer = csv.DictWriter(text, fieldnames=keys)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(path, lambda handle: handle.write(text.getvalue().encode()))
+    write_text(path, text.getvalue())
+
+
+def read_pickle(path, not_found: str, unreadable: str, detail: bool = True):
+    """Unpickle a file; a UserError naming the path when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {not_found}")
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except Exception as exc:  # pickle raises many kinds on a broken or foreign file
+        why = f"{type(exc).__name__}: {exc}" if detail else type(exc).__name__
+        raise UserError(f"{path}: {unreadable} ({why})") from None

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from music.elements import IDENTIFIERS
+
 
 @dataclass
 class FieldSampling:
@@ -21,7 +23,8 @@ class FieldSampling:
 
 @dataclass
 class SamplingParams:
-    """Per-field sampling settings; defaults are the paper's (DESIGN.md section 6)."""
+    """Per-element sampling settings, one attribute per element (music.elements.IDENTIFIERS);
+    defaults are the paper's."""
     tempo: FieldSampling = field(default_factory=lambda: FieldSampling(1.2, 0.9))
     chord: FieldSampling = field(default_factory=lambda: FieldSampling(1.0, 0.99))
     bar_beat: FieldSampling = field(default_factory=lambda: FieldSampling(1.2, 1.0))
@@ -31,10 +34,8 @@ class SamplingParams:
     velocity: FieldSampling = field(default_factory=lambda: FieldSampling(5.0, 1.0))
 
     def for_element(self, element: int) -> FieldSampling:
-        """Settings of element `element` in word-column order (tempo, chord, bar-beat, type,
-        pitch, duration, velocity)."""
-        names = ("tempo", "chord", "bar_beat", "type", "pitch", "duration", "velocity")
-        return getattr(self, names[element])
+        """Settings of element `element` (its word column)."""
+        return getattr(self, IDENTIFIERS[element])
 
 
 def nucleus_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from models.config import MusERConfig, apply_preset
-from models.muser import CONDITIONED, GenerationHeads, MusER, _fused_input_table
+from models.generation import GenerationHeads, _fused_input_table
+from models.muser import MusER
+from music.elements import CONDITIONED
 from models.transformer import PackedLinear
-from utils.sampling import FieldSampling, SamplingParams, row_settings, sample_tokens
+from models.sampling import FieldSampling, SamplingParams, row_settings, sample_tokens
 
 VOCAB = [56, 135, 18, 4, 87, 18, 42, 5]
 TYPE_IDS = {"EOS": 0, "Emotion": 1, "Metrical": 2, "Note": 3}

@@ -16,8 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from utils import metrics as M  # noqa: E402
-from utils.latent_space import QUADRANT_PAIRS  # noqa: E402
+from evaluation import metrics as M  # noqa: E402
+from music.elements import QUADRANT_PAIRS  # noqa: E402
+from music.errors import UserError  # noqa: E402
+from music.piece import piece_from_midi  # noqa: E402
 
 QUADRANT_COLORS = {1: "#d62728", 2: "#ff7f0e", 3: "#1f77b4", 4: "#2ca02c"}
 QUADRANT_NAMES = {1: "Q1 (V+ A+)", 2: "Q2 (V- A+)", 3: "Q3 (V- A-)", 4: "Q4 (V+ A-)"}
@@ -46,7 +48,7 @@ def plot_piano_roll(piece, path, title: str | None = None) -> Path:
     if isinstance(piece, M.Piece):
         notes, name = piece.notes, piece.name
     elif isinstance(piece, (str, Path)) or hasattr(piece, "instruments"):
-        loaded = M.piece_from_midi(piece)
+        loaded = piece_from_midi(piece)
         notes, name = loaded.notes, loaded.name
     else:
         notes, name = M.as_note_array(piece), ""
@@ -140,7 +142,6 @@ def read_training_log(path) -> dict[str, dict[str, tuple[list, list]]]:
     The log has a header row with at least `epoch` and `split`; every other column whose
     values parse as numbers is kept (empty cells and non-numeric columns are skipped).
     """
-    from utils.errors import UserError
 
     path = Path(path)
     try:
@@ -178,7 +179,6 @@ def plot_loss_curves(log_path, path, title: str | None = None) -> Path:
     for split_series in series.values():
         columns += [c for c in split_series if c not in columns]
     if not columns:
-        from utils.errors import UserError
         raise UserError(f"{log_path}: training log has no numeric rows to plot")
     # The headline losses first, then the rest in log order.
     columns = [c for c in LOSS_COLUMNS if c in columns] + [c for c in columns if c not in LOSS_COLUMNS]

@@ -14,7 +14,8 @@ Beyond the authors, the silhouette of each pair on the pooled latent itself is a
 column ("latent Q1-Q2", ...), and the labels actually present are used instead of the
 authors' hard-coded class sizes.
 
-    from utils.latent_space import pooled_latents, silhouette_table
+    from run.pipeline import pooled_latents          # encodes with the model (run layer)
+    from evaluation.latent_space import silhouette_table
     features = pooled_latents(model, data, pool="all")          # {element: [N, d]}
     rows = silhouette_table(features, data.emotion, figure_dir="figures/NAME")
 """
@@ -25,12 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.cp import ELEMENTS
+from music.atomic import atomic_write, write_csv
+from music.elements import ELEMENTS, QUADRANT_PAIRS, QUADRANTS  # noqa: F401
 
 POOLS = ("all", "valid")
-# Q1-Q2 and Q3-Q4 differ in valence, Q1-Q4 and Q2-Q3 in arousal, Q1-Q3 and Q2-Q4 in both.
-QUADRANT_PAIRS = ((1, 2), (1, 4), (1, 3), (3, 4), (2, 3), (2, 4))
-QUADRANTS = (1, 2, 3, 4)
 # The authors' t-SNE settings.
 PERPLEXITY = 30.0
 TSNE_SEED = 13
@@ -78,22 +77,6 @@ def latent_features(latent, mask, slice_dim: int, pool: str = "all") -> dict[str
     return element_features(pool_latent(latent, mask, pool), slice_dim)
 
 
-def pooled_latents(model, data, pool: str = "all", batch_size: int = 16, device="cpu") -> dict[str, np.ndarray]:
-    """Encode every piece of `data` (a CPDataset) with a MusER `model`, in eval mode, and pool.
-
-    Returns {element: [N, slice_dim], ..., 'all': [N, latent_dim]} (float64), rows in data
-    order; the quadrant labels are `data.emotion`. The sequence is the model's max_len
-    (1024 in the paper configuration), so pool="all" averages over exactly that many steps.
-    """
-    import torch
-
-    from utils.pipeline import dataset_tensors, encode_pieces
-
-    tensors = dataset_tensors(data, model.config.max_len)
-    latent, _ = encode_pieces(model, tensors["y"], batch_size, torch.device(device))
-    return latent_features(latent, tensors["mask"], model.config.slice_dim, pool)
-
-
 def tsne_2d(features: np.ndarray, perplexity: float = PERPLEXITY, seed: int = TSNE_SEED,
             max_iter: int = TSNE_ITERATIONS) -> np.ndarray:
     """t-SNE to 2-D with the authors' settings (PCA init, learning rate 'auto').
@@ -134,7 +117,7 @@ def silhouette_table(features: dict[str, np.ndarray], labels, *, perplexity: flo
                      title: str = "", progress: bool = False) -> list[dict]:
     """One row per entry of `features`: t-SNE each, then silhouettes of the six quadrant pairs.
 
-    features: {name: [N, d]} (e.g. from `pooled_latents`); labels: [N] quadrants (rows
+    features: {name: [N, d]} (e.g. from `run.pipeline.pooled_latents`); labels: [N] quadrants (rows
     with a label outside 1..4 are left out, as the authors do). Row:
     {"element": name, "Q1-Q2": ..., ..., "Q2-Q4": ...  (on the 2-D t-SNE points, the
     paper's numbers), "latent Q1-Q2": ..., ... (on the pooled latent itself)}; NaN where
@@ -161,7 +144,7 @@ def silhouette_table(features: dict[str, np.ndarray], labels, *, perplexity: flo
         row.update({f"latent {pair_name(p)}": pair_silhouette(values, labels, p) for p in QUADRANT_PAIRS})
         rows.append(row)
         if figure_dir is not None:
-            from utils.plotting import plot_tsne_pairs
+            from evaluation.plotting import plot_tsne_pairs
             plot_tsne_pairs(points, labels, f"{title}: {name} latent" if title else f"{name} latent",
                             Path(figure_dir) / f"tsne_{name}.png")
     if figure_dir is not None and rows:
@@ -179,8 +162,6 @@ def silhouette_markdown(rows: list[dict]) -> str:
 
 def write_silhouette_table(rows: list[dict], figure_dir) -> str:
     """silhouette.csv and silhouette.md in `figure_dir`; returns the markdown."""
-    from utils.atomic import atomic_write, write_csv
-
     figure_dir = Path(figure_dir)
     write_csv(figure_dir / "silhouette.csv", rows)
     markdown = silhouette_markdown(rows)

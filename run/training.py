@@ -27,12 +27,12 @@ import torch
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from utils.atomic import write_csv
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.cli import resolve_device, seed_everything, setup_logging
-from utils.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, local_device
-from utils.pipeline import check_run_dir
-from utils.errors import UserError
+from music.atomic import write_csv
+from run.checkpoint import load_checkpoint, save_checkpoint
+from run.cli import resolve_device, seed_everything, setup_logging
+from run.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, local_device
+from run.pipeline import check_run_dir
+from music.errors import UserError
 
 StepFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
@@ -108,6 +108,14 @@ def split_indices(n: int, val_split: float, seed: int) -> tuple[np.ndarray, np.n
     if n - n_val < 1:
         raise UserError(f"--val_split {val_split} leaves no training data out of {n} pieces")
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def split_tensors(tensors: dict, val_split: float, seed: int):
+    """(train, val or None, n_train, n_val): the rows of every tensor, split by split_indices."""
+    train_idx, val_idx = split_indices(len(next(iter(tensors.values()))), val_split, seed)
+    train = {k: v[train_idx] for k, v in tensors.items()}
+    val = {k: v[val_idx] for k, v in tensors.items()} if len(val_idx) else None
+    return train, val, len(train_idx), len(val_idx)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -204,7 +212,7 @@ def evaluate(model: torch.nn.Module, step_fn: StepFn, data: dict[str, torch.Tens
 
 def _plot_history(csv_path: Path, logger: logging.Logger) -> None:
     try:
-        from utils.plotting import plot_loss_curves
+        from evaluation.plotting import plot_loss_curves
         plot_loss_curves(csv_path, csv_path.with_name("loss_curves.png"))
     except ImportError:
         pass

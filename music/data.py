@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.cp import EMOTION_FIELD, FIELDS, load_dictionary, vocab_sizes as dictionary_sizes
-from utils.errors import UserError
+from music.cp import load_dictionary, vocab_sizes as dictionary_sizes
+from music.elements import EMOTION_FIELD, FIELDS
+from music.errors import UserError
 
 REQUIRED_KEYS = ("x", "y", "mask", "seq_len")
 
@@ -102,7 +103,7 @@ def check_model_vocabulary(dictionary_path, event2word: dict, vocab_sizes=None,
     """UserError unless a dictionary is the one a model was trained with.
 
     `vocab_sizes` (8 ints in FIELDS order) and `model_event2word` come from the model's
-    checkpoint (`utils.checkpoint.model_vocabulary`); either may be None. Comparing the
+    checkpoint (`run.checkpoint.model_vocabulary`); either may be None. Comparing the
     entries, not only the sizes, also catches a dictionary that numbers values differently.
     """
     sizes = dictionary_sizes(event2word)

@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.atomic import atomic_write
-from utils.cli import SAVED_MODELS
-from utils.errors import UserError
+from evaluation.latent_space import latent_features
+from models.config import apply_preset
+from music.atomic import atomic_write, read_pickle
+from run.cli import SAVED_MODELS
+from music.errors import UserError
 
 # Config fields that come from the data, never from flags.
 DATA_FIELDS = {"vocab_sizes", "type_ids", "value_tables", "n_codes"}
@@ -34,7 +36,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, title: str) ->
             group.add_argument(f"--{field.name}", type=field.metadata["flag_type"], default=None,
                                help=f"(default {field.metadata.get('flag_default', 'set by the other flags')})")
         elif isinstance(default, bool):
-            from utils.cli import str2bool
+            from run.cli import str2bool
             group.add_argument(f"--{field.name}", type=str2bool, default=None, help=f"(default {default})")
         elif isinstance(default, (int, float, str)):
             group.add_argument(f"--{field.name}", type=type(default), default=None, help=f"(default {default})")
@@ -53,8 +55,6 @@ def _field_default(field):
 
 def config_from_args(config_cls, args: argparse.Namespace, preset: str, **data_fields):
     """Paper defaults, then the preset, then every flag the user set."""
-    from models.config import apply_preset
-
     overrides = {}
     for field in dataclasses.fields(config_cls):
         value = getattr(args, field.name, None)
@@ -172,13 +172,8 @@ def load_vq_dict(path: Path, fingerprint: str | None = None, codebook_size: int 
     none); with `codebook_size`, every code must exist in the codebook.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: VQ_dict not found (run VQ_explore.py with this --VQ_VAE first)")
-    try:
-        with open(path, "rb") as handle:
-            vq_dict = pickle.load(handle)
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable VQ_dict pickle ({type(exc).__name__})") from None
+    vq_dict = read_pickle(path, "VQ_dict not found (run VQ_explore.py with this --VQ_VAE first)",
+                          "not a readable VQ_dict pickle", detail=False)
     if not isinstance(vq_dict, dict) or 0 not in vq_dict or 1 not in vq_dict:
         raise UserError(f"{path}: not a VQ_dict (expected keys 0 and 1)")
     if fingerprint is not None and vq_dict.get("vq_vae") not in (None, fingerprint):
@@ -221,3 +216,15 @@ def compact_codes(codes: torch.Tensor, vq_dict: dict, codebook: torch.Tensor,
         logger.warning(f"warning: {len(unseen)} code(s) used by {source} are not in the VQ_dict; "
                        f"mapped each to the nearest used code")
     return lookup[codes]
+
+
+def pooled_latents(model, data, pool: str = "all", batch_size: int = 16, device="cpu") -> dict[str, np.ndarray]:
+    """Encode every piece of `data` (a CPDataset) with a MusER `model`, in eval mode, and pool.
+
+    Returns {element: [N, slice_dim], ..., 'all': [N, latent_dim]} (float64), rows in data
+    order; the quadrant labels are `data.emotion`. The sequence is the model's max_len
+    (1024 in the paper configuration), so pool="all" averages over exactly that many steps.
+    """
+    tensors = dataset_tensors(data, model.config.max_len)
+    latent, _ = encode_pieces(model, tensors["y"], batch_size, torch.device(device))
+    return latent_features(latent, tensors["mask"], model.config.slice_dim, pool)

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from utils.atomic import atomic_write
+from evaluation import metrics as M
+from music.atomic import atomic_write
+from music.piece import piece_from_midi
 
 QUADRANT_TITLES = {1: "Q1: valence +, arousal + (happy, excited)",
                    2: "Q2: valence -, arousal + (tense, angry)",
@@ -93,7 +95,6 @@ def describe(midis, titles=None, asked=None, evaluator=None, audio=None) -> list
     """
     import miditoolkit
 
-    from utils import metrics as M
 
     midis = [Path(m) for m in midis]
     audio = audio or {}
@@ -105,7 +106,7 @@ def describe(midis, titles=None, asked=None, evaluator=None, audio=None) -> list
         entry.roll = roll if roll.is_file() else None
         try:
             score = miditoolkit.MidiFile(str(midi))
-            piece = M.piece_from_midi(score, name=midi.name)
+            piece = piece_from_midi(score, name=midi.name)
         except Exception as exc:   # a page must not fail on one unreadable piece
             entry.facts = {"error": f"unreadable MIDI ({type(exc).__name__})"}
             entries.append(entry)

@@ -23,8 +23,11 @@ from pathlib import Path
 
 import torch
 
-from models.config import FIELDS, MusERConfig, PriorConfig, apply_preset
-from utils.errors import UserError
+from models.config import MusERConfig, PriorConfig, apply_preset
+from models.muser import MusER
+from models.prior import Prior
+from music.elements import FIELDS
+from music.errors import UserError
 
 # Their names, in our FIELDS order (tempo, chord, bar-beat, type, pitch, duration, velocity, emotion).
 EMBEDDINGS = ("tempo_emb", "chord_emb", "bar_beat_emb", "type_emb", "pitch_emb", "duration_emb",
@@ -240,8 +243,6 @@ def muser_config(variant: str, vocab_sizes, type_ids, preset: str = "paper") -> 
 
 def convert_muser(state: dict, config: MusERConfig, source):
     """Our MusER (eval mode) holding their VQ_VAE weights, and its state_dict."""
-    from models.muser import MusER
-
     model = MusER(config)
     converted = convert_state(state, model, muser_key_map(model), source, config.name)
     return model.eval(), converted
@@ -249,8 +250,6 @@ def convert_muser(state: dict, config: MusERConfig, source):
 
 def convert_prior(state: dict, config: PriorConfig, source):
     """Our Prior (eval mode) holding their VQ_prior weights, and its state_dict."""
-    from models.prior import Prior
-
     model = Prior(config)
     converted = convert_state(state, model, prior_key_map(model), source, "VQ_prior")
     return model.eval(), converted

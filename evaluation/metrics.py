@@ -37,17 +37,15 @@ and velocity (of each note).
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-TICKS_PER_BEAT = 480
-TICKS_PER_BAR = 4 * TICKS_PER_BEAT
-POSITIONS_PER_BAR = 16
-TICKS_PER_POSITION = TICKS_PER_BAR // POSITIONS_PER_BAR
+from music.elements import ELEMENTS
+from music.piece import (CHORD_QUALITIES, POSITIONS_PER_BAR, TICKS_PER_BAR, TICKS_PER_BEAT,  # noqa: F401
+                         TICKS_PER_POSITION, Piece, chord_quality)
 
+
+ALIASES_OUT = {"bar-beat": "beat"}      # the column names of the distribution tables
 SONG_METRICS = ("pitch_range", "pitch_classes", "polyphony")
 BAR_METRICS = ("bar_pitch_range", "bar_pitch_classes", "bar_polyphony")
 METRICS = SONG_METRICS + BAR_METRICS
@@ -60,9 +58,8 @@ METRIC_LABELS = {
     "bar_polyphony": "bar notes/onset",
 }
 
-# Chord qualities produced by chorder, in a musical order (used as a categorical axis).
-CHORD_QUALITIES = ("M", "m", "o", "+", "sus2", "sus4", "7", "M7", "m7", "o7", "/o7")
-DISTRIBUTION_ELEMENTS = ("tempo", "chord", "beat", "pitch", "duration", "velocity")
+# Every element but the type, whose values are word kinds, not music; bar-beat is "beat" here.
+DISTRIBUTION_ELEMENTS = tuple(ALIASES_OUT.get(e, e) for e in ELEMENTS if e != "type")
 DISTRIBUTION_LABELS = {
     "tempo": "tempo (bpm)",
     "chord": "chord quality",
@@ -195,111 +192,6 @@ def song_metrics(notes, ticks_per_bar: int = TICKS_PER_BAR) -> dict[str, float]:
         "bar_pitch_classes": bar_pitch_classes(arr, ticks_per_bar),
         "bar_polyphony": bar_polyphony(arr, ticks_per_bar),
     }
-
-
-# ---------------------------------------------------------------------------- pieces
-
-@dataclass
-class Piece:
-    """What the metrics and the emotion evaluator need from one piece of music.
-
-    notes: int64 [N, 4] (pitch, start, end, velocity) in ticks at 480 ticks per beat.
-    tempos: bpm of every tempo change. chords: chord names (`C_M`, `A#_m7`, ...).
-    emotion: quadrant 1..4, or 0 when unknown.
-    """
-    notes: np.ndarray
-    tempos: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    chords: list = field(default_factory=list)
-    emotion: int = 0
-    name: str = ""
-
-    @property
-    def n_bars(self) -> int:
-        """Bars spanned by the note onsets (at least 1)."""
-        if len(self.notes) == 0:
-            return 1
-        return int(self.notes[:, 1].max() // TICKS_PER_BAR) + 1
-
-
-def _rescale(ticks, ticks_per_beat: int):
-    if ticks_per_beat == TICKS_PER_BEAT:
-        return ticks
-    return round(ticks * TICKS_PER_BEAT / ticks_per_beat)
-
-
-def piece_from_midi(midi, emotion: int = 0, name: str = "", analyse_chords: bool = False) -> Piece:
-    """A `Piece` from a MIDI path or a miditoolkit MidiFile (first non-drum track).
-
-    Times are rescaled to 480 ticks per beat; chords are read from the markers the CP
-    decoder writes (any marker whose text parses as a chord name). With `analyse_chords`,
-    a file without such markers (e.g. a raw EMOPIA clip) gets the per-beat chord analysis
-    of the CP encoding instead, so its chord statistics compare with the CP data's.
-    """
-    import miditoolkit
-
-    from utils.errors import UserError
-
-    where = name or "<in-memory MIDI>"
-    if not isinstance(midi, miditoolkit.MidiFile):
-        path = Path(midi)
-        name, where = name or path.name, str(path)
-        try:
-            midi = miditoolkit.MidiFile(str(path))
-        except Exception as exc:  # miditoolkit raises many kinds on a broken file
-            raise UserError(f"{path}: cannot read MIDI ({exc})") from None
-    tpb = midi.ticks_per_beat
-    if tpb <= 0:  # 0, or a negative SMPTE time division: no beats to rescale by
-        raise UserError(f"{where}: unsupported time division ({tpb} ticks per beat)")
-    tracks = [inst for inst in midi.instruments if not inst.is_drum]
-    rows = []
-    if tracks:
-        for n in tracks[0].notes:
-            rows.append((n.pitch, _rescale(n.start, tpb), _rescale(n.end, tpb), n.velocity))
-    notes = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
-    if len(notes):
-        notes = notes[np.lexsort((-notes[:, 0], notes[:, 1]))]
-    tempos = np.asarray([t.tempo for t in midi.tempo_changes], dtype=np.float64)
-    chords = [m.text for m in midi.markers if chord_quality(m.text) is not None]
-    if analyse_chords and not chords and len(notes):
-        chords = analysed_chords(notes)
-    return Piece(notes=notes, tempos=tempos, chords=chords, emotion=int(emotion), name=name)
-
-
-def piece_from_words(words, word2event, emotion: int | None = None, name: str = "",
-                     close_empty_bars: bool = False) -> Piece:
-    """A `Piece` from CP words [T, 8] via the CP decoder (`utils.cp.words_to_midi`).
-
-    The emotion defaults to the emotion field of the first word (the Emotion word).
-    """
-    from utils.cp import EMOTION_FIELD, words_to_midi
-
-    words = np.asarray(words)
-    if emotion is None:
-        emotion = int(words[0, EMOTION_FIELD]) if len(words) else 0
-    midi = words_to_midi(words, word2event, close_empty_bars=close_empty_bars)
-    return piece_from_midi(midi, emotion=emotion, name=name)
-
-
-def analysed_chords(notes) -> list[str]:
-    """Chord names at every change of the per-beat chord analysis (as the CP encoding keeps)."""
-    from utils.chords import chords_per_beat
-
-    arr = as_note_array(notes)
-    per_beat = chords_per_beat(arr[:, 1], arr[:, 2], arr[:, 0], int(arr[:, 2].max()),
-                               TICKS_PER_BEAT)
-    changes = [c for i, c in enumerate(per_beat) if i == 0 or c != per_beat[i - 1]]
-    return [c for c in changes if chord_quality(c) is not None]
-
-
-_CHORD_RE = re.compile(r"^(?:Chord_)?([A-G]#?)_([^_]+)(?:_.*)?$")
-
-
-def chord_quality(name: str) -> str | None:
-    """Quality of a chord name like `C_M`, `A#_m7` or `C_M_E`; None for `N`/`CONTI`/other."""
-    match = _CHORD_RE.match(str(name))
-    if not match or match.group(2) not in CHORD_QUALITIES:
-        return None
-    return match.group(2)
 
 
 def element_values(piece: Piece) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.atomic import atomic_write
+from music.atomic import atomic_write
 
 SAMPLE_RATE = 44100
 # libsndfile's MP3 compression level 0..1 picks LAME's VBR quality; 0.6 keeps a GM piano

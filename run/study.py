@@ -7,8 +7,8 @@
   and continued (training resumes from last.pt) when it was interrupted;
 - the measurements that are not one of the pipeline scripts: data metrics, the emotion
   evaluator on the model's window, generated-against-data metrics, the disentanglement
-  probe (utils/probe.py) and element transfer measured over pairs.
-`utils/study_report.py` turns the stage outputs into REPORT.md and its figures.
+  probe (evaluation/probe.py) and element transfer measured over pairs.
+`run/study_report.py` turns the stage outputs into REPORT.md and its figures.
 """
 from __future__ import annotations
 
@@ -24,16 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.atomic import atomic_write
-from utils.cp import ELEMENTS
-from utils.errors import UserError
+from music.atomic import atomic_write
+from evaluation.transfer import PAPER_TRANSFERS
+from music.elements import ELEMENTS, QUADRANTS
+from music.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
-QUADRANTS = (1, 2, 3, 4)
-# The authors' six demo transfers: (elements, from quadrant A, to quadrant B).
-PAPER_TRANSFERS = ((("velocity",), 4, 1), (("tempo",), 4, 1), (("pitch",), 3, 1),
-                   (("pitch", "duration", "velocity"), 3, 1), (("duration",), 3, 2),
-                   (("chord",), 4, 2))
 
 
 @dataclass(frozen=True)
@@ -194,26 +190,26 @@ def window_words(data, row: int, length: int) -> np.ndarray:
 
 
 def song_ids(names) -> np.ndarray:
-    from models.evaluator import song_id
+    from evaluation.evaluator import song_id
     return np.asarray([song_id(str(n)) for n in names])
 
 
 def data_pieces(data, length: int):
-    from utils.metrics import piece_from_words
+    from music.piece import piece_from_words
     return [piece_from_words(window_words(data, i, length), data.word2event, emotion=int(data.emotion[i]),
                              name=str(data.names[i])) for i in range(len(data.x))]
 
 
 def piece_metric_rows(pieces) -> list[dict]:
-    from utils import metrics as M
+    from evaluation import metrics as M
     return [M.song_metrics(p.notes) for p in pieces]
 
 
 def train_window_evaluator(data, pieces, seed: int, out_path: Path) -> dict:
-    """The emotion evaluator of models/evaluator.py, fitted on the data as the models see it
+    """The emotion evaluator of evaluation/evaluator.py, fitted on the data as the models see it
     (their window), held out by whole songs; returns its accuracy and the data's own match
     rates on the held-out songs."""
-    from models import evaluator as E
+    from evaluation import evaluator as E
 
     features = E.feature_matrix(pieces)
     train, test = E.held_out_split(data.emotion, data.names, seed=seed, by="song")
@@ -227,14 +223,14 @@ def train_window_evaluator(data, pieces, seed: int, out_path: Path) -> dict:
 
 
 def metric_summary(rows, quadrants) -> dict:
-    from utils import metrics as M
+    from evaluation import metrics as M
     return M.summarize(rows, quadrants, metrics=M.SONG_METRICS)
 
 
 def generated_measures(words_pickle: Path, evaluator_path: Path) -> dict:
     """Song metrics per quadrant and the evaluator's match rates of generated pieces."""
-    from models import evaluator as E
-    from utils.piece_io import load_words_pickle
+    from evaluation import evaluator as E
+    from music.piece_io import load_words_pickle
 
     pieces = load_words_pickle(words_pickle)
     quadrants = [p.emotion for p in pieces]
@@ -245,7 +241,7 @@ def generated_measures(words_pickle: Path, evaluator_path: Path) -> dict:
 
 
 def load_model(checkpoint_path: Path):
-    from utils.checkpoint import build_muser, load_checkpoint
+    from run.checkpoint import build_muser, load_checkpoint
     checkpoint = load_checkpoint(checkpoint_path, "muser", "VQ-VAE")
     return build_muser(checkpoint, checkpoint_path).eval(), checkpoint
 
@@ -254,8 +250,8 @@ def probe_model(checkpoint_path: Path, data, seed: int) -> dict:
     """Both probe matrices and their diagonal shares for one trained VQ-VAE."""
     import torch
 
-    from utils import probe as P
-    from utils.pipeline import dataset_tensors, encode_pieces
+    from evaluation import probe as P
+    from run.pipeline import dataset_tensors, encode_pieces
 
     model, _ = load_model(checkpoint_path)
     length = model.config.max_len
@@ -275,7 +271,7 @@ def probe_model(checkpoint_path: Path, data, seed: int) -> dict:
 
 
 def _statistics_vector(words, word2event) -> dict[str, np.ndarray]:
-    from utils.probe import piece_statistics
+    from evaluation.probe import piece_statistics
     return piece_statistics(words, word2event)
 
 
@@ -310,10 +306,10 @@ def transfer_model(checkpoint_path: Path, data, evaluator_path: Path, pairs: int
     """The paper's six transfers on one trained VQ-VAE, measured over `pairs` pairs each."""
     import torch
 
-    from models import evaluator as E
-    from utils.metrics import piece_from_words
-    from utils.sampling import SamplingParams
-    from utils.transfer import swap_elements
+    from evaluation import evaluator as E
+    from music.piece import piece_from_words
+    from models.sampling import SamplingParams
+    from evaluation.transfer import swap_elements
 
     model, _ = load_model(checkpoint_path)
     evaluator = E.EmotionEvaluator.load(evaluator_path)
@@ -351,7 +347,7 @@ def transfer_model(checkpoint_path: Path, data, evaluator_path: Path, pairs: int
 
 def statistics_scale(data, length: int) -> dict[str, np.ndarray]:
     """Per element, the spread of each statistic over the data (for standardising)."""
-    from utils.probe import statistics_table
+    from evaluation.probe import statistics_table
     table = statistics_table([window_words(data, i, length) for i in range(len(data.x))], data.word2event)
     out = {}
     for element, values in table.items():

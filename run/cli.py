@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from utils.errors import UserError
+from music.errors import UserError
 
 SAVED_MODELS = Path("saved_models")
 
@@ -36,8 +36,23 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
+def add_training_args(parser: argparse.ArgumentParser, epochs: int) -> None:
+    """The flags of both trainers (MusER.py, Prior_train.py); only the epoch count differs."""
+    training = parser.add_argument_group("training", "defaults are the paper's values")
+    training.add_argument("--Epoch", "--epochs", dest="Epoch", type=int, default=epochs)
+    training.add_argument("--batch_size", type=int, default=16)
+    training.add_argument("--lr", type=float, default=1e-4)
+    training.add_argument("--clip", type=float, default=3.0, help="gradient-norm clip")
+    training.add_argument("--val_split", type=float, default=0.0,
+                          help="fraction of pieces held out for validation (paper: 0, all data trains)")
+    training.add_argument("--resume", action="store_true", help="continue from {model_path}/last.pt")
+    training.add_argument("--overwrite", action="store_true", help="start again over an earlier run")
+    training.add_argument("--amp", type=str2bool, default=False, help="bf16 autocast")
+    training.add_argument("--compile", type=str2bool, default=False, help="torch.compile the model")
+
+
 def add_audio_args(parser: argparse.ArgumentParser) -> None:
-    """--audio and --soundfont for every script that writes MIDI (see utils/audio.py)."""
+    """--audio and --soundfont for every script that writes MIDI (see evaluation/audio.py)."""
     parser.add_argument("--audio", type=str2bool, default=True,
                         help="render every MIDI file written to audio (MP3) for the listening page")
     parser.add_argument("--soundfont", default=None,

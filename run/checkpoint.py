@@ -25,8 +25,12 @@ from typing import Any
 
 import torch
 
-from utils.atomic import atomic_write
-from utils.errors import UserError
+from models.config import MusERConfig, PriorConfig
+from models.muser import MusER
+from models.prior import Prior
+from run.cli import resolve_checkpoint
+from music.atomic import atomic_write
+from music.errors import UserError
 
 KIND_FLAGS = {"muser": "a MusER VQ-VAE", "prior": "a prior"}
 
@@ -78,7 +82,7 @@ def _check_archive(path: Path) -> None:
 
 def model_vocabulary(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The vocabulary a checkpoint's model reads, as keyword arguments of
-    `utils.data.load_cp_dataset` / `check_model_vocabulary` (the sizes, and the dictionary
+    `music.data.load_cp_dataset` / `check_model_vocabulary` (the sizes, and the dictionary
     itself when the checkpoint stores it)."""
     dictionary = checkpoint.get("dictionary") or {}
     return {"vocab_sizes": checkpoint.get("vocab_sizes"), "model_event2word": dictionary.get("event2word")}
@@ -86,19 +90,21 @@ def model_vocabulary(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 def build_muser(checkpoint: dict[str, Any], path: str | os.PathLike = "checkpoint"):
     """Rebuild the MusER VQ-VAE described by a checkpoint and load its weights."""
-    from models.config import MusERConfig
-    from models.muser import MusER
-
     model = MusER(MusERConfig.from_dict(checkpoint["config"]))
     _load_state(model, checkpoint, path)
     return model
 
 
+def load_muser(name_or_path: str, flag: str = "--VQ_VAE"):
+    """Resolve a --VQ_VAE value, load its checkpoint and rebuild the model (CPU, train mode).
+    Returns (model, checkpoint, path)."""
+    path = resolve_checkpoint(name_or_path, flag)
+    checkpoint = load_checkpoint(path, "muser", flag)
+    return build_muser(checkpoint, path), checkpoint, path
+
+
 def build_prior(checkpoint: dict[str, Any], path: str | os.PathLike = "checkpoint"):
     """Rebuild the prior described by a checkpoint and load its weights."""
-    from models.config import PriorConfig
-    from models.prior import Prior
-
     model = Prior(PriorConfig.from_dict(checkpoint["config"]))
     _load_state(model, checkpoint, path)
     return model

@@ -1,42 +1,25 @@
 """Element transfer: swap the latent slices of chosen musical elements between pieces.
 
-MusER's latent has one slice of `slice_dim` dimensions per element, in the CP column
-order tempo, chord, bar-beat, type, pitch, duration, velocity (slice k = dims
-[k * slice_dim, (k + 1) * slice_dim)). Replacing piece A's slice of an element with
-piece B's should move that element of the decoded music towards B and leave the rest.
+MusER's latent has one slice of `slice_dim` dimensions per element, in the order of
+music.elements.ELEMENTS (slice k = dims [k * slice_dim, (k + 1) * slice_dim)). Replacing
+piece A's slice of an element with piece B's should move that element of the decoded music towards B and leave the rest.
 """
 from __future__ import annotations
 
-ELEMENT_NAMES = ("tempo", "chord", "bar-beat", "type", "pitch", "duration", "velocity")
-_ALIASES = {"bar_beat": "bar-beat", "barbeat": "bar-beat", "beat": "bar-beat"}
-
-
-def element_index(name: str) -> int:
-    """Position of an element in the latent ('bar_beat' and 'beat' mean 'bar-beat')."""
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in ELEMENT_NAMES:
-        raise ValueError(f"unknown element {name!r}; choose from {', '.join(ELEMENT_NAMES)}")
-    return ELEMENT_NAMES.index(key)
-
-
-def element_slice(name: str, slice_dim: int) -> slice:
-    """The latent dimensions of one element."""
-    k = element_index(name)
-    return slice(k * slice_dim, (k + 1) * slice_dim)
+from music.elements import ELEMENTS, QUADRANTS, element_slice
 
 
 def swap_elements(latent_a, latent_b, elements, slice_dim: int):
     """A copy of `latent_a` whose slices of `elements` come from `latent_b`.
 
     latent_a, latent_b: tensors or arrays of one shape [..., T, latent_dim]
-    (latent_dim = 7 * slice_dim). Every other dimension is left bit-for-bit unchanged.
+    (latent_dim = N_ELEMENTS * slice_dim). Every other dimension is left bit-for-bit unchanged.
     """
     if tuple(latent_a.shape) != tuple(latent_b.shape):
         raise ValueError(f"latents differ in shape: {tuple(latent_a.shape)} vs {tuple(latent_b.shape)}")
-    if latent_a.shape[-1] != len(ELEMENT_NAMES) * slice_dim:
+    if latent_a.shape[-1] != len(ELEMENTS) * slice_dim:
         raise ValueError(f"latent width {latent_a.shape[-1]} is not "
-                         f"{len(ELEMENT_NAMES)} x slice_dim {slice_dim}")
+                         f"{len(ELEMENTS)} x slice_dim {slice_dim}")
     mixed = latent_a.clone() if hasattr(latent_a, "clone") else latent_a.copy()
     for name in elements:
         dims = element_slice(name, slice_dim)
@@ -45,6 +28,10 @@ def swap_elements(latent_a, latent_b, elements, slice_dim: int):
 
 
 PAIR_MODES = ("first", "random")
+# The authors' six demo transfers: (elements, from quadrant A, to quadrant B).
+PAPER_TRANSFERS = ((("velocity",), 4, 1), (("tempo",), 4, 1), (("pitch",), 3, 1),
+                   (("pitch", "duration", "velocity"), 3, 1), (("duration",), 3, 2),
+                   (("chord",), 4, 2))
 
 
 def quadrant_rows(emotion) -> dict:
@@ -53,14 +40,14 @@ def quadrant_rows(emotion) -> dict:
     import numpy as np
 
     emotion = np.asarray(emotion)
-    return {q: np.flatnonzero(emotion == q) for q in (1, 2, 3, 4)}
+    return {q: np.flatnonzero(emotion == q) for q in QUADRANTS}
 
 
 def transfer_pairs(class_indices, source: int, target: int, n: int, mode: str = "first",
                    seed: int = 13):
     """Rows (A, B) of the pieces paired for a transfer from quadrant `source` to `target`.
 
-    class_indices: {quadrant: rows of that quadrant in data order} (utils.data.load_class_indices,
+    class_indices: {quadrant: rows of that quadrant in data order} (music.data.load_class_indices,
     or {q: np.flatnonzero(emotion == q)}). mode="first": the first n rows of each quadrant,
     pair i = (i-th A, i-th B), as the authors do (their n is 20); a quadrant with fewer than
     n rows starts again from its first (`seed` is unused). mode="random": n rows of each

@@ -3,9 +3,9 @@
 A piece becomes a list of events; each event is a tuple of eight values in FIELDS order
 (unused fields are the integer 0). The dictionary numbers the values of each field; a word
 is the tuple of eight indices. Everything here reproduces the EMOPIA release token for
-token (see DESIGN.md section 3 and tests/test_cp.py):
+token (see tests/test_cp.py):
 
-- rescale to 480 ticks per beat (utils.midi_io), chord analysis per beat (utils.chords);
+- rescale to 480 ticks per beat (music.midi_io), chord analysis per beat (music.chords);
 - drop the whole empty bars before the first note, span ceil(last onset / 1920) bars;
 - quantise onsets and durations to 120 ticks, velocities and tempi to EMOPIA's bins;
 - emit Emotion, then per bar a Bar event and per position a Metrical event and Note events,
@@ -26,16 +26,12 @@ import miditoolkit
 import numpy as np
 from miditoolkit.midi.containers import Instrument, Marker, Note, TempoChange
 
-from utils.atomic import atomic_write
-from utils.chords import PITCH_CLASSES, QUALITIES, chords_per_beat
-from utils.errors import UserError
-from utils.midi_io import TICKS_PER_BEAT, ClipError, read_piano_part, source_name
+from music.atomic import atomic_write, read_pickle
+from music.chords import PITCH_CLASSES, QUALITIES, chords_per_beat
+from music.elements import ELEMENTS, EMOTION_FIELD, EVENT_TYPES, FIELDS, TYPE_FIELD  # noqa: F401
+from music.errors import UserError
+from music.midi_io import TICKS_PER_BEAT, ClipError, read_piano_part, source_name
 
-FIELDS = ("tempo", "chord", "bar-beat", "type", "pitch", "duration", "velocity", "emotion")
-ELEMENTS = FIELDS[:7]          # the seven musical elements, latent slice k = [16k:16k+16]
-TYPE_FIELD = 3                 # column of `type` in a word
-EMOTION_FIELD = 7
-EVENT_TYPES = ("EOS", "Emotion", "Metrical", "Note")
 EMOTIONS = (0, 1, 2, 3, 4)     # emotion field: 0 unlabeled, 1..4 quadrants Q1..Q4
 
 BAR_TICKS = 4 * TICKS_PER_BEAT          # 1920: bars are 4 beats
@@ -95,13 +91,7 @@ def save_dictionary(path, event2word, word2event):
 def load_dictionary(path):
     """Load and check a `(event2word, word2event)` pickle; UserError naming the path if unusable."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: dictionary file not found")
-    try:
-        with open(path, "rb") as f:
-            data = pickle.load(f)
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable dictionary pickle ({type(exc).__name__}: {exc})") from None
+    data = read_pickle(path, "dictionary file not found", "not a readable dictionary pickle")
     if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(d, dict) for d in data)):
         raise UserError(f"{path}: expected a pickled (event2word, word2event) pair of dicts")
     event2word, word2event = data

@@ -1,4 +1,4 @@
-"""Load pieces (`utils.metrics.Piece`) for evaluation from the files the pipeline writes.
+"""Load pieces (`evaluation.metrics.Piece`) for evaluation from the files the pipeline writes.
 
 - a folder of MIDI files: generated `emotion{q}_{i}.mid` or EMOPIA-style `Q{q}_*.mid`
   (the quadrant comes from the name; other names get quadrant 0 = unknown);
@@ -14,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.errors import UserError
-from utils.metrics import Piece, piece_from_midi, piece_from_words
+from music.cp import load_dictionary
+from music.data import load_cp_dataset
+from music.elements import N_FIELDS
+from music.errors import UserError
+from music.piece import Piece, piece_from_midi, piece_from_words
 
 _QUADRANT_RE = re.compile(r"^(?:emotion|Q)([1-4])_", re.IGNORECASE)
 WORDS_PICKLE_KEYS = ("words", "emotion", "dictionary")
@@ -31,7 +34,7 @@ def load_midi_folder(folder, analyse_chords: bool = True) -> list[Piece]:
     """Every .mid/.midi file of a folder (sorted by name), quadrant from the file name.
 
     Files without chord markers get the CP encoding's chord analysis (see
-    `metrics.piece_from_midi`); generated files carry the decoder's markers already.
+    `music.piece.piece_from_midi`); generated files carry the decoder's markers already.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -62,16 +65,14 @@ def read_words_pickle(path) -> dict:
                         f"{len(data['emotion'])} emotion labels")
     for i, words in enumerate(data["words"]):
         words = np.asarray(words)
-        if words.ndim != 2 or words.shape[1] != 8:
-            raise UserError(f"{path}: piece {i} has words of shape {words.shape}, expected [T, 8]")
+        if words.ndim != 2 or words.shape[1] != N_FIELDS:
+            raise UserError(f"{path}: piece {i} has words of shape {words.shape}, expected [T, {N_FIELDS}]")
     return data
 
 
 def words_pickle_word2event(path, data: dict, dictionary=None) -> dict:
     """The word2event of a words pickle: `dictionary` when given, else the one stored in the
     pickle, else the file it names (looked for beside the pickle when moved)."""
-    from utils.cp import load_dictionary
-
     if dictionary is None and isinstance(data.get("word2event"), dict):
         return data["word2event"]       # generate.py stores the dictionary it used
     if dictionary is None:
@@ -103,8 +104,6 @@ def dataset_words(dataset, row: int) -> np.ndarray:
 
 def load_dataset_pieces(npz_path, dictionary_path=None, limit: int | None = None):
     """(pieces, dataset) for every row of a CP npz (the first `limit` rows when given)."""
-    from utils.data import load_cp_dataset
-
     dataset = load_cp_dataset(npz_path, dictionary_path)
     rows = range(len(dataset.seq_len) if limit is None else min(limit, len(dataset.seq_len)))
     pieces = [piece_from_words(dataset_words(dataset, i), dataset.word2event,

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from utils import metrics as M
-from utils.errors import UserError
+from evaluation import metrics as M
+from music.atomic import write_text
+from music.errors import UserError
 
 FORMAT = "muser-emotion-evaluator"
 FORMAT_VERSION = 1   # bump whenever a feature's definition changes
@@ -225,18 +224,7 @@ class EmotionEvaluator:
     def save(self, path) -> Path:
         """Write as JSON through a temporary file and an atomic rename."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.to_dict(), handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_text(path, json.dumps(self.to_dict(), indent=1))
         return path
 
     @classmethod

@@ -26,10 +26,8 @@ import re
 
 import numpy as np
 
-from utils.cp import ELEMENTS, TYPE_FIELD
-
-N_ELEMENTS = len(ELEMENTS)
-CHORD_QUALITIES = ("M", "m", "o", "+", "sus2", "sus4", "7", "M7", "m7", "o7", "/o7")
+from music.elements import COLUMN, ELEMENTS, N_ELEMENTS, TYPE_FIELD
+from music.piece import CHORD_QUALITIES
 # Per element, the statistics the per-piece probe predicts (one column each).
 STATISTICS = {
     "tempo": ("tempo mean",),
@@ -58,10 +56,9 @@ def piece_statistics(words: np.ndarray, word2event: dict) -> dict[str, np.ndarra
     """
     words = np.asarray(words)
     types = [word2event["type"][int(t)] for t in words[:, TYPE_FIELD]]
-    col = {name: k for k, name in enumerate(ELEMENTS)}
 
     def events(element, kind):
-        return [word2event[element][int(words[i, col[element]])] for i, t in enumerate(types) if t == kind]
+        return [word2event[element][int(words[i, COLUMN[element]])] for i, t in enumerate(types) if t == kind]
 
     def mean(values):
         return float(np.mean(values)) if len(values) else math.nan
@@ -75,7 +72,7 @@ def piece_statistics(words: np.ndarray, word2event: dict) -> dict[str, np.ndarra
     onsets, bar, beat = set(), -1, None
     for i, t in enumerate(types):
         if t == "Metrical":
-            event = word2event["bar-beat"][int(words[i, col["bar-beat"]])]
+            event = word2event["bar-beat"][int(words[i, COLUMN["bar-beat"]])]
             if event == "Bar":
                 bar, beat = bar + 1, None
             elif isinstance(event, str) and event.startswith("Beat"):

@@ -1,4 +1,4 @@
-"""REPORT.md of a reproduction study, from the files its stages wrote (see utils/study.py)."""
+"""REPORT.md of a reproduction study, from the files its stages wrote (see run/study.py)."""
 from __future__ import annotations
 
 import csv
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.atomic import atomic_write
-from utils.cp import ELEMENTS
-from utils.probe import format_matrix
-from utils.study import PAPER_TRANSFERS, QUADRANTS, ROOT, read_json
+from music.atomic import atomic_write
+from music.elements import ELEMENTS, N_ELEMENTS, QUADRANTS
+from evaluation.probe import format_matrix
+from run.study import ROOT, read_json
 
 PAIRS = ("Q1-Q2", "Q1-Q4", "Q1-Q3", "Q3-Q4", "Q2-Q3", "Q2-Q4")
 SONG_METRICS = ("pitch_range", "pitch_classes", "polyphony")
@@ -89,12 +89,12 @@ def plot_probes(probes: dict[str, dict], path: Path) -> Path:
             ax = axes[row, col]
             m = np.asarray(probes[name][key], dtype=float)
             ax.imshow(np.nan_to_num(m, nan=0.0), vmin=0, vmax=1, cmap="viridis")
-            for i in range(7):
-                for j in range(7):
+            for i in range(N_ELEMENTS):
+                for j in range(N_ELEMENTS):
                     ax.text(j, i, _f(m[i, j]), ha="center", va="center", fontsize=6,
                             color="white" if not np.isfinite(m[i, j]) or m[i, j] < 0.5 else "black")
-            ax.set_xticks(range(7), ELEMENTS, rotation=60, fontsize=7)
-            ax.set_yticks(range(7), ELEMENTS, fontsize=7)
+            ax.set_xticks(range(N_ELEMENTS), ELEMENTS, rotation=60, fontsize=7)
+            ax.set_yticks(range(N_ELEMENTS), ELEMENTS, fontsize=7)
             ax.set_title(f"{name}\n{label}", fontsize=9)
             if col == 0:
                 ax.set_ylabel("latent slice")
@@ -130,7 +130,7 @@ def write_report(ctx, specs, argv_line: str) -> Path:
     # -- configuration and wall time
     checkpoints = {}
     for name in names:
-        from utils.checkpoint import load_checkpoint
+        from run.checkpoint import load_checkpoint
         path = out / "models" / name / "best.pt"
         checkpoints[name] = load_checkpoint(path, "muser", "VQ-VAE")
     config = checkpoints[names[0]]["config"]
@@ -221,7 +221,7 @@ def write_report(ctx, specs, argv_line: str) -> Path:
             rows.append((metric, group, *cells))
     lines += _table(("metric", "quadrant", "data", *names), rows)
     acc = data["held_out"]
-    lines += ["", f"Emotion evaluator (models/evaluator.py, fitted on the data's windows): held-out accuracy "
+    lines += ["", f"Emotion evaluator (evaluation/evaluator.py, fitted on the data's windows): held-out accuracy "
               f"on {data['n_test']} pieces of unseen songs: quadrant {_f(acc['quadrant'][0])} "
               f"(majority {_f(acc['quadrant'][1])}), arousal {_f(acc['arousal'][0])}, "
               f"valence {_f(acc['valence'][0])}. How often a piece is classified as the quadrant it was asked "
@@ -261,7 +261,7 @@ def write_report(ctx, specs, argv_line: str) -> Path:
     report = out / "REPORT.md"
     atomic_write(report, lambda h: h.write(text.encode()))
     try:
-        from utils.pages import write_study_page
+        from evaluation.pages import write_study_page
         write_study_page(out, report)
     except ImportError:
         pass
