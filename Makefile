@@ -14,7 +14,11 @@ DEMO_FLAGS := --preset tiny --max_len 256 --lr 1e-3
 # slow small ops down badly on a busy machine: one thread per process.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test venv clean-demo
+.PHONY: demo test venv clean-demo reproduce
+
+# The reproduction study (see README): make reproduce MIDI_DIR=path/to/EMOPIA/midis
+STUDY_PRESET ?= small
+STUDY_OUT ?= study_run
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +28,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed
 
+reproduce: venv
+	@test -n "$(MIDI_DIR)" || { echo "error: give MIDI_DIR=folder of Q{1-4}_*.mid clips (e.g. all of EMOPIA)"; exit 2; }
+	$(PY) reproduce.py --preset $(STUDY_PRESET) --midi_dir $(MIDI_DIR) --out $(STUDY_OUT)
+
 test: venv
 	$(PY) -m pytest -q
 
 demo: venv
+	@echo "== Generating from the shipped pretrained models (pretrained/, see its README) =="
+	$(PY) generate.py --VQ_prior pretrained/prior.pt --VQ_VAE pretrained/muser.pt --music_file pretrained \
+		--out_root $(DEMO)/generate_midi --n_per_emotion 2
+	@echo "== Training a tiny model on the shipped sample, then the whole pipeline =="
 	$(PY) prepare_data.py --midi_dir data/sample/midis --out_dir $(DEMO)/data --name emopia
 	$(PY) MusER.py --data_path $(DEMO)/data/emopia_data.npz --dataset emopia $(DEMO_FLAGS) \
 		--Epoch $(DEMO_EPOCHS) --model_path $(DEMO)/saved_models/MusER_TRANS_CA_GE_emopia --overwrite
@@ -53,7 +65,7 @@ demo: venv
 	@echo; echo "Generated MIDI:"; ls $(DEMO)/generate_midi/demo/*.mid
 	@echo; echo "Figures:"; find $(DEMO) -name '*.png' | sort
 	@echo; echo "Tables: $(DEMO)/metrics/metrics.md $(DEMO)/transfer/transfer.md $(DEMO)/figures/MusER_TRANS_CA_GE_emopia/silhouette.md"
-	@echo; echo "Listening pages: $(DEMO)/generate_midi/demo/index.html $(DEMO)/transfer/index.html"
+	@echo; echo "Listening pages: $(DEMO)/generate_midi/pretrained/index.html $(DEMO)/generate_midi/demo/index.html $(DEMO)/transfer/index.html"
 	@echo "Open in a browser: $(abspath $(DEMO))/metrics/index.html"
 
 clean-demo:

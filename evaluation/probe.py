@@ -81,9 +81,14 @@ def piece_statistics(words: np.ndarray, word2event: dict) -> dict[str, np.ndarra
             onsets.add((bar, beat))
     # Bars up to the one holding the last onset (a closing Bar word adds no bar).
     bars = max(max((b for b, _ in onsets), default=0) + 1, 1)
-    pitches = [_number(e) for e in events("pitch", "Note")]
-    durations = [_number(e) / 480.0 for e in events("duration", "Note")]
-    velocities = [_number(e) for e in events("velocity", "Note")]
+    # A generated Note word can carry a field's "unused" token (0): it has no number and is
+    # left out, as the MIDI writer leaves it out.
+    def numbers(element):
+        return [v for v in (_number(e) for e in events(element, "Note")) if not math.isnan(v)]
+
+    pitches = numbers("pitch")
+    durations = [d / 480.0 for d in numbers("duration")]
+    velocities = numbers("velocity")
     n_notes = sum(t == "Note" for t in types)
     return {
         "tempo": np.array([mean(tempos)]),

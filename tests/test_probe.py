@@ -119,3 +119,16 @@ def test_active_steps_follow_the_word_type():
     assert active[0, :, ELEMENTS.index("pitch")].tolist() == [False, False, True, False]
     assert active[0, :, ELEMENTS.index("chord")].tolist() == [False, True, False, False]
     assert active[0, :, ELEMENTS.index("type")].tolist() == [True, True, True, False]
+
+
+def test_piece_statistics_skip_tokens_without_a_number():
+    words = np.array([
+        [0, 0, 1, 2, 0, 0, 0, 0],          # Bar
+        [0, 0, 2, 2, 0, 0, 0, 0],          # Beat_0
+        [0, 0, 0, 3, 1, 1, 1, 0],          # a note
+        [0, 0, 0, 3, 2, 0, 0, 0],          # a generated note with unused duration and velocity
+    ])
+    stats = P.piece_statistics(words, _word2event())
+    np.testing.assert_allclose(stats["pitch"], [66.0, 12.0])
+    assert stats["duration"][0] == 1.0
+    np.testing.assert_allclose(stats["velocity"], [40.0, 0.0])

@@ -121,3 +121,29 @@ def test_bad_input_is_one_line(tmp_path):
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "missing.npz" in result.stderr
+
+
+def test_export_pretrained_is_small_and_generates(study, tmp_path):
+    import torch
+
+    from run.checkpoint import load_checkpoint
+    from run.pretrained import export
+
+    _, out, _ = study
+    written = export(out, "MusER_TRANS_CA_GE", tmp_path / "pretrained")
+    small = load_checkpoint(tmp_path / "pretrained" / "muser.pt", "muser")
+    full = load_checkpoint(out / "models" / "MusER_TRANS_CA_GE" / "best.pt", "muser")
+    assert "optimizer" not in small and small["stored_dtype"] == "float16"
+    for name, tensor in full["model"].items():
+        if name.startswith("quantizer."):
+            assert torch.equal(small["model"][name], tensor)          # the codebook stays exact
+        elif tensor.is_floating_point():
+            assert small["model"][name].dtype == torch.float16
+            assert torch.equal(small["model"][name], tensor.half())
+    assert sum(p.stat().st_size for p in written) < 0.7 * sum(
+        (out / "models" / m / "best.pt").stat().st_size for m in ("MusER_TRANS_CA_GE", "Prior_MusER_TRANS_CA_GE"))
+    result = subprocess.run([sys.executable, "generate.py", "--VQ_prior", str(written[1]), "--VQ_VAE", str(written[0]),
+                             "--music_file", "p", "--out_root", str(tmp_path / "gen"), "--n_per_emotion", "1",
+                             "--audio", "False"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert len(list((tmp_path / "gen" / "p").glob("*.mid"))) == 4
