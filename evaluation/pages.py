@@ -36,6 +36,7 @@ margin-bottom:16px}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;min-width:0}
 .card h4{margin:0 0 6px;font-size:.95em;overflow-wrap:anywhere}
 .card img,figure img{width:100%;height:auto;display:block;border:1px solid #eee;background:#fff}
+p img{max-width:100%;height:auto}
 .card img{aspect-ratio:5/2;object-fit:contain}
 audio{width:100%;margin:6px 0}
 .facts{font-size:.85em;margin:0}.facts td{padding:0 6px 0 0;border:0}
