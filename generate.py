@@ -15,17 +15,20 @@ import argparse
 import pickle
 from pathlib import Path
 
+# run.cli first: it sets OpenMP's waiting policy, which only takes effect before torch loads.
+from run.cli import (add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main,
+                     str2bool)
+
 import torch
 from tqdm import tqdm
 
 from music.atomic import atomic_write
 from run.checkpoint import build_prior, load_checkpoint, load_muser
-from run.cli import (add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main,
-                       str2bool)
 from music.cp import words_to_midi
 from music.elements import IDENTIFIERS, TYPE_FIELD
 from music.errors import UserError
 from run.pipeline import check_prior_codes, codebook_fingerprint
+from models.generation import GENERATION_DTYPES, cast_for_generation
 from models.sampling import FieldSampling, SamplingParams
 
 SAMPLED_FIELDS = IDENTIFIERS          # --tempo_temperature, --bar_beat_top_p, ...
@@ -49,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         value: FieldSampling = getattr(defaults, field)
         parser.add_argument(f"--{field}_temperature", type=float, default=value.temperature)
         parser.add_argument(f"--{field}_top_p", type=float, default=value.top_p)
+    parser.add_argument("--dtype", default="float32", choices=GENERATION_DTYPES,
+                        help="weights of the prior and decoder while generating: bfloat16 and "
+                             "float16 cast weights and activations (attention sums and sampling "
+                             "stay float32 or wider), int8 quantises the linear layers' weights "
+                             "per output row; see bench/RESULTS.md for speed and accuracy")
     parser.add_argument("--full_recompute", action="store_true",
                         help="re-run the whole decoder every step (slow reference path)")
     parser.add_argument("--piano_rolls", type=str2bool, default=True,
@@ -91,6 +99,8 @@ def load_models(args, device):
     vq_vae = vq_vae.to(device).eval()
     prior = build_prior(prior_ckpt, prior_path).to(device).eval()
     check_prior_codes(prior_ckpt, prior_path, codebook_fingerprint(vq_vae), vq_path)
+    dtype = getattr(args, "dtype", "float32")
+    vq_vae, prior = cast_for_generation(vq_vae, dtype), cast_for_generation(prior, dtype)
     return vq_vae, prior, vq_ckpt, prior_ckpt
 
 

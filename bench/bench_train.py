@@ -23,11 +23,14 @@ line): forward + backward of the seven element sub-decoders run one after anothe
 the model does) against one batched module over stacked per-decoder weights
 (--element_batching 0 skips it).
 
+Threads and OpenMP waiting are the scripts' (run.cli): --threads and OMP_NUM_THREADS,
+OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment override them as they do there.
+
 Usage: python bench/bench_train.py [--device cpu|cuda] [--threads N] [--batch 2] [--steps 3]
-                                   [--amp] [--quick]
+                                   [--amp] [--losses 0] [--element_batching 0] [--quick]
 The last line printed is
 
-    sec_per_step=... reg_speedup=... loss_speedup=...
+    sec_per_step=... reg_speedup=... loss_speedup=... machine="..."
 """
 import argparse
 import math
@@ -39,10 +42,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import (EMOPIA_VOCAB, TYPE_IDS, apply_thread_policy, load, machine,  # noqa: E402
+                          median_spread)
+
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-from bench.common import EMOPIA_VOCAB, TYPE_IDS  # noqa: E402
 from models.attention import causal_linear_attention, feature_map  # noqa: E402
 from models.config import MusERConfig  # noqa: E402
 from models.losses import element_regularization, reconstruction_losses  # noqa: E402
@@ -62,8 +66,9 @@ def random_batch(batch, length, generator):
     return x, y, mask, seq_len
 
 
-def seconds(fn, repeat, best=False, device=torch.device("cpu")):
-    """Median (or best) wall time of `repeat` calls after one warm-up call."""
+def seconds(fn, repeat, best=False, device=torch.device("cpu"), runs=None):
+    """Median (or best) wall time of `repeat` calls after one warm-up call; the times
+    are appended to `runs` when given."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -75,12 +80,14 @@ def seconds(fn, repeat, best=False, device=torch.device("cpu")):
         fn()
         sync()
         times.append(time.perf_counter() - start)
+    if runs is not None:
+        runs.extend(times)
     return min(times) if best else statistics.median(times)
 
 
 # -- the training step ------------------------------------------------------------------
 
-def time_training_step(batch, repeat, amp, device):
+def time_training_step(batch, repeat, amp, device, runs=None):
     torch.manual_seed(0)
     model = MusER(MusERConfig(EMOPIA_VOCAB, type_ids=TYPE_IDS)).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -96,7 +103,7 @@ def time_training_step(batch, repeat, amp, device):
         optimizer.step()
         assert torch.isfinite(loss)
 
-    return seconds(step, repeat, device=device), model
+    return seconds(step, repeat, device=device, runs=runs), model
 
 
 # -- regulariser: vectorised vs the loop over batch pairs --------------------------------
@@ -236,14 +243,15 @@ def time_element_decoders(model, batch, repeat, device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="intra-op CPU threads (2 is fastest on an idle 2-core CPU: the "
-                             "training step is large matrix products)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op CPU threads (default: the scripts' policy, run/cli.py)")
     parser.add_argument("--batch", type=int, default=2, help="pieces per training step")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (median)")
     parser.add_argument("--loss_batch", type=int, default=16, help="batch of the loss comparison")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per loss variant (median)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast in the training step")
+    parser.add_argument("--losses", type=int, default=1,
+                        help="1: also time the losses against the authors' loops; 0: skip")
     parser.add_argument("--element_batching", type=int, default=1,
                         help="1: also time the batched element decoders; 0: skip")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 step, 2 repeats")
@@ -251,18 +259,31 @@ def main():
     if args.quick:
         args.steps, args.repeat = 1, 2
     device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{name}, {args.threads} CPU thread(s), torch {torch.__version__}, "
-          f"load average {os.getloadavg()[0]:.2f} at start")
+    where = machine(device, apply_thread_policy(args.threads))
+    print(f"{where}; torch {torch.__version__}; load average {load()} at start")
 
-    sec_per_step, model = time_training_step(args.batch, args.steps, args.amp, device)
+    step_runs = []
+    sec_per_step, model = time_training_step(args.batch, args.steps, args.amp, device, step_runs)
     steps_per_epoch = math.ceil(EMOPIA_PIECES / args.batch)
     print(f"training step, batch {args.batch} x {model.config.max_len} steps, "
-          f"{'bf16 autocast' if args.amp else 'float32'}: {sec_per_step:.2f} s; an EMOPIA-sized "
+          f"{'bf16 autocast' if args.amp else 'float32'}: {median_spread(step_runs)} s; an EMOPIA-sized "
           f"epoch ({EMOPIA_PIECES} pieces = {steps_per_epoch} steps) would take "
           f"{sec_per_step * steps_per_epoch / 60:.1f} min")
 
+    keys = [f"sec_per_step={sec_per_step:.2f}"]
+    if args.losses:
+        keys += report_losses(args, model, device)
+    if args.element_batching:
+        sequential, batched = time_element_decoders(model, args.batch, max(1, args.steps), device)
+        print(f"element decoders, batch {args.batch}, forward + backward: one after another "
+              f"{sequential:.2f} s, one batched module {batched:.2f} s: "
+              f"{sequential / batched:.2f}x")
+    print(f"load average {load()} at end")
+    print(" ".join(keys) + f' machine="{where}, load {load()}"')
+    return 0
+
+
+def report_losses(args, model, device):
     t = time_losses(args.loss_batch, model.config.max_len, args.repeat, device)
     reg_speedup = t["reg_loop"] / t["reg_vectorised"]
     loss_speedup = t["loss_loop"] / t["loss_vectorised"]
@@ -272,16 +293,7 @@ def main():
     print(f"reconstruction loss, batch {args.loss_batch}, forward + backward: vectorised "
           f"{1e3 * t['loss_vectorised']:.1f} ms, authors' sample loop {1e3 * t['loss_loop']:.1f} ms: "
           f"{loss_speedup:.1f}x")
-
-    if args.element_batching:
-        sequential, batched = time_element_decoders(model, args.batch, max(1, args.steps), device)
-        print(f"element decoders, batch {args.batch}, forward + backward: one after another "
-              f"{sequential:.2f} s, one batched module {batched:.2f} s: "
-              f"{sequential / batched:.2f}x")
-    print(f"load average {os.getloadavg()[0]:.2f} at end")
-    print(f"sec_per_step={sec_per_step:.2f} reg_speedup={reg_speedup:.0f} "
-          f"loss_speedup={loss_speedup:.1f}")
-    return 0
+    return [f"reg_speedup={reg_speedup:.0f}", f"loss_speedup={loss_speedup:.1f}"]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,46 @@
-"""What the benchmarks share: the EMOPIA release's vocabulary, for paper-scale models."""
+"""What the benchmarks share: the EMOPIA release's vocabulary, for paper-scale models, and
+the description of the machine and its load that every figure is reported with.
+
+Import this module before torch: run.cli sets OpenMP's waiting policy as the scripts do,
+so that a benchmark without thread flags measures what a user of the scripts gets.
+"""
+import os
+import statistics
+
+from run.cli import apply_thread_policy, wait_policy  # noqa: F401  (before torch)
 from music.elements import EVENT_TYPES, per_field
 
 # Field vocabulary sizes of EMOPIA's compound-word release and its type indices.
 EMOPIA_VOCAB = per_field({"tempo": 56, "chord": 135, "bar-beat": 18, "type": 4, "pitch": 87,
                           "duration": 18, "velocity": 42, "emotion": 5})
 TYPE_IDS = {name: k for k, name in enumerate(EVENT_TYPES)}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def machine(device, threads: int) -> str:
+    """One line naming what was measured: CPU (or GPU), cores, threads, OpenMP waiting."""
+    if device.type == "cuda":
+        import torch
+        return torch.cuda.get_device_name(device)
+    return (f"{cpu_model()}, {os.cpu_count()} CPUs, {threads} thread(s), "
+            f"{wait_policy()}")
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def median_spread(values) -> str:
+    """'median (min-max, n runs)' of a list of seconds."""
+    return (f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}, "
+            f"{len(values)} runs)")

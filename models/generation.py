@@ -3,6 +3,11 @@
 `generate_words` is the loop behind `MusER.generate`; it steps a decoder (recurrent state,
 or the parallel decoder re-run every step as a reference) and draws each word's type,
 then the six type-conditioned elements.
+
+`cast_for_generation` puts a model in a narrower dtype for generation: batch-1 generation
+reads every weight at every step, so halving the bytes halves the memory traffic that
+bounds it. Attention sums stay float32 (PackedStacks) and sampling float64
+(sample_tokens), so rounding enters only through the weights and the activations.
 """
 from __future__ import annotations
 
@@ -13,6 +18,55 @@ import torch.nn.functional as F
 from models.sampling import SamplingParams, row_settings, sample_tokens
 from models.transformer import PackedLinear, PackedStacks, select_state
 from music.elements import CONDITIONED, EMOTION_FIELD, N_FIELDS, TYPE_FIELD
+
+GENERATION_DTYPES = ("float32", "bfloat16", "float16", "int8")
+
+
+def cast_for_generation(model, dtype: str):
+    """The model (a MusER or a Prior, in eval mode) prepared for generation in `dtype`, one
+    of GENERATION_DTYPES: float32 changes nothing; bfloat16 and float16 cast its weights
+    and buffers; int8 keeps them float32 and marks the model so that the generation step's
+    linear layers read int8 weights with one float scale per output row (weight-only
+    quantisation). For generation only: do not train or save the result."""
+    if dtype not in GENERATION_DTYPES:
+        raise ValueError(f"dtype must be one of {GENERATION_DTYPES}, got {dtype!r}")
+    model.generation_int8 = dtype == "int8"
+    if dtype in ("bfloat16", "float16"):
+        model.to(getattr(torch, dtype))
+    return model
+
+
+class Int8Linear:
+    """A PackedLinear's product with int8 weights, per output row w = scale * q (symmetric,
+    |q| <= 127): a quarter of float32's bytes to read at each step. x [G, b, in] float32
+    -> [G, b, out]."""
+
+    def __init__(self, packed: PackedLinear):
+        weight = packed.weight_cols.transpose(1, 2).float()                 # [G, out, in]
+        scale = weight.abs().amax(dim=2).clamp_min(1e-12) / 127
+        self.q = [(w / s[:, None]).round().to(torch.int8).contiguous()
+                  for w, s in zip(weight, scale)]
+        self.scale = list(scale)
+        self.bias = packed.bias.float()                                      # [G, 1, out]
+
+    def __call__(self, x):
+        x = x.float()
+        out = torch.stack([torch._weight_int8pack_mm(x[g], self.q[g], self.scale[g])
+                           for g in range(len(self.q))])
+        return out + self.bias
+
+
+def int8_weights(linear):
+    """PackedLinear -> Int8Linear; anything else unchanged."""
+    return Int8Linear(linear) if isinstance(linear, PackedLinear) else linear
+
+
+def quantize_stacks(stacks: PackedStacks) -> PackedStacks:
+    """Every linear layer of a PackedStacks' step in int8 (norms and attention sums stay)."""
+    for packed in stacks.layers:
+        for name, value in packed.items():
+            packed[name] = int8_weights(value)
+    return stacks
 
 
 @torch.inference_mode()
@@ -99,6 +153,10 @@ class RecurrentDecoder:
                 self.element_states = self.element_stack.init_state(*args)
             else:
                 self.element_states = [dec.init_state(*args) for dec in m.element_decoders]
+        if packed and getattr(m, "generation_int8", False):
+            for stack in (self.global_stack, self.element_stack):
+                if stack is not None:
+                    quantize_stacks(stack)
         if packed:
             self.input_table, self.input_offsets = _fused_input_table(m)
             self.positions = m.decoder_position.pe.to(latent.dtype)
@@ -170,15 +228,18 @@ def _fused_input_table(model):
     """decoder_input(embeddings(word)) as a sum of rows of one table: for each field, its
     scaled embedding table times its block of decoder_input's weight, computed once.
     Returns (table [sum of vocabularies, d], row offset of each field [8])."""
-    weight = model.decoder_input.weight                                # [d, sum of widths]
+    dtype = model.decoder_input.weight.dtype
+    wide = torch.promote_types(dtype, torch.float32)
+    weight = model.decoder_input.weight.to(wide)                        # [d, sum of widths]
     tables, start = [], 0
     for f, embedding in enumerate(model.embeddings.tables):
         width = embedding.embedding_dim
-        tables.append((embedding.weight * model.embeddings.scales[f])
+        # In float32 at least and rounded once, so a 16-bit model's table is as exact as its dtype.
+        tables.append((embedding.weight.to(wide) * model.embeddings.scales[f])
                       @ weight[:, start:start + width].t())
         start += width
     sizes = torch.tensor([0] + [len(t) for t in tables[:-1]], device=weight.device)
-    return torch.cat(tables), sizes.cumsum(0)
+    return torch.cat(tables).to(dtype), sizes.cumsum(0)
 
 
 class GenerationHeads:
@@ -210,13 +271,17 @@ class GenerationHeads:
             weight[i, : self.vocab[i]] = model.heads[k].weight
             bias[i, : self.vocab[i]] = model.heads[k].bias
         self.heads = PackedLinear(weight, bias)
+        if getattr(model, "generation_int8", False):
+            self.state_projection = int8_weights(self.state_projection)
+            self.heads = int8_weights(self.heads)
         self.index = torch.tensor(CONDITIONED, device=weight.device)
         self.settings = [sampling.for_element(k) for k in CONDITIONED]
         self.per_row = all(fs.temperature > 0 for fs in self.settings)
         self.rows = None                    # per-row settings, rebuilt when the batch shrinks
 
-    def sample_conditioned(self, states, z, next_type, generator=None):
-        """Sample the six conditioned fields given the sampled type: [b, 6] (CONDITIONED order)."""
+    def logits(self, states, z, next_type):
+        """Logits of the six conditioned fields given the type: [6, b, V] (CONDITIONED order,
+        each field's vocabulary padded to the largest with -inf)."""
         batch, d = states.shape[0], states.shape[-1]
         n = len(CONDITIONED)
         if self.decoding == "G":
@@ -226,7 +291,12 @@ class GenerationHeads:
             others = states.index_select(1, self.index).reshape(1, batch * n, d)
             u = (self.state_projection(others).view(batch, n, d)
                  + self.type_table[next_type].unsqueeze(1))
-        logits = self.heads(u.transpose(0, 1))                              # [6, b, V]
+        return self.heads(u.transpose(0, 1))
+
+    def sample_conditioned(self, states, z, next_type, generator=None):
+        """Sample the six conditioned fields given the sampled type: [b, 6] (CONDITIONED order)."""
+        batch, n = states.shape[0], len(CONDITIONED)
+        logits = self.logits(states, z, next_type)                          # [6, b, V]
         if not self.per_row:
             return torch.stack([sample_tokens(logits[i, :, :v], fs.temperature, fs.top_p, generator)
                                 for i, (v, fs) in enumerate(zip(self.vocab, self.settings))], 1)
@@ -259,3 +329,24 @@ class FullRecomputeDecoder:
 
     def select(self, index):
         self.latent = self.latent[index]
+
+
+@torch.inference_mode()
+def teacher_forced_distributions(model, x, y, codes, sampling: SamplingParams | None = None):
+    """What generation would draw from at each step of real pieces: x [B, L, 8] fed word
+    by word through RecurrentDecoder (as generation steps it), latents from codes [B, T],
+    the conditioned fields given the true next type y[..., type]. Returns {field: [B, L, V]}
+    float64 softmax(logits / the field's temperature), for comparing dtypes."""
+    sampling = sampling or SamplingParams()
+    decoder = RecurrentDecoder(model, model.latent_from_codes(codes))
+    heads = GenerationHeads(model, sampling)
+    out = {k: [] for k in [TYPE_FIELD, *CONDITIONED]}
+    for t in range(x.shape[1]):
+        states, z = decoder.step(x[:, t], t)
+        logits = {TYPE_FIELD: model.type_logits(states, z)}
+        conditioned = heads.logits(states, z, y[:, t, TYPE_FIELD])
+        for i, k in enumerate(CONDITIONED):
+            logits[k] = conditioned[i, :, : heads.vocab[i]]
+        for k, value in logits.items():
+            out[k].append(torch.softmax(value.double() / sampling.for_element(k).temperature, -1))
+    return {k: torch.stack(v, 1) for k, v in out.items()}

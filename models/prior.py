@@ -15,6 +15,7 @@ from torch import nn
 
 from models.config import PriorConfig
 from models.transformer import PackedLinear, PackedStacks, PositionalEncoding, TransformerStack
+from models.generation import int8_weights, quantize_stacks
 from models.sampling import sample_tokens
 
 
@@ -75,19 +76,11 @@ class Prior(nn.Module):
         batch = emotion.shape[0]
         tokens = torch.zeros(batch, n_steps + 1, dtype=torch.long, device=device)
         tokens[:, 0] = self.emotion_token(emotion)
-        if recurrent:
-            stack = PackedStacks([self.transformer])
-            state = stack.init_state(batch, device, self.head.weight.dtype)
-            # Per-step work without modules: the embedding and input projection as one
-            # table, the positions without dropout (eval mode), the head packed.
-            inputs = self._embed(torch.arange(self.config.vocab_size, device=device))
-            positions = self.position.pe.to(inputs.dtype)
-            head = PackedLinear(self.head.weight[None], self.head.bias[None])
+        stepper = RecurrentPrior(self, batch) if recurrent else None
         try:
             for t in range(n_steps):
                 if recurrent:
-                    h, state = stack.step((inputs[tokens[:, t]] + positions[t]).unsqueeze(0), state)
-                    logits = head(h)[0]
+                    logits = stepper.step(tokens[:, t], t)
                 else:
                     window = n_steps if recompute == "window" else t + 1
                     logits = self.logits(tokens[:, :window])[:, t]
@@ -96,3 +89,38 @@ class Prior(nn.Module):
             self.train(was_training)
         return tokens[:, 1:]
 
+
+class RecurrentPrior:
+    """The prior one step at a time with recurrent attention state (constant work per
+    step): raw next-code logits from the token at position t. Eval mode only (no dropout).
+    Per-step work without modules: the embedding and input projection as one table, the
+    positions added directly, the transformer and head packed."""
+
+    @torch.no_grad()
+    def __init__(self, prior: Prior, batch: int):
+        device, dtype = prior.head.weight.device, prior.head.weight.dtype
+        self.stack = PackedStacks([prior.transformer])
+        self.state = self.stack.init_state(batch, device, dtype)
+        self.inputs = prior._embed(torch.arange(prior.config.vocab_size, device=device))
+        self.positions = prior.position.pe.to(dtype)
+        self.head = PackedLinear(prior.head.weight[None], prior.head.bias[None])
+        if getattr(prior, "generation_int8", False):
+            quantize_stacks(self.stack)
+            self.head = int8_weights(self.head)
+
+    def step(self, token, t: int):
+        """token [b] at position t -> logits [b, n_codes] for position t + 1's code (call
+        under torch.inference_mode or no_grad, as Prior.generate does)."""
+        h, self.state = self.stack.step((self.inputs[token] + self.positions[t]).unsqueeze(0),
+                                        self.state)
+        return self.head(h)[0]
+
+
+@torch.inference_mode()
+def teacher_forced_distributions(prior: Prior, inp, temperature: float = 0.3):
+    """What generation would draw from at each step of real code sequences inp [B, L]
+    (emotion token first), through RecurrentPrior: float64 softmax(logits / temperature)
+    [B, L, n_codes], for comparing dtypes."""
+    stepper = RecurrentPrior(prior, inp.shape[0])
+    return torch.stack([torch.softmax(stepper.step(inp[:, t], t).double() / temperature, -1)
+                        for t in range(inp.shape[1])], 1)

@@ -1,4 +1,5 @@
-"""Small pieces every script shares: boolean flags, device choice, logging, error exits."""
+"""Small pieces every script shares: boolean flags, device choice, CPU threads, logging,
+error exits."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +7,27 @@ import logging
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
+# OpenMP (libgomp in torch's CPU wheels) reads how its threads wait once, when torch loads
+# it. By default a waiting thread spins for a long while; when another process holds a
+# core, the spinning thread takes the core the thread it waits for needs, and 2 threads run
+# many times slower than 1. Sleeping at once (OMP_WAIT_POLICY=PASSIVE) avoids that but
+# makes every parallel region wait for a wake-up, which on a virtual machine costs more
+# than the second thread gains. A short spin keeps the threads hot between the closely
+# spaced regions of one step and yields the core soon after (bench/RESULTS.md). A value
+# the user set wins.
+DEFAULT_WAIT = {"GOMP_SPINCOUNT": "10000"}
+WAIT_POLICY_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+USER_SET_WAIT_POLICY = any(name in os.environ for name in WAIT_POLICY_ENV)
+TORCH_LOADED_FIRST = "torch" in sys.modules
+if not USER_SET_WAIT_POLICY:
+    os.environ.update(DEFAULT_WAIT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from music.errors import UserError
 
@@ -34,6 +51,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--seed", type=int, default=13, help="random seed (paper: 13)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_thread_args(parser)
+
+
+def add_thread_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: OMP_NUM_THREADS, else one per "
+                             "core that other processes leave free at start); waiting OpenMP threads spin briefly "
+                             f"({default_wait()}) unless the environment sets OMP_WAIT_POLICY "
+                             "or GOMP_SPINCOUNT")
 
 
 def add_training_args(parser: argparse.ArgumentParser, epochs: int) -> None:
@@ -133,10 +159,100 @@ def resolve_checkpoint(name_or_path: str, flag: str) -> Path:
                     f"(train one first, or pass a path to a .pt file)")
 
 
+def threads_from_argv(args: list[str]) -> int | None:
+    """The value of --threads N / --threads=N in a command line (None when absent or bad:
+    argparse reports a bad value later)."""
+    for i, arg in enumerate(args):
+        value = None
+        if arg == "--threads" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--threads="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def apply_thread_policy(threads: int | None = None) -> int:
+    """Set torch's CPU threads: `threads` when given (--threads), else OMP_NUM_THREADS
+    (which torch already follows), else one per core that other processes leave free, as
+    measured now (at least 1, at most torch's default of one per physical core): with a
+    core held by another process, a second thread only waits for it. Returns the number
+    in use. The waiting policy is set when this module is imported."""
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be 1 or more, got {threads}")
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        free = free_cores()
+        if free is not None:
+            torch.set_num_threads(max(1, min(torch.get_num_threads(), round(free))))
+    return torch.get_num_threads()
+
+
+def free_cores(seconds: float = 0.2) -> float | None:
+    """Cores of this process's CPU set that nobody used during `seconds` (from /proc/stat;
+    this process sleeps meanwhile). None where /proc/stat is unreadable."""
+    def busy_and_total():
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)      # idle + iowait
+        total = sum(values[:8])                                       # guest is in user
+        return total - idle, total
+    try:
+        busy0, total0 = busy_and_total()
+        time.sleep(seconds)
+        busy1, total1 = busy_and_total()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = os.cpu_count() or 1
+    if total1 <= total0:
+        return None
+    used = cores * (busy1 - busy0) / (total1 - total0)
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    return max(0.0, min(float(allowed), cores - used))
+
+
+def default_wait() -> str:
+    return ", ".join(f"{k}={v}" for k, v in DEFAULT_WAIT.items())
+
+
+def wait_policy() -> str:
+    """How OpenMP threads wait in this process, as the environment set it at torch's load."""
+    if TORCH_LOADED_FIRST and not USER_SET_WAIT_POLICY:
+        return "OpenMP default (torch was imported before run.cli)"
+    settings = [f"{name}={os.environ[name]}" for name in WAIT_POLICY_ENV if name in os.environ]
+    return ", ".join(settings) or "OpenMP default"
+
+
+def _reexec_for_wait_policy(threads: int) -> None:
+    """torch was imported before this module set the waiting policy, so libgomp spins:
+    start the same command again with the policy in its environment (once; the new
+    process finds it set). One thread never waits, so then nothing is done."""
+    if not TORCH_LOADED_FIRST or USER_SET_WAIT_POLICY or threads <= 1:
+        return
+    if not getattr(sys, "orig_argv", None) or torch.cuda.is_initialized():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a script's main(): user errors become one line on stderr and exit code 2."""
+    """Run a script's main(): CPU threads and OpenMP waiting as `apply_thread_policy` and
+    this module's import set them; user errors become one line on stderr and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    try:
+        threads = apply_thread_policy(threads_from_argv(args))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if argv is None:
+        _reexec_for_wait_policy(threads)
     try:
         code = main(args)
     except UserError as exc:

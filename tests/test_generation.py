@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from models.config import MusERConfig, apply_preset
-from models.generation import GenerationHeads, _fused_input_table
+import copy
+
+import numpy as np
+
+from models.generation import (GENERATION_DTYPES, GenerationHeads, _fused_input_table,
+                               cast_for_generation, teacher_forced_distributions)
+from models.prior import teacher_forced_distributions as prior_teacher_forced
+from music.elements import TYPE_FIELD
 from models.muser import MusER
 from music.elements import CONDITIONED
 from models.transformer import PackedLinear
@@ -100,3 +107,151 @@ def test_greedy_fields_still_generate():
                             max_steps=12)
     for piece in pieces:
         assert all((piece[:, k] < VOCAB[k]).all() for k in range(8))
+
+
+# -- narrower weights for generation: do they sample what float32 samples? ----------------
+#
+# A tiny MusER and prior are trained for a few seconds on the shipped sample, so that their
+# distributions are peaked like a trained model's (random weights give near-uniform ones,
+# where rounding shows nothing). Then, teacher-forced on the real pieces through the
+# recurrent generation path, each field's sampling distribution (softmax of logits over
+# the field's temperature, as generation draws it) of a narrower copy is compared with
+# float32's:
+# - total variation (TV), the probability that one draw from each, coupled optimally,
+#   differs. Mean TV <= 0.01 means that at most 1 token in 100 of a piece would differ,
+#   and no histogram of a field (the metrics are such histograms and their spreads) can
+#   move by more than 1 percentage point;
+# - |log p16 - log p32| over the tokens float32 gives p >= 0.01: <= 0.1, a 10% relative
+#   change at worst, where sampling noise of a 64-note histogram bin of p = 0.1 is 37%.
+# Then pieces sampled from the two over 48 seeds must have the same mean metrics within
+# 3 standard errors of their difference.
+
+NARROW = ["bfloat16", "float16", "int8"]
+TV_MEAN, TV_MAX, LOGP_MAX, P_MIN = 0.01, 0.1, 0.1, 0.01
+STEPS = 30          # Adam steps of each tiny model: peaked distributions in a few seconds
+
+
+@pytest.fixture(scope="module")
+def trained(sample_npz):
+    from music.data import load_cp_dataset
+    from models.config import PriorConfig
+    from models.prior import Prior
+
+    data = load_cp_dataset(sample_npz)
+    vocab = [int(max(data.x[..., k].max(), data.y[..., k].max())) + 1 for k in range(8)]
+    vocab = [max(v, w) for v, w in zip(vocab, VOCAB)]
+    config = apply_preset(MusERConfig(vocab, type_ids=TYPE_IDS), "tiny")
+    length = config.max_len
+    x, y = torch.from_numpy(data.x[:, :length]), torch.from_numpy(data.y[:, :length])
+    mask = torch.from_numpy(data.mask[:, :length]).float()
+    seq_len = torch.from_numpy(data.seq_len).clamp(max=length)
+    torch.manual_seed(0)
+    model = MusER(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(STEPS):
+        loss = model(x, y, mask, seq_len)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        codes = model.encode(y)[1]
+    prior = Prior(apply_preset(PriorConfig(n_codes=config.codebook_size), "tiny"))
+    inp = torch.cat([prior.emotion_token(torch.from_numpy(data.emotion))[:, None], codes[:, :-1]], 1)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=1e-2)
+    for _ in range(STEPS):
+        loss = F.nll_loss(prior(inp).transpose(1, 2), codes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    prior.eval()
+    return {"model": model, "prior": prior, "x": x, "codes": codes, "prior_input": inp,
+            "emotion": torch.from_numpy(data.emotion)}
+
+
+def narrow_copy(module, dtype):
+    return cast_for_generation(copy.deepcopy(module), dtype)
+
+
+def decoder_distributions(model, x, y, codes):
+    return teacher_forced_distributions(model, x, y, codes)
+
+
+def prior_distributions(prior, inp):
+    return {"code": prior_teacher_forced(prior, inp)}
+
+
+def assert_close_distributions(reference, narrow, valid):
+    for field, p in reference.items():
+        q = narrow[field]
+        tv = 0.5 * (p - q).abs().sum(-1)[valid]
+        likely = (p >= P_MIN) & valid[..., None]
+        logp = (p.log() - q.log()).abs()[likely]
+        assert tv.mean() <= TV_MEAN and tv.max() <= TV_MAX and logp.max() <= LOGP_MAX, \
+            (f"field {field}: mean TV {tv.mean():.4f}, max TV {tv.max():.4f}, "
+             f"max |dlog p| {logp.max():.4f}")
+
+
+@pytest.mark.parametrize("dtype", NARROW)
+def test_narrow_decoder_gives_float32_distributions_on_real_pieces(trained, dtype):
+    model, x, codes = trained["model"], trained["x"], trained["codes"]
+    y = torch.cat([x[:, 1:], x[:, -1:]], 1)
+    valid = torch.ones(x.shape[:2], dtype=torch.bool)
+    reference = decoder_distributions(model, x, y, codes)
+    narrow = decoder_distributions(narrow_copy(model, dtype), x, y, codes)
+    assert_close_distributions(reference, narrow, valid)
+
+
+@pytest.mark.parametrize("dtype", NARROW)
+def test_narrow_prior_gives_float32_distributions_on_real_codes(trained, dtype):
+    prior, inp = trained["prior"], trained["prior_input"]
+    valid = torch.ones(inp.shape, dtype=torch.bool)
+    assert_close_distributions(prior_distributions(prior, inp),
+                               prior_distributions(narrow_copy(prior, dtype), inp), valid)
+
+
+def piece_metrics(pieces):
+    """Per piece: notes, mean and spread of pitch, distinct pitches, mean duration and
+    velocity (dictionary indices; NaN without notes)."""
+    rows = []
+    for words in pieces:
+        notes = words[words[:, TYPE_FIELD] == TYPE_IDS["Note"]]
+        pitch, duration, velocity = (notes[:, k].astype(float) for k in (4, 5, 6))
+        rows.append([len(notes)] + ([pitch.mean(), pitch.std(), len(set(pitch)), duration.mean(),
+                                     velocity.mean()] if len(notes) else [np.nan] * 5))
+    return np.array(rows)
+
+
+def sample_pieces(model, prior, n, seed):
+    generator = torch.Generator().manual_seed(seed)
+    emotion = torch.arange(n) % 4 + 1
+    codes = prior.generate(emotion, model.config.max_len, generator=generator)
+    return model.generate(model.latent_from_codes(codes), emotion, generator=generator)
+
+
+@pytest.mark.parametrize("dtype", NARROW)
+def test_narrow_weights_sample_pieces_with_float32_metrics(trained, dtype):
+    model, prior = trained["model"], trained["prior"]
+    n = 48
+    reference = piece_metrics(sample_pieces(model, prior, n, 5))
+    narrow = piece_metrics(sample_pieces(narrow_copy(model, dtype), narrow_copy(prior, dtype), n, 5))
+    for k in range(reference.shape[1]):
+        a, b = reference[:, k], narrow[:, k]
+        a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+        se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        assert abs(a.mean() - b.mean()) <= 3 * se + 1e-9, (k, a.mean(), b.mean(), se)
+
+
+def test_generation_dtypes_are_checked():
+    assert GENERATION_DTYPES[0] == "float32"
+    model = tiny_model().float()
+    with pytest.raises(ValueError):
+        cast_for_generation(model, "float8")
+    assert cast_for_generation(model, "float32").embeddings.tables[0].weight.dtype == torch.float32
+
+
+def test_generate_script_keeps_float32_by_default():
+    import generate
+    parser = generate.build_parser()
+    assert parser.parse_args([]).dtype == "float32"
+    assert parser.parse_args(["--dtype", "bfloat16"]).dtype == "bfloat16"

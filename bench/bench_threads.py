@@ -1,0 +1,117 @@
+"""Thread settings on an idle and on a busy CPU: generation and a training step under the
+scripts' default (run/cli.py) and the alternatives, to check that the default never
+collapses when another process keeps a core busy and costs little when none does.
+
+For each condition (idle; busy = one more process spinning `while True: pass`, started
+and ended here), --rounds rounds run every setting once in turn (so the settings
+alternate and share the machine's state), each as its own process:
+- generation: bench_generate.py --steps --gen_steps, float32, batch 1, one piece
+  (ms per step = prior + decoder);
+- training: bench_train.py, paper configuration, batch 1 x 1024, one timed step.
+Settings: the default (run/cli.py: one thread per core left free at start, short spin),
+2 threads sleeping at once (OMP_WAIT_POLICY=PASSIVE), with OpenMP's own long spin
+(GOMP_SPINCOUNT=300000, libgomp's default: what the scripts ran with before) or with the
+short spin, and 1 thread; --settings picks. Prints a Markdown table: median of
+the rounds, spread, the ratio to the best setting of that condition, the load.
+
+Usage: python bench/bench_threads.py [--rounds 3] [--gen_steps 128] [--conditions idle,busy]
+                                     [--workloads generation,training]
+                                     [--settings default,passive,spin,short,one]
+"""
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import cpu_model  # noqa: E402
+
+SETTINGS = {
+    "default": ("default (run/cli.py): free cores at start, short spin", {}, []),
+    "passive": ("2 threads, OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"},
+                ["--threads", "2"]),
+    "spin": ("2 threads, long spin (GOMP_SPINCOUNT=300000, libgomp's default)",
+             {"GOMP_SPINCOUNT": "300000"}, ["--threads", "2"]),
+    "short": ("2 threads, short spin (GOMP_SPINCOUNT=10000)", {}, ["--threads", "2"]),
+    "one": ("1 thread", {}, ["--threads", "1"]),
+}
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+              "KMP_BLOCKTIME")
+
+
+def run_once(workload, env_extra, flags, gen_steps, timeout):
+    if workload == "generation":
+        cmd = ["bench/bench_generate.py", "--steps", str(gen_steps), "--dtypes", "float32",
+               "--ratio_steps", "0", "--batch", "0", "--repeat", "1"]
+        key, scale = "sec_per_piece", 1e3 / gen_steps          # -> ms per step
+    else:
+        cmd = ["bench/bench_train.py", "--batch", "1", "--steps", "1", "--losses", "0",
+               "--element_batching", "0"]
+        key, scale = "sec_per_step", 1.0
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
+    env.update(env_extra)
+    try:
+        out = subprocess.run([sys.executable, *cmd, *flags], cwd=ROOT, env=env, check=True,
+                             capture_output=True, text=True, timeout=timeout).stdout
+    except subprocess.TimeoutExpired:
+        return float("inf")
+    return float(re.search(rf"{key}=([0-9.]+)", out.splitlines()[-1]).group(1)) * scale
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--gen_steps", type=int, default=128)
+    parser.add_argument("--conditions", default="idle,busy")
+    parser.add_argument("--workloads", default="generation,training")
+    parser.add_argument("--settings", default="default,passive,spin,short,one",
+                        help=f"comma-separated, of {','.join(SETTINGS)}")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per run")
+    args = parser.parse_args()
+    settings = {SETTINGS[k][0]: SETTINGS[k][1:] for k in args.settings.split(",")}
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at start")
+    rows = []
+    for condition in args.conditions.split(","):
+        busy = None
+        if condition == "busy":
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            time.sleep(2)
+        try:
+            for workload in args.workloads.split(","):
+                times = {name: [] for name in settings}
+                loads = []
+                for _ in range(args.rounds):
+                    for name, (env_extra, flags) in settings.items():
+                        times[name].append(run_once(workload, env_extra, flags, args.gen_steps,
+                                                    args.timeout))
+                        loads.append(os.getloadavg()[0])
+                        print(f"{condition} {workload} {name}: {times[name][-1]:.2f}", flush=True)
+                best = min(statistics.median(t) for t in times.values())
+                for name, t in times.items():
+                    m = statistics.median(t)
+                    rows.append((condition, workload, name, m, min(t), max(t), m / best,
+                                 min(loads), max(loads)))
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+    unit = {"generation": f"ms/step ({args.gen_steps}-step piece, batch 1)",
+            "training": "s/step (batch 1 x 1024)"}
+    print(f"\n| condition | workload | setting | median | spread | vs best | load |")
+    print("|---|---|---|---|---|---|---|")
+    for c, w, name, m, lo, hi, ratio, l0, l1 in rows:
+        print(f"| {c} | {w}, {unit[w]} | {name} | {m:.2f} | {lo:.2f}-{hi:.2f} | {ratio:.2f}x | "
+              f"{l0:.2f}-{l1:.2f} |")
+    print(f"load average {os.getloadavg()[0]:.2f} at end; machine: {cpu_model()}, "
+          f"{os.cpu_count()} CPUs, {args.rounds} rounds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
