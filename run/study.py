@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from music.atomic import atomic_write
-from evaluation.transfer import PAPER_TRANSFERS
+from evaluation.transfer import PAPER_TRANSFERS, quadrant_rows, transfer_pairs
 from music.elements import ELEMENTS, QUADRANTS
 from music.errors import UserError
 
@@ -288,19 +288,6 @@ def moved_fraction(start, moved, goal, scale) -> float:
     return float((d_moved * d_goal).sum() / denominator) if denominator > 1e-12 else math.nan
 
 
-def transfer_pairs(data, source: int, target: int, n: int, mode: str, seed: int):
-    """Rows of A (quadrant `source`) and B (`target`): the first n of each quadrant in data
-    order (the authors' choice), or n random ones."""
-    rows_a = np.flatnonzero(data.emotion == source)
-    rows_b = np.flatnonzero(data.emotion == target)
-    if len(rows_a) == 0 or len(rows_b) == 0:
-        raise UserError(f"{data.npz_path}: no pieces of Q{source} or Q{target} for a transfer")
-    if mode == "random":
-        rng = np.random.default_rng(seed)
-        return (rng.choice(rows_a, n, replace=len(rows_a) < n), rng.choice(rows_b, n, replace=len(rows_b) < n))
-    return np.resize(rows_a, n), np.resize(rows_b, n)
-
-
 def transfer_model(checkpoint_path: Path, data, evaluator_path: Path, pairs: int, mode: str,
                    seed: int, scale: dict[str, np.ndarray]) -> list[dict]:
     """The paper's six transfers on one trained VQ-VAE, measured over `pairs` pairs each."""
@@ -316,7 +303,10 @@ def transfer_model(checkpoint_path: Path, data, evaluator_path: Path, pairs: int
     length = model.config.max_len
     results = []
     for elements, source, target in PAPER_TRANSFERS:
-        rows_a, rows_b = transfer_pairs(data, source, target, pairs, mode, seed)
+        try:
+            rows_a, rows_b = transfer_pairs(quadrant_rows(data.emotion), source, target, pairs, mode, seed)
+        except ValueError as exc:
+            raise UserError(f"{data.npz_path}: {exc}") from None
         y = torch.as_tensor(data.y[np.concatenate([rows_a, rows_b]), :length], dtype=torch.long)
         with torch.no_grad():
             latent, _ = model.encode(y)
