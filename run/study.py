@@ -19,12 +19,13 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from music.atomic import atomic_write
+from evaluation.probe import piece_statistics
 from evaluation.transfer import PAPER_TRANSFERS, quadrant_rows, transfer_pairs
 from music.elements import ELEMENTS, QUADRANTS
 from music.errors import UserError
@@ -270,11 +271,6 @@ def probe_model(checkpoint_path: Path, data, seed: int) -> dict:
             "codebook_size": model.config.codebook_size}
 
 
-def _statistics_vector(words, word2event) -> dict[str, np.ndarray]:
-    from evaluation.probe import piece_statistics
-    return piece_statistics(words, word2event)
-
-
 def moved_fraction(start, moved, goal, scale) -> float:
     """How far `moved` went from `start` towards `goal`, over all pairs at once:
     the projection sum <moved - start, goal - start> / sum |goal - start|^2 of the
@@ -318,7 +314,7 @@ def transfer_model(checkpoint_path: Path, data, evaluator_path: Path, pairs: int
                                  generator=generator)
         roles = {"A reconstructed": decoded[:pairs], "B reconstructed": decoded[pairs:2 * pairs],
                  "transferred": decoded[2 * pairs:]}
-        stats = {role: [_statistics_vector(w, data.word2event) for w in words] for role, words in roles.items()}
+        stats = {role: [piece_statistics(w, data.word2event) for w in words] for role, words in roles.items()}
         moved = {}
         for element in ELEMENTS:
             columns = {role: np.stack([s[element] for s in stats[role]]) for role in roles}

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from music.atomic import atomic_write
-from music.elements import ELEMENTS, N_ELEMENTS, QUADRANTS
+from music.elements import ELEMENTS, N_ELEMENTS, QUADRANT_PAIRS, QUADRANTS
+from evaluation.latent_space import pair_name
+from evaluation.metrics import SONG_METRICS
 from evaluation.probe import format_matrix
 from run.study import ROOT, read_json
 
-PAIRS = ("Q1-Q2", "Q1-Q4", "Q1-Q3", "Q3-Q4", "Q2-Q3", "Q2-Q4")
-SONG_METRICS = ("pitch_range", "pitch_classes", "polyphony")
+PAIRS = tuple(pair_name(pair) for pair in QUADRANT_PAIRS)
 
 
 def _f(value, digits=2) -> str:
