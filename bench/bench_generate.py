@@ -57,6 +57,7 @@ from models.generation import GENERATION_DTYPES, cast_for_generation  # noqa: E4
 from models.config import MusERConfig, PriorConfig  # noqa: E402
 from models.muser import MusER  # noqa: E402
 from models.prior import Prior  # noqa: E402
+from models.transformer import ONE_ROW_LAYOUTS, one_row_layout_choices  # noqa: E402
 from models.sampling import sample_tokens  # noqa: E402
 
 N_CODES = 512
@@ -167,6 +168,10 @@ def main():
     # Warm-up (allocator, first-call costs), then batch-1 pieces, the dtypes taking turns.
     for vq, pr in models.values():
         make_pieces(vq, pr, compact_to_code, 1, 16, 0, device)
+    layouts = one_row_layout_choices()
+    print("one-row layouts chosen by timing (models/transformer.py): "
+          + ", ".join(f"{layout} {sum(v == layout for v in layouts.values())}"
+                      for layout in ONE_ROW_LAYOUTS) + f" of {len(layouts)} shapes")
     runs = {d: [] for d in dtypes}
     for seed in range(1, args.repeat + 1):
         for d, (vq, pr) in models.items():

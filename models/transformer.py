@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import statistics
+import time
 from dataclasses import dataclass
 
 import torch
@@ -129,15 +132,31 @@ def select_state(state, index):
 # ---------------------------------------------------------------------------------------
 # Fast inference stepping: several stacks of the same shape with their weights stacked.
 
+# A one-row product (batch-1 generation) can read its weights in two layouts, and which is
+# faster depends on the CPU's BLAS path: W x^T over [G, out, in] ("rows") was about twice as
+# fast on a 2-core AMD EPYC, x W over [G, in, out] ("cols") two to four times as fast on a
+# 2-core Intel Xeon (bench/RESULTS.md). So the first one-row call of each shape times both
+# on its own weights and keeps the faster, once per process for each shape, dtype and
+# thread count. MUSER_ONE_ROW_LAYOUT=rows|cols fixes the choice (the two differ only by
+# floating-point rounding).
+ONE_ROW_LAYOUTS = ("rows", "cols")
+ONE_ROW_LAYOUT_ENV = "MUSER_ONE_ROW_LAYOUT"
+_one_row_layout_cache: dict[tuple, str] = {}
+
+
+def one_row_layout_choices() -> dict[tuple, str]:
+    """The layouts chosen so far: (groups, out, in, dtype, threads) -> 'rows' or 'cols'."""
+    return dict(_one_row_layout_cache)
+
+
 class PackedLinear:
     """G nn.Linear layers of one shape as one batched product: x [G, b, in] -> [G, b, out].
 
-    Generation at batch 1 is bound by reading the weights from memory, and MKL reads them
-    about twice as fast (on a 2-core EPYC) as batched matrix-vector products over weights
-    laid out [G, out, in] than as x @ [in, out]; with more rows per group the second
-    layout is the faster one. So both are kept, and each call picks by its row count. A
-    single group is split in two along its outputs so that it too takes the batched
-    matrix-vector path. The copies are detached: rebuild after changing the weights.
+    Both weight layouts are kept: [G, in, out] for x @ W, the faster with several rows per
+    group, and [G, out, in] for W x^T (a single group split in two along its outputs, so
+    that it too is a batched matrix-vector product). A call with one row per group uses the
+    layout measured fastest on this machine (see ONE_ROW_LAYOUTS). The copies are detached:
+    rebuild after changing the weights.
     """
 
     def __init__(self, weight, bias):
@@ -151,6 +170,7 @@ class PackedLinear:
         self.bias_column = bias.reshape(groups * self.splits, -1, 1).contiguous()
         self.weight_cols = weight.transpose(1, 2).contiguous()          # [G, in, out]
         self.bias = bias.unsqueeze(1).contiguous()                      # [G, 1, out]
+        self._layout = None                     # (threads, layout) of the last one-row call
 
     @classmethod
     def from_linears(cls, linears):
@@ -159,13 +179,57 @@ class PackedLinear:
     def __call__(self, x):
         if x.shape[1] != 1:
             return torch.baddbmm(self.bias, x, self.weight_cols)
-        # One row per group: W x + b as [G*splits, out/splits, in] @ [G*splits, in, 1],
-        # x^T taken as a transposed view of contiguous rows (MKL's fast path needs that).
+        threads = torch.get_num_threads()
+        if self._layout is None or self._layout[0] != threads:
+            self._layout = (threads, self.one_row_layout())
+        if self._layout[1] == "cols":
+            return torch.baddbmm(self.bias, x, self.weight_cols)
+        return self._rows(x)
+
+    def _rows(self, x):
+        # W x + b as [G*splits, out/splits, in] @ [G*splits, in, 1], x^T taken as a
+        # transposed view of contiguous rows (MKL's fast path needs that).
         if self.splits == 1:
             return torch.baddbmm(self.bias_column, self.weight_rows, x.contiguous().mT).mT
         x = x.contiguous().expand(self.splits, 1, x.shape[-1])
         out = torch.baddbmm(self.bias_column, self.weight_rows, x.mT)
         return out.view(self.groups, 1, self.out_features)
+
+    def one_row_layout(self) -> str:
+        """'rows' or 'cols' for one row per group: the environment's choice, else the
+        faster on this machine (timed once per shape, dtype and thread count)."""
+        fixed = os.environ.get(ONE_ROW_LAYOUT_ENV)
+        if fixed:
+            if fixed not in ONE_ROW_LAYOUTS:
+                raise ValueError(f"{ONE_ROW_LAYOUT_ENV} must be one of {ONE_ROW_LAYOUTS}, got {fixed!r}")
+            return fixed
+        w = self.weight_cols
+        if w.device.type != "cpu":
+            return "rows"
+        key = (*w.shape, w.dtype, torch.get_num_threads())
+        if key not in _one_row_layout_cache:
+            _one_row_layout_cache[key] = self._time_layouts()
+        return _one_row_layout_cache[key]
+
+    @torch.no_grad()
+    def _time_layouts(self, rounds: int = 3, calls: int = 8, margin: float = 1.15) -> str:
+        """Median time of `calls` one-row products per layout over `rounds` alternating
+        rounds; 'cols' only when it is faster by `margin` (a near tie keeps 'rows', the
+        layout chosen before timing, so that the choice does not flip between runs)."""
+        x = torch.randn(self.groups, 1, self.weight_cols.shape[1]).to(self.weight_cols.dtype)
+        runs = {"rows": lambda: self._rows(x),
+                "cols": lambda: torch.baddbmm(self.bias, x, self.weight_cols)}
+        times = {name: [] for name in runs}
+        for fn in runs.values():
+            fn()                                            # first-call costs
+        for _ in range(rounds):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                times[name].append(time.perf_counter() - start)
+        rows, cols = (statistics.median(times[name]) for name in ONE_ROW_LAYOUTS)
+        return "cols" if cols * margin < rows else "rows"
 
 
 class _PackedNorm:

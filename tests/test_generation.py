@@ -1,5 +1,6 @@
 """The pieces that make step-by-step generation fast compute what the modules compute."""
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from models.prior import teacher_forced_distributions as prior_teacher_forced
 from music.elements import TYPE_FIELD
 from models.muser import MusER
 from music.elements import CONDITIONED
+from models import transformer
 from models.transformer import PackedLinear
 from models.sampling import FieldSampling, SamplingParams, row_settings, sample_tokens
 
@@ -29,9 +31,12 @@ def tiny_model(**kw):
     return MusER(dataclasses.replace(config, **kw)).double().eval()
 
 
+@pytest.mark.parametrize("layout", ["rows", "cols", ""])
 @pytest.mark.parametrize("groups", [1, 3])
 @pytest.mark.parametrize("rows", [1, 2, 5])
-def test_packed_linear_equals_each_linear_in_both_layouts(groups, rows):
+def test_packed_linear_equals_each_linear_in_every_layout(groups, rows, layout, monkeypatch):
+    """Fixed layouts and the timed choice ('') all compute each Linear."""
+    monkeypatch.setenv(transformer.ONE_ROW_LAYOUT_ENV, layout)
     torch.manual_seed(0)
     linears = [torch.nn.Linear(12, 10).double() for _ in range(groups)]
     packed = PackedLinear.from_linears(linears)
@@ -40,6 +45,48 @@ def test_packed_linear_equals_each_linear_in_both_layouts(groups, rows):
     assert out.shape == (groups, rows, 10)
     for g, linear in enumerate(linears):
         assert torch.allclose(out[g], linear(x[g]), atol=1e-12)
+
+
+def test_one_row_layout_is_the_faster_one_and_is_timed_once(monkeypatch):
+    """The timing keeps 'cols' only when it is clearly faster, caches the choice per shape,
+    dtype and thread count, and the environment variable overrides it."""
+    monkeypatch.delenv(transformer.ONE_ROW_LAYOUT_ENV, raising=False)
+    monkeypatch.setattr(transformer, "_one_row_layout_cache", {})
+    calls = []
+    slow_rows = PackedLinear._rows
+
+    def rows_made_slow(self, x):
+        calls.append(1)
+        time.sleep(0.002)
+        return slow_rows(self, x)
+    monkeypatch.setattr(PackedLinear, "_rows", rows_made_slow)
+    torch.manual_seed(0)
+    packed = PackedLinear.from_linears([torch.nn.Linear(16, 8) for _ in range(2)])
+    x = torch.randn(2, 1, 16)
+    expected = torch.stack([torch.nn.functional.linear(x[g], packed.weight_cols[g].T,
+                                                       packed.bias[g, 0]) for g in range(2)])
+    assert torch.allclose(packed(x), expected, atol=1e-6)
+    assert packed.one_row_layout() == "cols"
+    timed = len(calls)
+    assert timed > 0
+    other = PackedLinear.from_linears([torch.nn.Linear(16, 8) for _ in range(2)])
+    other(x)
+    assert len(calls) == timed, "the same shape was timed twice"
+    assert list(transformer.one_row_layout_choices().values()) == ["cols"]
+    monkeypatch.setenv(transformer.ONE_ROW_LAYOUT_ENV, "rows")
+    assert PackedLinear.from_linears([torch.nn.Linear(16, 8)]).one_row_layout() == "rows"
+    monkeypatch.setenv(transformer.ONE_ROW_LAYOUT_ENV, "diagonal")
+    with pytest.raises(ValueError, match="MUSER_ONE_ROW_LAYOUT"):
+        PackedLinear.from_linears([torch.nn.Linear(16, 8)]).one_row_layout()
+
+
+def test_a_near_tie_keeps_rows(monkeypatch):
+    """Equal speeds keep 'rows' (the margin), so the choice does not flip from run to run."""
+    monkeypatch.delenv(transformer.ONE_ROW_LAYOUT_ENV, raising=False)
+    packed = PackedLinear.from_linears([torch.nn.Linear(16, 8)])
+    monkeypatch.setattr(PackedLinear, "_rows", lambda self, x: time.sleep(0.001))
+    monkeypatch.setattr(torch, "baddbmm", lambda *a: time.sleep(0.001))
+    assert packed._time_layouts() == "rows"
 
 
 def test_fused_input_table_equals_embeddings_and_projection():
