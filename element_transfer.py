@@ -28,7 +28,7 @@ import torch
 from evaluation import evaluator as E
 from evaluation import metrics as M
 from run.checkpoint import load_muser, model_vocabulary
-from run.cli import add_audio_args, add_common_args, resolve_device, run_main
+from run.cli import adapt_threads, add_audio_args, add_common_args, resolve_device, run_main
 from music.cp import words_to_midi
 from music.atomic import write_text
 from music.errors import UserError
@@ -173,7 +173,7 @@ def run_transfer(model, dataset, word2event, transfer: Transfer, args, device, o
     emotion = torch.tensor([transfer.source] * n + [transfer.tag] * n, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     decoded = model.generate(torch.cat([latent_a, mixed]), emotion, SamplingParams(),
-                             generator=generator, max_steps=args.max_steps)
+                             generator=generator, max_steps=args.max_steps, on_step=adapt_threads)
 
     words = {"A original": [dataset_words(dataset, int(r)) for r in rows_a],
              "A reconstructed": decoded[:n], "transferred": decoded[n:],

@@ -16,7 +16,7 @@ import pickle
 from pathlib import Path
 
 # run.cli first: it sets OpenMP's waiting policy, which only takes effect before torch loads.
-from run.cli import (add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main,
+from run.cli import (adapt_threads, add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main,
                      str2bool)
 
 import torch
@@ -130,10 +130,10 @@ def main(argv=None) -> int:
         emotion = torch.full((count,), q, dtype=torch.long, device=device)
         compact = prior.generate(emotion, vq_vae.config.max_len, temperature=args.prior_temperature,
                                  top_p=args.prior_top_p, generator=generator,
-                                 recurrent=not args.full_recompute)
+                                 recurrent=not args.full_recompute, on_step=adapt_threads)
         latent = vq_vae.latent_from_codes(compact_to_code[compact])
         pieces = vq_vae.generate(latent, emotion, sampling, generator=generator, max_steps=n_steps,
-                                 recurrent=not args.full_recompute)
+                                 recurrent=not args.full_recompute, on_step=adapt_threads)
         for i, words in enumerate(pieces):
             name = f"emotion{q}_{start + i}"
             words_to_midi(words, word2event, out_dir / f"{name}.mid", close_empty_bars=True)

@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from run.cli import run_main
+from run.cli import apply_thread_policy, run_main
 from music.errors import UserError
 from run import study as S
 
@@ -107,8 +107,7 @@ def evaluator_stage(ctx: Context, length: int) -> None:
 
 def model_chain(spec: S.ModelSpec, ctx: Context) -> str:
     """Every stage of one model, in order."""
-    import torch
-    torch.set_num_threads(ctx.threads)
+    apply_thread_policy(ctx.threads)        # this job's share of the cores, fixed
     out, p = ctx.out, ctx.preset
     stages = S.Stages(out, lambda t: log_line(out, f"{spec.name}: {t}"))
     logs = out / "logs"

@@ -44,8 +44,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (EMOPIA_VOCAB, TYPE_IDS, apply_thread_policy, load, machine,  # noqa: E402
-                          median_spread)
+from bench.common import (EMOPIA_VOCAB, TYPE_IDS, adapt_threads, apply_thread_policy, load, machine,  # noqa: E402
+                          median_spread, thread_changes)
 
 import copy  # noqa: E402
 import statistics  # noqa: E402
@@ -95,11 +95,12 @@ def make_pieces(vq_vae, prior, compact_to_code, batch, steps, seed, device, recu
     generator = torch.Generator(device=device).manual_seed(seed)
     emotion = torch.arange(batch, device=device) % 4 + 1
     prior_s, compact = timed(device, lambda: prior.generate(
-        emotion, steps, generator=generator, recurrent=recurrent, recompute=recompute))
+        emotion, steps, generator=generator, recurrent=recurrent, recompute=recompute,
+        on_step=adapt_threads))
     latent = vq_vae.latent_from_codes(compact_to_code[compact])
     decoder_s, words = timed(device, lambda: vq_vae.generate(
         latent, emotion, generator=generator, max_steps=steps, recurrent=recurrent,
-        recompute=recompute))
+        recompute=recompute, on_step=adapt_threads))
     assert all(len(w) == steps + 1 for w in words), "a piece ended early: EOS was sampled"
     return prior_s, decoder_s, words
 
@@ -146,6 +147,8 @@ def main():
     parser.add_argument("--batch_dtypes", default="float32,bfloat16",
                         help="the --dtypes entries timed in the batch run (int8 is slow there)")
     parser.add_argument("--repeat", type=int, default=3, help="alternating runs per figure (median)")
+    parser.add_argument("--warmup", type=float, default=0,
+                        help="seconds of 16-step warm-up pieces before timing (at least one each)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 64-step pieces, 4-step ratio, batch 4, one repeat")
     args = parser.parse_args()
@@ -165,9 +168,14 @@ def main():
               if d != "float32" else (base, prior) for d in dtypes}
     steps = min(args.steps, base.config.max_len)
 
-    # Warm-up (allocator, first-call costs), then batch-1 pieces, the dtypes taking turns.
-    for vq, pr in models.values():
-        make_pieces(vq, pr, compact_to_code, 1, 16, 0, device)
+    # Warm-up (allocator, first-call costs, --warmup seconds for the thread count to follow
+    # the machine), then batch-1 pieces, the dtypes taking turns.
+    warm_until = time.perf_counter() + args.warmup
+    while True:
+        for vq, pr in models.values():
+            make_pieces(vq, pr, compact_to_code, 1, 16, 0, device)
+        if time.perf_counter() >= warm_until:
+            break
     layouts = one_row_layout_choices()
     print("one-row layouts chosen by timing (models/transformer.py): "
           + ", ".join(f"{layout} {sum(v == layout for v in layouts.values())}"
@@ -204,7 +212,7 @@ def main():
             throughput[d] = args.batch / statistics.median(totals)
             print(f"batch {args.batch}, {steps} steps, {d}: {median_spread(totals)} s: "
                   f"{throughput[d]:.3f} pieces/s")
-    print(f"load average {load()} at end")
+    print(f"load average {load()} at end; {thread_changes()}")
     keys = [f"sec_per_piece{SUFFIX[d]}={sec_per_piece[d]:.3f}" for d in dtypes]
     if speedup is not None:
         keys.append(f"speedup_vs_full={speedup:.1f}")

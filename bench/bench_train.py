@@ -42,8 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (EMOPIA_VOCAB, TYPE_IDS, apply_thread_policy, load, machine,  # noqa: E402
-                          median_spread)
+from bench.common import (EMOPIA_VOCAB, TYPE_IDS, adapt_threads, apply_thread_policy, load,  # noqa: E402
+                          machine, median_spread, thread_changes)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -95,6 +95,7 @@ def time_training_step(batch, repeat, amp, device, runs=None):
         batch, model.config.max_len, torch.Generator().manual_seed(1)))
 
     def step():
+        adapt_threads()                     # as the trainers' loop does before each step
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = model(x, y, mask, seq_len)["loss"]
         optimizer.zero_grad(set_to_none=True)
@@ -278,7 +279,7 @@ def main():
         print(f"element decoders, batch {args.batch}, forward + backward: one after another "
               f"{sequential:.2f} s, one batched module {batched:.2f} s: "
               f"{sequential / batched:.2f}x")
-    print(f"load average {load()} at end")
+    print(f"load average {load()} at end; {thread_changes()}")
     print(" ".join(keys) + f' machine="{where}, load {load()}"')
     return 0
 

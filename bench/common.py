@@ -7,7 +7,8 @@ so that a benchmark without thread flags measures what a user of the scripts get
 import os
 import statistics
 
-from run.cli import apply_thread_policy, wait_policy  # noqa: F401  (before torch)
+import run.cli
+from run.cli import adapt_threads, apply_thread_policy, wait_policy  # noqa: F401  (before torch)
 from music.elements import EVENT_TYPES, per_field
 
 # Field vocabulary sizes of EMOPIA's compound-word release and its type indices.
@@ -32,8 +33,19 @@ def machine(device, threads: int) -> str:
     if device.type == "cuda":
         import torch
         return torch.cuda.get_device_name(device)
-    return (f"{cpu_model()}, {os.cpu_count()} CPUs, {threads} thread(s), "
+    followed = ", following free cores" if run.cli._governor is not None else ""
+    return (f"{cpu_model()}, {os.cpu_count()} CPUs, {threads} thread(s) at start{followed}, "
             f"{wait_policy()}")
+
+
+def thread_changes() -> str:
+    """The thread counts the scripts' policy set while the benchmark ran (run.cli.adapt_threads),
+    as 'thread count changes: 1 at 4.1 s, ...' (seconds since the policy was applied)."""
+    governor = run.cli._governor
+    if governor is None:
+        return "thread count changes: none (fixed count)"
+    changes = ", ".join(f"{threads} at {t - governor.started:.1f} s" for t, threads in governor.changes)
+    return f"thread count changes: {changes or 'none'}"
 
 
 def load() -> str:

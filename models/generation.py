@@ -11,6 +11,8 @@ bounds it. Attention sums stay float32 (PackedStacks) and sampling float64
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -72,7 +74,8 @@ def quantize_stacks(stacks: PackedStacks) -> PackedStacks:
 @torch.inference_mode()
 def generate_words(model, latent, emotion, sampling: SamplingParams | None = None,
                    generator: torch.Generator | None = None, max_steps: int | None = None,
-                   recurrent: bool = True, recompute: str = "window") -> list[np.ndarray]:
+                   recurrent: bool = True, recompute: str = "window",
+                   on_step: Callable[[], None] | None = None) -> list[np.ndarray]:
     """MusER.generate (see there): decode latents [B, T, latent_dim] into words."""
     type_ids = model.config.type_ids
     if type_ids is None:
@@ -98,6 +101,8 @@ def generate_words(model, latent, emotion, sampling: SamplingParams | None = Non
     word = words[:, 0]
     try:
         for t in range(steps):
+            if on_step is not None:
+                on_step()
             states, z = decoder.step(word if recurrent else words[active, : t + 1], t)
             fs = sampling.type
             next_type = sample_tokens(model.type_logits(states, z), fs.temperature, fs.top_p,

@@ -23,6 +23,8 @@ import copy
 import math
 import warnings
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -250,7 +252,8 @@ class MusER(nn.Module):
 
     def generate(self, latent, emotion, sampling: SamplingParams | None = None,
                  generator: torch.Generator | None = None, max_steps: int | None = None,
-                 recurrent: bool = True, recompute: str = "window") -> list[np.ndarray]:
+                 recurrent: bool = True, recompute: str = "window",
+                 on_step: Callable[[], None] | None = None) -> list[np.ndarray]:
         """Decode latents [B, T, latent_dim] into words, all pieces as one batch.
 
         Each piece starts from an Emotion word with emotion[b] (1..4) and stops at EOS or
@@ -259,5 +262,8 @@ class MusER(nn.Module):
         recurrent=False re-runs the parallel decoder every step (reference path, O(T^2)):
         over the whole T-step window as the authors do (recompute="window"), or over the
         words so far (recompute="prefix"). All paths give the same words for the same seed.
+        on_step, when given, is called before every step (the scripts adapt their CPU
+        threads there: run.cli.adapt_threads).
         """
-        return generate_words(self, latent, emotion, sampling, generator, max_steps, recurrent, recompute)
+        return generate_words(self, latent, emotion, sampling, generator, max_steps, recurrent,
+                              recompute, on_step)

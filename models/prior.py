@@ -8,6 +8,7 @@ the model (applied in training too, as the authors do).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,13 +50,14 @@ class Prior(nn.Module):
 
     def generate(self, emotion, n_steps: int, temperature: float = 0.3, top_p: float = 0.9,
                  generator: torch.Generator | None = None, recurrent: bool = True,
-                 recompute: str = "window"):
+                 recompute: str = "window", on_step: Callable[[], None] | None = None):
         """Sample compact codes [B, n_steps] after the emotion tokens of emotion [B] (1..4).
 
         recurrent=True carries the attention state step to step (constant work per step);
         recurrent=False re-runs the transformer every step (reference path): over the
         whole n_steps window, zeros after the current step, as the authors do
-        (recompute="window"), or over the tokens so far (recompute="prefix").
+        (recompute="window"), or over the tokens so far (recompute="prefix"). on_step,
+        when given, is called before every step (see MusER.generate).
         """
         if recompute not in ("window", "prefix"):
             raise ValueError(f"recompute must be 'window' or 'prefix', got {recompute!r}")
@@ -65,10 +67,11 @@ class Prior(nn.Module):
         # makes the codes an ordinary tensor again, usable anywhere.
         with torch.inference_mode():
             codes = self._sample(emotion, n_steps, temperature, top_p, generator, recurrent,
-                                 recompute)
+                                 recompute, on_step)
         return codes.clone()
 
-    def _sample(self, emotion, n_steps, temperature, top_p, generator, recurrent, recompute):
+    def _sample(self, emotion, n_steps, temperature, top_p, generator, recurrent, recompute,
+                on_step):
         was_training = self.training
         self.eval()
         device = self.head.weight.device
@@ -79,6 +82,8 @@ class Prior(nn.Module):
         stepper = RecurrentPrior(self, batch) if recurrent else None
         try:
             for t in range(n_steps):
+                if on_step is not None:
+                    on_step()
                 if recurrent:
                     logits = stepper.step(tokens[:, t], t)
                 else:

@@ -32,6 +32,8 @@ import torch  # noqa: E402
 from music.errors import UserError
 
 SAVED_MODELS = Path("saved_models")
+MAX_THREADS = torch.get_num_threads()       # torch's default: one per physical core
+_governor: "ThreadGovernor | None" = None
 
 
 def str2bool(value) -> bool:
@@ -180,8 +182,11 @@ def apply_thread_policy(threads: int | None = None) -> int:
     """Set torch's CPU threads: `threads` when given (--threads), else OMP_NUM_THREADS
     (which torch already follows), else one per core that other processes leave free, as
     measured now (at least 1, at most torch's default of one per physical core): with a
-    core held by another process, a second thread only waits for it. Returns the number
-    in use. The waiting policy is set when this module is imported."""
+    core held by another process, a second thread only waits for it. In that last case
+    the count keeps following the machine while the script runs (`adapt_threads`).
+    Returns the number in use. The waiting policy is set when this module is imported."""
+    global _governor
+    _governor = None
     if threads is not None:
         if threads < 1:
             raise UserError(f"--threads must be 1 or more, got {threads}")
@@ -189,30 +194,111 @@ def apply_thread_policy(threads: int | None = None) -> int:
     elif "OMP_NUM_THREADS" not in os.environ:
         free = free_cores()
         if free is not None:
-            torch.set_num_threads(max(1, min(torch.get_num_threads(), round(free))))
+            torch.set_num_threads(max(1, min(MAX_THREADS, round(free))))
+            _governor = ThreadGovernor(MAX_THREADS)
     return torch.get_num_threads()
+
+
+def adapt_threads() -> None:
+    """Called at every step of a long loop (generation, training): re-fits the thread count
+    to the cores other processes leave free, at most once a second (ThreadGovernor). Does
+    nothing when the count was fixed (--threads, OMP_NUM_THREADS) or never chosen here."""
+    if _governor is not None:
+        _governor.tick()
+
+
+class ThreadGovernor:
+    """Keeps torch's thread count at the number of cores other processes leave free.
+
+    A machine that becomes busy after a script started meets the threads chosen for an
+    idle one, and each parallel region then waits for the thread that shares its core
+    with the other process (bench/RESULTS.md: 3x slower generation). Every `interval`
+    seconds `tick` reads /proc/stat and this process's CPU time, without sleeping: the
+    cores in use minus this process's own use is what the others hold. Fewer threads are
+    set at once; more only when two readings in a row agree, so that a short burst of
+    another process does not make the count swing. torch.set_num_threads acts on the
+    calling thread's OpenMP team, so `tick` runs in the loop's own thread.
+    """
+
+    def __init__(self, max_threads: int, interval: float = 1.0):
+        self.max_threads = max_threads
+        self.interval = interval
+        self.changes: list[tuple[float, int]] = []      # (time.monotonic(), threads) set
+        self.started = time.monotonic()
+        self._raise_votes = 0
+        self._last = self._reading()
+        self._next = time.monotonic() + interval
+
+    @staticmethod
+    def _reading():
+        """(monotonic seconds, busy and total jiffies of all CPUs, this process's CPU
+        seconds), or None where /proc/stat is unreadable."""
+        try:
+            busy, total = _proc_stat_busy_total()
+        except (OSError, ValueError, IndexError):
+            return None
+        return time.monotonic(), busy, total, time.process_time()
+
+    def wanted(self, others: float) -> int:
+        """Threads for a machine where other processes hold `others` cores."""
+        free = _allowed_cores() - others
+        return max(1, min(self.max_threads, round(free)))
+
+    def tick(self) -> None:
+        if self._last is None or time.monotonic() < self._next:
+            return
+        now = self._reading()
+        if now is None:
+            self._last = None
+            return
+        (t0, busy0, total0, own0), (t1, busy1, total1, own1) = self._last, now
+        self._last, self._next = now, t1 + self.interval
+        if total1 <= total0 or t1 <= t0:
+            return
+        cores = os.cpu_count() or 1
+        others = cores * (busy1 - busy0) / (total1 - total0) - (own1 - own0) / (t1 - t0)
+        self.set(self.wanted(max(0.0, others)))
+
+    def set(self, threads: int) -> None:
+        current = torch.get_num_threads()
+        if threads > current:
+            self._raise_votes += 1
+            if self._raise_votes < 2:
+                return
+        self._raise_votes = 0
+        if threads != current:
+            torch.set_num_threads(threads)
+            self.changes.append((time.monotonic(), threads))
+
+
+def _proc_stat_busy_total() -> tuple[int, int]:
+    """Busy and total jiffies of all CPUs since boot (/proc/stat's first line)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)      # idle + iowait
+    total = sum(values[:8])                                       # guest is in user
+    return total - idle, total
+
+
+def _allowed_cores() -> int:
+    cores = os.cpu_count() or 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
 
 
 def free_cores(seconds: float = 0.2) -> float | None:
     """Cores of this process's CPU set that nobody used during `seconds` (from /proc/stat;
     this process sleeps meanwhile). None where /proc/stat is unreadable."""
-    def busy_and_total():
-        with open("/proc/stat") as handle:
-            values = [int(v) for v in handle.readline().split()[1:]]
-        idle = values[3] + (values[4] if len(values) > 4 else 0)      # idle + iowait
-        total = sum(values[:8])                                       # guest is in user
-        return total - idle, total
     try:
-        busy0, total0 = busy_and_total()
+        busy0, total0 = _proc_stat_busy_total()
         time.sleep(seconds)
-        busy1, total1 = busy_and_total()
+        busy1, total1 = _proc_stat_busy_total()
     except (OSError, ValueError, IndexError):
         return None
     cores = os.cpu_count() or 1
     if total1 <= total0:
         return None
     used = cores * (busy1 - busy0) / (total1 - total0)
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    allowed = _allowed_cores()
     return max(0.0, min(float(allowed), cores - used))
 
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from music.atomic import write_csv
 from run.checkpoint import load_checkpoint, save_checkpoint
-from run.cli import resolve_device, seed_everything, setup_logging
+from run.cli import adapt_threads, resolve_device, seed_everything, setup_logging
 from run.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, local_device
 from run.pipeline import check_run_dir
 from music.errors import UserError
@@ -281,6 +281,7 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
             bar = tqdm(range(start, len(batches)), initial=start, total=len(batches),
                        desc=f"epoch {epoch + 1}/{args.Epoch}", disable=not dist.is_main, leave=False)
             for b in bar:
+                adapt_threads()
                 batch = _gather(train, batches[b], device)
                 with autocast():
                     out = step_fn(forward_model, batch)
