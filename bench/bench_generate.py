@@ -176,10 +176,12 @@ def main():
             make_pieces(vq, pr, compact_to_code, 1, 16, 0, device)
         if time.perf_counter() >= warm_until:
             break
-    layouts = one_row_layout_choices()
-    print("one-row layouts chosen by timing (models/transformer.py): "
-          + ", ".join(f"{layout} {sum(v == layout for v in layouts.values())}"
-                      for layout in ONE_ROW_LAYOUTS) + f" of {len(layouts)} shapes")
+    layouts = one_row_layout_choices()          # (groups, in, out, dtype, threads) -> layout
+    for d in sorted({str(key[3]).replace("torch.", "") for key in layouts}):
+        chosen = [v for key, v in layouts.items() if str(key[3]) == f"torch.{d}"]
+        print(f"one-row products in {d}, layouts chosen by timing (models/transformer.py): "
+              + ", ".join(f"{layout} {chosen.count(layout)}" for layout in ONE_ROW_LAYOUTS)
+              + f" of {len(chosen)} shapes")
     runs = {d: [] for d in dtypes}
     for seed in range(1, args.repeat + 1):
         for d, (vq, pr) in models.items():

@@ -2,13 +2,17 @@
 
 The clips come from ../shared/data/emopia/midis.zip (development data, not part of the
 project), extracted to a temporary folder. Each run is `python prepare_data.py` in a fresh
-process, timed from start to exit as a user sees it. The last line printed is
+process, timed from start to exit as a user sees it; the two settings take turns for
+--repeat rounds (default 3) and each figure is the median, printed with its spread, the
+CPU and the load. The last line printed is
 
-    sec_workers2=... sec_workers1=... speedup=...
+    sec_workers2=... sec_workers1=... speedup=... machine="..."
 
-Usage: python bench/bench_prepare.py [--repeat N] (best of N runs per setting).
+Usage: python bench/bench_prepare.py [--repeat 3]
 """
 import argparse
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -17,6 +21,10 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import cpu_model, load, median_spread  # noqa: E402
+
 ZIP = ROOT.parent / "shared" / "data" / "emopia" / "midis.zip"
 N_CLIPS = 1078
 
@@ -36,11 +44,13 @@ def prepare(midi_dir: Path, out_dir: Path, workers: int) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=1, help="runs per setting; the fastest counts")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs per setting (median)")
     args = parser.parse_args()
+    where = f"{cpu_model()}, {os.cpu_count()} CPUs"
+    print(f"{where}; load average {load()} at start")
     if not ZIP.is_file():
         print(f"skipped: {ZIP} is absent (the EMOPIA development data from ../shared is needed)")
-        print("sec_workers2=nan sec_workers1=nan speedup=nan")
+        print(f'sec_workers2=nan sec_workers1=nan speedup=nan machine="{where}"')
         return 0
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
         tmp = Path(tmp)
@@ -56,8 +66,12 @@ def main():
         same = all((tmp / "out1" / name).read_bytes() == (tmp / "out2" / name).read_bytes()
                    for name in ("dictionary.pkl",))
         print(f"identical dictionaries with 1 and 2 workers: {same}")
-    best2, best1 = min(times[2]), min(times[1])
-    print(f"sec_workers2={best2:.2f} sec_workers1={best1:.2f} speedup={best1 / best2:.2f}")
+    for workers, values in times.items():
+        print(f"--workers {workers}: {median_spread(values)} s")
+    print(f"load average {load()} at end")
+    median2, median1 = statistics.median(times[2]), statistics.median(times[1])
+    print(f"sec_workers2={median2:.2f} sec_workers1={median1:.2f} speedup={median1 / median2:.2f} "
+          f'machine="{where}, load {load()}"')
     return 0
 
 

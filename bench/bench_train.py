@@ -17,8 +17,8 @@ Measured, all in one run (the machine is shared, so only same-run ratios mean mu
   samples (NLL of each element over the sample's first seq_len steps); forward and
   backward, batch 16, 1024 steps. Only the loss is timed (the log-softmax inputs are
   given); the vectorised function also computes the accuracies.
-The losses are timed best-of-N (the least disturbed run on a shared machine); both loop
-references are checked to give the vectorised values. Also printed (not in the last
+The loss variants take turns for --repeat rounds and each figure is their median (spread
+printed); both loop references are checked to give the vectorised values. Also printed (not in the last
 line): forward + backward of the seven element sub-decoders run one after another (as
 the model does) against one batched module over stacked per-decoder weights
 (--element_batching 0 skips it).
@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (EMOPIA_VOCAB, TYPE_IDS, adapt_threads, apply_thread_policy, load,  # noqa: E402
-                          machine, median_spread, thread_changes)
+                          alternating, machine, median_spread, thread_changes)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -66,9 +66,9 @@ def random_batch(batch, length, generator):
     return x, y, mask, seq_len
 
 
-def seconds(fn, repeat, best=False, device=torch.device("cpu"), runs=None):
-    """Median (or best) wall time of `repeat` calls after one warm-up call; the times
-    are appended to `runs` when given."""
+def seconds(fn, repeat, device=torch.device("cpu"), runs=None):
+    """Median wall time of `repeat` calls after one warm-up call; the times are appended
+    to `runs` when given."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -82,7 +82,7 @@ def seconds(fn, repeat, best=False, device=torch.device("cpu"), runs=None):
         times.append(time.perf_counter() - start)
     if runs is not None:
         runs.extend(times)
-    return min(times) if best else statistics.median(times)
+    return statistics.median(times)
 
 
 # -- the training step ------------------------------------------------------------------
@@ -165,12 +165,16 @@ def time_losses(batch, length, repeat, device=torch.device("cpu")):
                               regularization_loop(reduced, targets[regularization_loop]), atol=1e-5)
         assert torch.allclose(reconstruction_losses(log_probs, y, mask, seq_len)[0],
                               reconstruction_loop(log_probs, y, mask, seq_len), atol=1e-5)
-    # Best of `repeat` runs each: on a shared machine the minimum is the least disturbed.
-    times = {"reg_vectorised": seconds(lambda: reg(element_regularization), 4 * repeat, True, device),
-             "reg_loop": seconds(lambda: reg(regularization_loop), repeat, True, device),
-             "loss_vectorised": seconds(lambda: recon(reconstruction_losses), 4 * repeat, True, device),
-             "loss_loop": seconds(lambda: recon(reconstruction_loop), repeat, True, device)}
-    return times
+    # The four take turns, `repeat` rounds (the quick vectorised ones 4 calls per round).
+    return alternating({"reg_vectorised": lambda: reg(element_regularization),
+                        "reg_loop": lambda: reg(regularization_loop),
+                        "loss_vectorised": lambda: recon(reconstruction_losses),
+                        "loss_loop": lambda: recon(reconstruction_loop)},
+                       repeat, calls={"reg_vectorised": 4, "loss_vectorised": 4}, sync=_sync(device))
+
+
+def _sync(device):
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
 # -- element sub-decoders: one after another vs one batched module ----------------------
@@ -238,7 +242,7 @@ def time_element_decoders(model, batch, repeat, device):
         model.zero_grad(set_to_none=True)
         batched_element_decoders(decoders, x).square().mean().backward()
 
-    return seconds(sequential, repeat, device=device), seconds(batched, repeat, device=device)
+    return alternating({"sequential": sequential, "batched": batched}, repeat, sync=_sync(device))
 
 
 def main():
@@ -249,16 +253,17 @@ def main():
     parser.add_argument("--batch", type=int, default=2, help="pieces per training step")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (median)")
     parser.add_argument("--loss_batch", type=int, default=16, help="batch of the loss comparison")
-    parser.add_argument("--repeat", type=int, default=5, help="timed calls per loss variant (median)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="alternating rounds of the loss variants (median, at least 3)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast in the training step")
     parser.add_argument("--losses", type=int, default=1,
                         help="1: also time the losses against the authors' loops; 0: skip")
     parser.add_argument("--element_batching", type=int, default=1,
                         help="1: also time the batched element decoders; 0: skip")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 1 step, 2 repeats")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 step, 3 rounds")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.repeat = 1, 2
+        args.steps, args.repeat = 1, 3
     device = torch.device(args.device)
     where = machine(device, apply_thread_policy(args.threads))
     print(f"{where}; torch {torch.__version__}; load average {load()} at start")
@@ -275,10 +280,11 @@ def main():
     if args.losses:
         keys += report_losses(args, model, device)
     if args.element_batching:
-        sequential, batched = time_element_decoders(model, args.batch, max(1, args.steps), device)
-        print(f"element decoders, batch {args.batch}, forward + backward: one after another "
-              f"{sequential:.2f} s, one batched module {batched:.2f} s: "
-              f"{sequential / batched:.2f}x")
+        t = time_element_decoders(model, args.batch, max(3, args.steps), device)
+        print(f"element decoders, batch {args.batch}, forward + backward, alternating: one after "
+              f"another {median_spread(t['sequential'])} s, one batched module "
+              f"{median_spread(t['batched'])} s: "
+              f"{statistics.median(t['sequential']) / statistics.median(t['batched']):.2f}x")
     print(f"load average {load()} at end; {thread_changes()}")
     print(" ".join(keys) + f' machine="{where}, load {load()}"')
     return 0
@@ -286,14 +292,15 @@ def main():
 
 def report_losses(args, model, device):
     t = time_losses(args.loss_batch, model.config.max_len, args.repeat, device)
-    reg_speedup = t["reg_loop"] / t["reg_vectorised"]
-    loss_speedup = t["loss_loop"] / t["loss_vectorised"]
-    print(f"regulariser, batch {args.loss_batch}, forward + backward: vectorised "
-          f"{1e3 * t['reg_vectorised']:.1f} ms, authors' pair loop {1e3 * t['reg_loop']:.0f} ms: "
-          f"{reg_speedup:.0f}x")
+    m = {name: statistics.median(values) for name, values in t.items()}
+    reg_speedup = m["reg_loop"] / m["reg_vectorised"]
+    loss_speedup = m["loss_loop"] / m["loss_vectorised"]
+    ms = {name: f"{1e3 * m[name]:.1f} ms ({1e3 * min(v):.1f}-{1e3 * max(v):.1f})" for name, v in t.items()}
+    print(f"regulariser, batch {args.loss_batch}, forward + backward, median of {args.repeat} "
+          f"alternating rounds (spread): vectorised {ms['reg_vectorised']}, authors' pair loop "
+          f"{ms['reg_loop']}: {reg_speedup:.0f}x")
     print(f"reconstruction loss, batch {args.loss_batch}, forward + backward: vectorised "
-          f"{1e3 * t['loss_vectorised']:.1f} ms, authors' sample loop {1e3 * t['loss_loop']:.1f} ms: "
-          f"{loss_speedup:.1f}x")
+          f"{ms['loss_vectorised']}, authors' sample loop {ms['loss_loop']}: {loss_speedup:.1f}x")
     return [f"reg_speedup={reg_speedup:.0f}", f"loss_speedup={loss_speedup:.1f}"]
 
 

@@ -6,6 +6,7 @@ so that a benchmark without thread flags measures what a user of the scripts get
 """
 import os
 import statistics
+import time
 
 import run.cli
 from run.cli import adapt_threads, apply_thread_policy, wait_policy  # noqa: F401  (before torch)
@@ -56,3 +57,24 @@ def median_spread(values) -> str:
     """'median (min-max, n runs)' of a list of seconds."""
     return (f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}, "
             f"{len(values)} runs)")
+
+
+def alternating(fns: dict, rounds: int, calls: dict | None = None, sync=lambda: None) -> dict:
+    """Time the callables `fns` (name -> fn) in turn, `rounds` rounds after one warm-up
+    call each, so that every variant meets the same state of a shared machine: name ->
+    seconds per call, one figure per round (the mean of `calls[name]` calls, default 1,
+    for functions too quick to time alone). `sync` waits for a GPU."""
+    calls = calls or {}
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n = calls.get(name, 1)
+            sync()
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            sync()
+            times[name].append((time.perf_counter() - start) / n)
+    return times
