@@ -11,6 +11,7 @@ bounds it. Attention sums stay float32 (PackedStacks) and sampling float64
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from models.sampling import SamplingParams, row_settings, sample_tokens
-from models.transformer import PackedLinear, PackedStacks, select_state
+from models.transformer import PackedLinear, PackedStacks, TracedStep, select_state
 from music.elements import CONDITIONED, EMOTION_FIELD, N_FIELDS, TYPE_FIELD
 
 GENERATION_DTYPES = ("float32", "bfloat16", "float16", "int8")
@@ -69,6 +70,50 @@ def quantize_stacks(stacks: PackedStacks) -> PackedStacks:
         for name, value in packed.items():
             packed[name] = int8_weights(value)
     return stacks
+
+
+# Packed stacks and their traced steps per model, kept between generation calls while the
+# model's weights stay the same (building them costs about 40 ms, tracing 0.1-0.4 s).
+_generation_packs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def packed_stacks(model, name: str, stacks) -> tuple[PackedStacks, dict]:
+    """PackedStacks over `stacks` (modules of `model`), int8 when cast_for_generation asked
+    for it, and a dict for its traced steps; both reused by later calls until a parameter
+    of the model is replaced or changed in place (identity and version of every
+    parameter are the key, so training, load_state_dict and .to() all rebuild them)."""
+    key = (tuple((id(p), _version(p)) for p in model.parameters()),
+           getattr(model, "generation_int8", False))
+    entry = _generation_packs.get(model)
+    if entry is None or entry["key"] != key:
+        entry = _generation_packs[model] = {"key": key, "stacks": {}}
+    if name not in entry["stacks"]:
+        packed = PackedStacks(list(stacks))
+        if key[1]:
+            quantize_stacks(packed)
+        entry["stacks"][name] = (packed, {})
+    return entry["stacks"][name]
+
+
+def _version(tensor) -> int:
+    """In-place changes counted by autograd (-1 for an inference tensor, which has none:
+    it cannot be changed outside inference mode either)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
+
+
+def step_stacks(stacks: PackedStacks, traces: dict, x, state, memory=None, traced: bool = True):
+    """stacks.step(x, state, memory), through a TracedStep for x's shape and dtype when
+    one applies (traced=False: always the eager step)."""
+    if traced:
+        key = (tuple(x.shape), x.dtype)
+        if key not in traces:
+            traces[key] = TracedStep.build(stacks, x, state, memory)
+        if traces[key] is not None:
+            return traces[key](x, state, memory)
+    return stacks.step(x, state, memory)
 
 
 @torch.inference_mode()
@@ -147,21 +192,24 @@ class RecurrentDecoder:
         args = (batch, latent.device, latent.dtype)
         self.global_stack = self.element_stack = None
         self.global_state = self.memory = self.element_states = None
+        # Traced steps while every piece is still running (a shrinking batch would need a
+        # trace per batch size): see TracedStep.
+        self.traced = packed
+        self.global_traces = self.element_traces = None
         if m.global_decoder is not None:
-            self.global_stack = PackedStacks([m.global_decoder]) if packed else m.global_decoder
+            if packed:
+                self.global_stack, self.global_traces = packed_stacks(m, "global", [m.global_decoder])
+            else:
+                self.global_stack = m.global_decoder
             self.global_state = self.global_stack.init_state(*args)
             if c.conditioning == "CA":
                 self.memory = self.global_stack.summarize_memory(m.memory_projection(latent))
         if m.element_decoders is not None:
             if packed:
-                self.element_stack = PackedStacks(list(m.element_decoders))
+                self.element_stack, self.element_traces = packed_stacks(m, "element", m.element_decoders)
                 self.element_states = self.element_stack.init_state(*args)
             else:
                 self.element_states = [dec.init_state(*args) for dec in m.element_decoders]
-        if packed and getattr(m, "generation_int8", False):
-            for stack in (self.global_stack, self.element_stack):
-                if stack is not None:
-                    quantize_stacks(stack)
         if packed:
             self.input_table, self.input_offsets = _fused_input_table(m)
             self.positions = m.decoder_position.pe.to(latent.dtype)
@@ -181,8 +229,8 @@ class RecurrentDecoder:
 
     def _global_step(self, h):
         if self.packed:
-            h, self.global_state = self.global_stack.step(h.unsqueeze(0), self.global_state,
-                                                          self.memory)
+            h, self.global_state = step_stacks(self.global_stack, self.global_traces, h.unsqueeze(0),
+                                               self.global_state, self.memory, self.traced)
             return h[0]
         h, self.global_state = self.global_stack.step(h, self.global_state, self.memory)
         return h
@@ -202,8 +250,9 @@ class RecurrentDecoder:
             return h, z
         inputs = self._position(h.unsqueeze(1) + z, t)                  # [b, 7, d]
         if self.packed:
-            states, self.element_states = self.element_stack.step(inputs.transpose(0, 1),
-                                                                  self.element_states)
+            states, self.element_states = step_stacks(self.element_stack, self.element_traces,
+                                                      inputs.transpose(0, 1), self.element_states,
+                                                      traced=self.traced)
             return states.transpose(0, 1), z
         states = []
         for k, decoder in enumerate(m.element_decoders):
@@ -213,6 +262,7 @@ class RecurrentDecoder:
 
     def select(self, index):
         """Keep only batch rows `index` (pieces still being generated)."""
+        self.traced = False
         self.latent = self.latent[index]
         self.z = self.z[index]
         if self.packed:

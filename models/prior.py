@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import PriorConfig
-from models.transformer import PackedLinear, PackedStacks, PositionalEncoding, TransformerStack
-from models.generation import int8_weights, quantize_stacks
+from models.transformer import PackedLinear, PositionalEncoding, TransformerStack
+from models.generation import int8_weights, packed_stacks, step_stacks
 from models.sampling import sample_tokens
 
 
@@ -104,20 +104,19 @@ class RecurrentPrior:
     @torch.no_grad()
     def __init__(self, prior: Prior, batch: int):
         device, dtype = prior.head.weight.device, prior.head.weight.dtype
-        self.stack = PackedStacks([prior.transformer])
+        self.stack, self.traces = packed_stacks(prior, "prior", [prior.transformer])
         self.state = self.stack.init_state(batch, device, dtype)
         self.inputs = prior._embed(torch.arange(prior.config.vocab_size, device=device))
         self.positions = prior.position.pe.to(dtype)
         self.head = PackedLinear(prior.head.weight[None], prior.head.bias[None])
         if getattr(prior, "generation_int8", False):
-            quantize_stacks(self.stack)
             self.head = int8_weights(self.head)
 
     def step(self, token, t: int):
         """token [b] at position t -> logits [b, n_codes] for position t + 1's code (call
         under torch.inference_mode or no_grad, as Prior.generate does)."""
-        h, self.state = self.stack.step((self.inputs[token] + self.positions[t]).unsqueeze(0),
-                                        self.state)
+        h, self.state = step_stacks(self.stack, self.traces,
+                                    (self.inputs[token] + self.positions[t]).unsqueeze(0), self.state)
         return self.head(h)[0]
 
 

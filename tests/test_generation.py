@@ -302,3 +302,106 @@ def test_generate_script_keeps_float32_by_default():
     parser = generate.build_parser()
     assert parser.parse_args([]).dtype == "float32"
     assert parser.parse_args(["--dtype", "bfloat16"]).dtype == "bfloat16"
+
+
+# -- traced steps and the packed-stacks cache ----------------------------------------------
+
+from models import generation as generation_module  # noqa: E402
+from models.prior import Prior  # noqa: E402
+from models.config import PriorConfig  # noqa: E402
+
+
+def eos_possible_model():
+    model = tiny_model().float()
+    with torch.no_grad():               # EOS likely: pieces of a batch end at different steps
+        model.heads[3].bias[TYPE_IDS["EOS"]] += 3.0
+    return model
+
+
+def words_of(model, latent, emotion, seed, steps):
+    return model.generate(latent, emotion, generator=torch.Generator().manual_seed(seed),
+                          max_steps=steps)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_traced_steps_give_the_eager_words_and_codes(batch, monkeypatch):
+    """Generation through TracedStep (the default) samples exactly what eager steps sample,
+    for the decoder (including a batch whose pieces end at different steps) and the prior."""
+    model = eos_possible_model()
+    torch.manual_seed(4)
+    latent = torch.randn(batch, 24, model.config.latent_dim)
+    emotion = torch.arange(batch) % 4 + 1
+    prior = Prior(apply_preset(PriorConfig(n_codes=40), "tiny")).eval()
+    traced = [words_of(model, latent, emotion, s, 20) for s in range(3)]
+    traced_codes = prior.generate(emotion, 20, generator=torch.Generator().manual_seed(5))
+    entry = generation_module._generation_packs[model]
+    assert any(t is not None for _, traces in entry["stacks"].values() for t in traces.values()), \
+        "no traced step was used"
+    assert any(t is not None for t in generation_module._generation_packs[prior]["stacks"]["prior"][1].values())
+    monkeypatch.setenv(transformer.TRACE_STEPS_ENV, "0")
+    generation_module._generation_packs.clear()
+    eager = [words_of(model, latent, emotion, s, 20) for s in range(3)]
+    eager_codes = prior.generate(emotion, 20, generator=torch.Generator().manual_seed(5))
+    assert all(t is None for _, traces in generation_module._generation_packs[model]["stacks"].values()
+               for t in traces.values())
+    for a, b in zip(traced, eager):
+        assert [w.tolist() for w in a] == [w.tolist() for w in b]
+    if batch > 1:
+        assert len({len(w) for run in eager for w in run}) > 1, "no piece ended early: test too weak"
+    assert torch.equal(traced_codes, eager_codes)
+
+
+def test_traced_step_outputs_equal_the_eager_step_exactly():
+    """One TracedStep against PackedStacks.step, state updates included, over 12 steps."""
+    model = tiny_model().float()
+    stacks = transformer.PackedStacks(list(model.element_decoders))
+    x = torch.randn(len(model.element_decoders), 2, model.config.dec_d_model)
+    eager_state = stacks.init_state(2, torch.device("cpu"), torch.float32)
+    traced_state = stacks.init_state(2, torch.device("cpu"), torch.float32)
+    traced = transformer.TracedStep.build(stacks, x, traced_state)
+    assert traced is not None and traced.fits(x) and not traced.fits(x[:, :1])
+    for t in range(12):
+        x = torch.randn_like(x)
+        a, eager_state = stacks.step(x, eager_state)
+        b, traced_state = traced(x, traced_state)
+        assert torch.equal(a, b)
+        for s, u in zip(eager_state, traced_state):
+            assert torch.equal(s.kvz, u.kvz)
+
+
+def test_packed_stacks_are_reused_until_the_weights_change():
+    """The same model generates with the same PackedStacks call after call; changing a
+    weight in place (as an optimizer step does) or replacing it rebuilds them, so the
+    words follow the new weights exactly as a fresh eager run does."""
+    model = tiny_model().float()
+    latent = torch.randn(1, 16, model.config.latent_dim)
+    words_of(model, latent, [1], 0, 10)
+    first = generation_module._generation_packs[model]["stacks"]["element"][0]
+    words_of(model, latent, [1], 0, 10)
+    assert generation_module._generation_packs[model]["stacks"]["element"][0] is first
+    with torch.no_grad():
+        for p in model.element_decoders.parameters():
+            p.mul_(1.5)
+    changed = words_of(model, latent, [1], 0, 10)
+    assert generation_module._generation_packs[model]["stacks"]["element"][0] is not first
+    fresh = copy.deepcopy(model)
+    generation_module._generation_packs.pop(fresh, None)
+    reference = fresh.generate(latent, [1], generator=torch.Generator().manual_seed(0),
+                               max_steps=10, recurrent=False)
+    assert [w.tolist() for w in changed] == [w.tolist() for w in reference]
+
+
+def test_generation_steps_eagerly_where_tracing_fails(monkeypatch):
+    """A torch whose tracer fails (or lacks TorchScript) still generates, the same words,
+    with a warning."""
+    model = tiny_model().float()
+    latent = torch.randn(1, 16, model.config.latent_dim)
+    expected = words_of(model, latent, [2], 3, 10)
+    generation_module._generation_packs.clear()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no TorchScript here")
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    with pytest.warns(UserWarning, match="stepping without a trace"):
+        got = words_of(model, latent, [2], 3, 10)
+    assert [w.tolist() for w in got] == [w.tolist() for w in expected]
