@@ -207,7 +207,7 @@ class PackedLinear:
         w = self.weight_cols
         if w.device.type != "cpu":
             return "rows"
-        key = (*w.shape, w.dtype, torch.get_num_threads())
+        key = (*(int(n) for n in w.shape), w.dtype, torch.get_num_threads())
         if key not in _one_row_layout_cache:
             _one_row_layout_cache[key] = self._time_layouts()
         return _one_row_layout_cache[key]
@@ -438,6 +438,9 @@ class TracedStep:
             memory = [LinearSums(t) for t in tensors[n_state:]] or None
             return stacks.step(x, [LinearSums(t) for t in tensors[:n_state]], memory)[0]
         example = [s.kvz.clone() for s in state] + [m.kvz for m in memory or []]
+        # One eager step first: each product chooses its one-row layout by timing, which
+        # must happen outside the tracer (its per-op overhead would skew the timing).
+        step(x, *[t.clone() for t in example])
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")         # TracerWarnings about fixed shapes

@@ -405,3 +405,26 @@ def test_generation_steps_eagerly_where_tracing_fails(monkeypatch):
     with pytest.warns(UserWarning, match="stepping without a trace"):
         got = words_of(model, latent, [2], 3, 10)
     assert [w.tolist() for w in got] == [w.tolist() for w in expected]
+
+
+def test_layouts_are_chosen_before_tracing(monkeypatch):
+    """The one-row layouts a traced step bakes in are chosen by timing outside the tracer:
+    the choices are keyed by plain integers and timed once per shape."""
+    monkeypatch.delenv(transformer.ONE_ROW_LAYOUT_ENV, raising=False)
+    monkeypatch.setattr(transformer, "_one_row_layout_cache", {})
+    timed_while_tracing = []
+    original = PackedLinear._time_layouts
+
+    def record(self, *args, **kwargs):
+        timed_while_tracing.append(torch.jit.is_tracing())
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(PackedLinear, "_time_layouts", record)
+    model = tiny_model().float()
+    stacks = transformer.PackedStacks(list(model.element_decoders))
+    x = torch.randn(len(model.element_decoders), 1, model.config.dec_d_model)
+    state = stacks.init_state(1, torch.device("cpu"), torch.float32)
+    assert transformer.TracedStep.build(stacks, x, state) is not None
+    assert timed_while_tracing and not any(timed_while_tracing)
+    keys = list(transformer.one_row_layout_choices())
+    assert all(type(n) is int for key in keys for n in key[:3])
+    assert len(keys) == len(set(keys)) == len(timed_while_tracing)
