@@ -4,6 +4,10 @@
 or the parallel decoder re-run every step as a reference) and draws each word's type,
 then the six type-conditioned elements.
 
+The packed stacks of a model (its weights stacked for batched products) and their steps
+recorded by torch.jit.trace are kept per model between calls while its weights stay the
+same (`packed_stacks`, `step_stacks`).
+
 `cast_for_generation` puts a model in a narrower dtype for generation: batch-1 generation
 reads every weight at every step, so halving the bytes halves the memory traffic that
 bounds it. Attention sums stay float32 (PackedStacks) and sampling float64
@@ -105,10 +109,13 @@ def _version(tensor) -> int:
 
 
 def step_stacks(stacks: PackedStacks, traces: dict, x, state, memory=None, traced: bool = True):
-    """stacks.step(x, state, memory), through a TracedStep for x's shape and dtype when
-    one applies (traced=False: always the eager step)."""
+    """stacks.step(x, state, memory), through a TracedStep for x's shape and dtype and the
+    thread count when one applies (traced=False: always the eager step). A trace bakes in
+    the one-row layouts timed when it was made, and those are chosen per thread count: a
+    trace made while the machine was busy and 2 threads ran would keep layouts timed under
+    that contention after the count dropped to 1 (bench/RESULTS.md)."""
     if traced:
-        key = (tuple(x.shape), x.dtype)
+        key = (tuple(x.shape), x.dtype, torch.get_num_threads())
         if key not in traces:
             traces[key] = TracedStep.build(stacks, x, state, memory)
         if traces[key] is not None:

@@ -428,3 +428,19 @@ def test_layouts_are_chosen_before_tracing(monkeypatch):
     keys = list(transformer.one_row_layout_choices())
     assert all(type(n) is int for key in keys for n in key[:3])
     assert len(keys) == len(set(keys)) == len(timed_while_tracing)
+
+
+def test_a_new_thread_count_gets_its_own_trace():
+    """Traces bake in the one-row layouts, which are chosen per thread count: when the
+    count changes (run.cli.adapt_threads), the next generation traces again."""
+    model = tiny_model().float()
+    latent = torch.randn(1, 12, model.config.latent_dim)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            words_of(model, latent, [1], 0, 6)
+    finally:
+        torch.set_num_threads(before)
+    traces = generation_module._generation_packs[model]["stacks"]["element"][1]
+    assert sorted(key[2] for key in traces) == [1, 2]
