@@ -11,15 +11,15 @@ alternate and share the machine's state), each as its own process:
   3 s of warm-up pieces (ms per step = prior + decoder);
 - training: bench_train.py, paper configuration, batch 1 x 1024, one timed step.
 Settings: the default (run/cli.py: one thread per core left free at start, then following
-the free cores while it runs; short spin),
-2 threads sleeping at once (OMP_WAIT_POLICY=PASSIVE), with OpenMP's own long spin
-(GOMP_SPINCOUNT=300000, libgomp's default: what the scripts ran with before) or with the
-short spin, and 1 thread; --settings picks. Prints a Markdown table: median of
+the free cores while it runs; GOMP_SPINCOUNT=30000), and 2 threads fixed: sleeping at once
+(OMP_WAIT_POLICY=PASSIVE), with OpenMP's own long spin (GOMP_SPINCOUNT=300000, libgomp's
+default: what the scripts ran with before 2026-12-03), with GOMP_SPINCOUNT=10000 or with
+the default's 30000; and 1 thread. --settings picks. Prints a Markdown table: median of
 the rounds, spread, the ratio to the best setting of that condition, the load.
 
 Usage: python bench/bench_threads.py [--rounds 3] [--gen_steps 128] [--conditions idle,busy,later]
                                      [--workloads generation,training]
-                                     [--settings default,passive,spin,short,one]
+                                     [--settings default,passive,spin,short,fixed,one]
 """
 import argparse
 import os
@@ -36,12 +36,15 @@ sys.path.insert(0, str(ROOT))
 from bench.common import cpu_model  # noqa: E402
 
 SETTINGS = {
-    "default": ("default (run/cli.py): free cores, followed; short spin", {}, []),
+    "default": ("default (run/cli.py): free cores, followed; GOMP_SPINCOUNT=30000", {}, []),
     "passive": ("2 threads, OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"},
                 ["--threads", "2"]),
     "spin": ("2 threads, long spin (GOMP_SPINCOUNT=300000, libgomp's default)",
              {"GOMP_SPINCOUNT": "300000"}, ["--threads", "2"]),
-    "short": ("2 threads, short spin (GOMP_SPINCOUNT=10000)", {}, ["--threads", "2"]),
+    "short": ("2 threads, shorter spin (GOMP_SPINCOUNT=10000, the default until 2026-12-03)",
+              {"GOMP_SPINCOUNT": "10000"}, ["--threads", "2"]),
+    "fixed": ("2 threads, the default's spin (GOMP_SPINCOUNT=30000), no following",
+              {"GOMP_SPINCOUNT": "30000"}, ["--threads", "2"]),
     "one": ("1 thread", {}, ["--threads", "1"]),
 }
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
@@ -97,7 +100,7 @@ def main():
                         help="idle, busy (another process spins from before the start), later "
                              "(it starts once the benchmark has chosen its threads)")
     parser.add_argument("--workloads", default="generation,training")
-    parser.add_argument("--settings", default="default,passive,spin,short,one",
+    parser.add_argument("--settings", default="default,passive,spin,short,fixed,one",
                         help=f"comma-separated, of {','.join(SETTINGS)}")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per run")
     args = parser.parse_args()

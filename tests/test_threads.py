@@ -9,8 +9,9 @@ import pytest
 from run.cli import default_wait, threads_from_argv
 from tests.conftest import ROOT
 
-# While the main thread sleeps after a parallel op, a spinning OpenMP thread burns CPU and
-# a passive one does not: the CPU time of that loop tells which policy libgomp runs with.
+# While the main thread sleeps (5 ms) after a parallel op, a thread that keeps spinning
+# burns CPU and one that stops soon (the default spins about 0.5 ms) does not: the CPU
+# time of that loop tells which policy libgomp runs with.
 PROBE = """
 import sys, time
 import run.cli
@@ -22,10 +23,10 @@ for _ in range(3):
 start = time.process_time()
 for _ in range(100):
     x.mul_(1.0)
-    time.sleep(0.002)
+    time.sleep(0.005)
 print(time.process_time() - start, run.cli.wait_policy())
 """
-SLEPT = 100 * 0.002
+SLEPT = 100 * 0.005
 
 
 def run_python(code, env_extra=None, args=()):
