@@ -146,7 +146,7 @@ _one_row_layout_cache: dict[tuple, str] = {}
 
 
 def one_row_layout_choices() -> dict[tuple, str]:
-    """The layouts chosen so far: (groups, out, in, dtype, threads) -> 'rows' or 'cols'."""
+    """The layouts chosen so far: (groups, in, out, dtype, threads) -> 'rows' or 'cols'."""
     return dict(_one_row_layout_cache)
 
 
