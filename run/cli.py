@@ -197,7 +197,7 @@ def apply_thread_policy(threads: int | None = None) -> int:
     elif "OMP_NUM_THREADS" not in os.environ:
         free = free_cores()
         if free is not None:
-            torch.set_num_threads(max(1, min(MAX_THREADS, round(free))))
+            torch.set_num_threads(threads_for(free, MAX_THREADS))
             _governor = ThreadGovernor(MAX_THREADS)
     return torch.get_num_threads()
 
@@ -244,8 +244,7 @@ class ThreadGovernor:
 
     def wanted(self, others: float) -> int:
         """Threads for a machine where other processes hold `others` cores."""
-        free = _allowed_cores() - others
-        return max(1, min(self.max_threads, round(free)))
+        return threads_for(_free_of(others), self.max_threads)
 
     def tick(self) -> None:
         if self._last is None or time.monotonic() < self._next:
@@ -254,13 +253,12 @@ class ThreadGovernor:
         if now is None:
             self._last = None
             return
-        (t0, busy0, total0, own0), (t1, busy1, total1, own1) = self._last, now
+        (t0, *stat0, own0), (t1, *stat1, own1) = self._last, now
         self._last, self._next = now, t1 + self.interval
-        if total1 <= total0 or t1 <= t0:
+        used = _cores_in_use(stat0, stat1)
+        if used is None or t1 <= t0:
             return
-        cores = os.cpu_count() or 1
-        others = cores * (busy1 - busy0) / (total1 - total0) - (own1 - own0) / (t1 - t0)
-        self.set(self.wanted(max(0.0, others)))
+        self.set(self.wanted(max(0.0, used - (own1 - own0) / (t1 - t0))))
 
     def set(self, threads: int) -> None:
         current = torch.get_num_threads()
@@ -283,26 +281,41 @@ def _proc_stat_busy_total() -> tuple[int, int]:
     return total - idle, total
 
 
+def _cores_in_use(stat0, stat1) -> float | None:
+    """Cores busy between two (busy, total) readings of /proc/stat (None if no time passed)."""
+    (busy0, total0), (busy1, total1) = stat0, stat1
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (busy1 - busy0) / (total1 - total0)
+
+
+def _free_of(others: float) -> float:
+    """Cores of this process's CPU set left free when other processes hold `others` cores
+    of the machine."""
+    return max(0.0, min(float(_allowed_cores()), (os.cpu_count() or 1) - others))
+
+
 def _allowed_cores() -> int:
     cores = os.cpu_count() or 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+
+
+def threads_for(free: float, max_threads: int) -> int:
+    """One thread per free core, at least 1, at most `max_threads`."""
+    return max(1, min(max_threads, round(free)))
 
 
 def free_cores(seconds: float = 0.2) -> float | None:
     """Cores of this process's CPU set that nobody used during `seconds` (from /proc/stat;
     this process sleeps meanwhile). None where /proc/stat is unreadable."""
     try:
-        busy0, total0 = _proc_stat_busy_total()
+        stat0 = _proc_stat_busy_total()
         time.sleep(seconds)
-        busy1, total1 = _proc_stat_busy_total()
+        stat1 = _proc_stat_busy_total()
     except (OSError, ValueError, IndexError):
         return None
-    cores = os.cpu_count() or 1
-    if total1 <= total0:
-        return None
-    used = cores * (busy1 - busy0) / (total1 - total0)
-    allowed = _allowed_cores()
-    return max(0.0, min(float(allowed), cores - used))
+    used = _cores_in_use(stat0, stat1)
+    return None if used is None else _free_of(used)
 
 
 def default_wait() -> str:

@@ -222,3 +222,16 @@ def test_generation_and_training_loops_call_on_step():
     model.generate(latent, torch.tensor([1]), max_steps=6, on_step=lambda: calls.append("word"))
     assert calls == ["word"] * 6
     assert "adapt_threads()" in inspect.getsource(run.training.fit)
+
+
+def test_governor_and_start_choice_agree_on_a_restricted_cpu_set(monkeypatch):
+    """A process allowed 2 of 8 CPUs, with other processes busy on the other 6, has 2
+    free cores both at start (free_cores) and while running (ThreadGovernor.wanted)."""
+    import run.cli as cli
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(cli, "_allowed_cores", lambda: 2)
+    readings = iter([(0, 800), (600, 1600)])          # 6 of 8 cores busy meanwhile
+    monkeypatch.setattr(cli, "_proc_stat_busy_total", lambda: next(readings, (600, 1600)))
+    assert cli.free_cores(0.0) == 2.0
+    assert cli.ThreadGovernor(max_threads=2).wanted(6.0) == 2
+    assert cli.ThreadGovernor(max_threads=2).wanted(7.0) == 1
