@@ -179,7 +179,7 @@ def load_vq_dict(path: Path, fingerprint: str | None = None, codebook_size: int 
     if fingerprint is not None and vq_dict.get("vq_vae") not in (None, fingerprint):
         raise UserError(f"{path}: this VQ_dict was made from another VQ-VAE "
                         f"(codebook {vq_dict.get('vq_vae')}, the model's is {fingerprint}); re-run VQ_explore.py")
-    to_compact, to_code = vq_dict[0], vq_dict[1]
+    to_compact, to_code = _plain_ints(vq_dict[0], path), _plain_ints(vq_dict[1], path)
     inverse = (isinstance(to_compact, dict) and isinstance(to_code, dict) and len(to_code) == len(to_compact)
                and all(to_code.get(i) == code for code, i in to_compact.items()))
     if not inverse or not to_compact or sorted(to_compact.values()) != list(range(len(to_compact))):
@@ -190,7 +190,19 @@ def load_vq_dict(path: Path, fingerprint: str | None = None, codebook_size: int 
         if outside:
             raise UserError(f"{path}: code {outside[0]} is outside the VQ-VAE's codebook of {codebook_size} "
                             f"(a VQ_dict of another model?); re-run VQ_explore.py with this --VQ_VAE")
-    return vq_dict
+    return {**vq_dict, 0: to_compact, 1: to_code}
+
+
+def _plain_ints(mapping, path) -> dict:
+    """A code map with plain int keys and values: the authors' VQ_explore.py writes numpy
+    integers, which a checkpoint loaded with weights_only=True cannot hold."""
+    if not isinstance(mapping, dict):
+        return mapping
+    integral = (int, np.integer)
+    if not all(isinstance(k, integral) and isinstance(v, integral) and not isinstance(k, bool)
+               and not isinstance(v, bool) for k, v in mapping.items()):
+        raise UserError(f"{path}: not a valid VQ_dict (its codes and indices must be integers); re-run VQ_explore.py")
+    return {int(k): int(v) for k, v in mapping.items()}
 
 
 def check_prior_codes(prior_checkpoint: dict, prior_path, fingerprint: str, vq_path) -> None:

@@ -6,10 +6,12 @@ their forward pass directly from those tensors.
 """
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from convert_checkpoint import main as convert_main
+from generate import main as generate_main
 from models.config import PRESETS, MusERConfig, PriorConfig
 from tests import authors_spec as spec
 from run.authors_checkpoint import EMA_STEPS, convert_muser, convert_prior, muser_config
@@ -221,9 +223,11 @@ def test_script_converts_both_checkpoints(tmp_path):
     assert checkpoint["epoch"] == 299 and checkpoint["vocab_sizes"] == sizes
     assert checkpoint["dictionary"]["event2word"]["type"] == TYPE_IDS
 
-    used = [3, 5, 8, 13, 21, 30]                           # their VQ_dict: no fingerprint
+    used = [3, 5, 8, 13, 21, 30]
+    # Their VQ_dict as their VQ_explore.py writes it: numpy integers, no fingerprint.
+    codes = np.array(used, dtype=np.int64)
     with open(tmp_path / "VQ_dict.data", "wb") as handle:
-        pickle.dump({0: {c: i for i, c in enumerate(used)}, 1: dict(enumerate(used))}, handle)
+        pickle.dump({0: {c: np.int64(i) for i, c in enumerate(codes)}, 1: dict(enumerate(codes))}, handle)
     t = PRESETS["tiny"]["prior"]
     prior_state = spec.random_state(spec.prior_spec(len(used), N=t["layers"], encoder_width=t["d_model"]))
     prior_state["emb.lut.weight"] = torch.randn(len(used) + 5, t["emb_size"])
@@ -236,7 +240,14 @@ def test_script_converts_both_checkpoints(tmp_path):
     prior_ckpt = load_checkpoint(prior_out, "prior")
     assert build_prior(prior_ckpt, prior_out).config.n_codes == len(used)
     assert prior_ckpt["vq_dict"][1] == dict(enumerate(used))
+    assert all(type(k) is int and type(v) is int for part in (0, 1) for k, v in prior_ckpt["vq_dict"][part].items())
     check_prior_codes(prior_ckpt, prior_out, codebook_fingerprint(vq_vae), muser_out)   # generate.py's check
+    # ... and generate.py reads the converted pair (a weights-only load: plain ints only).
+    assert generate_main(["--VQ_prior", str(prior_out), "--VQ_VAE", str(muser_out), "--music_file", "converted",
+                          "--out_root", str(tmp_path / "generated"), "--n_per_emotion", "1", "--max_steps", "16",
+                          "--device", "cpu", "--piano_rolls", "False", "--audio", "False"]) == 0
+    pieces = sorted((tmp_path / "generated" / "converted").glob("*.mid"))
+    assert len(pieces) == 4 and all(p.stat().st_size > 0 for p in pieces)
 
 
 def test_script_error_is_one_line(tmp_path, capsys):
