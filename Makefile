@@ -13,6 +13,10 @@ DEMO_FLAGS := --preset tiny --max_len 256 --lr 1e-3
 # The tiny preset gains nothing from intra-op threads, and spin-waiting OpenMP threads
 # slow small ops down badly on a busy machine: one thread per process.
 export OMP_NUM_THREADS ?= 1
+# libgomp reads how waiting threads wait once, when torch loads, so the launcher sets it: a
+# short spin, so that a waiting thread soon yields a core that another process needs
+# (run/threads.py; scripts launched directly take it from the environment too).
+export GOMP_SPINCOUNT ?= 30000
 
 .PHONY: demo test venv clean-demo reproduce
 

@@ -28,7 +28,8 @@ import torch
 from evaluation import evaluator as E
 from evaluation import metrics as M
 from run.checkpoint import load_muser, model_vocabulary
-from run.cli import adapt_threads, add_audio_args, add_common_args, resolve_device, run_main
+from run.cli import add_audio_args, add_common_args, resolve_device, run_main
+from run.threads import adapt_threads
 from music.cp import words_to_midi
 from music.atomic import write_text
 from music.errors import UserError

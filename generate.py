@@ -15,10 +15,6 @@ import argparse
 import pickle
 from pathlib import Path
 
-# run.cli first: it sets OpenMP's waiting policy, which only takes effect before torch loads.
-from run.cli import (adapt_threads, add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main,
-                     str2bool)
-
 import torch
 from tqdm import tqdm
 
@@ -27,8 +23,10 @@ from run.checkpoint import build_prior, load_checkpoint, load_muser
 from music.cp import words_to_midi
 from music.elements import IDENTIFIERS, TYPE_FIELD
 from music.errors import UserError
+from run.cli import add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main, str2bool
 from run.pipeline import check_prior_codes, codebook_fingerprint
-from models.generation import GENERATION_DTYPES, cast_for_generation
+from run.threads import adapt_threads
+from models.packed import GENERATION_DTYPES, cast_for_generation
 from models.sampling import FieldSampling, SamplingParams
 
 SAMPLED_FIELDS = IDENTIFIERS          # --tempo_temperature, --bar_beat_top_p, ...

@@ -24,7 +24,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from run.cli import apply_thread_policy, run_main
+from run.cli import run_main
+from run.threads import apply_thread_policy
 from music.errors import UserError
 from run import study as S
 

@@ -11,8 +11,9 @@ EOS is made impossible so that every piece runs all its steps: the type head's E
 is set to -inf, which gives EOS probability exactly 0, and sampling never draws a
 zero-probability token.
 
-Threads and OpenMP waiting are the scripts' (run.cli): --threads and OMP_NUM_THREADS,
-OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment override them as they do there.
+Threads are the scripts' (run/threads.py): --threads and OMP_NUM_THREADS override them as
+they do there; OpenMP waiting comes from the environment (the Makefile exports
+GOMP_SPINCOUNT=30000; OMP_WAIT_POLICY or GOMP_SPINCOUNT set it).
 Every figure is the median of --repeat runs that alternate between the variants compared
 (the machine may be shared), printed with its spread, the CPU and the load.
 - sec_per_piece[_bf16|_fp16|_int8]: one piece at batch 1 on the recurrent path
@@ -44,8 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (EMOPIA_VOCAB, TYPE_IDS, adapt_threads, apply_thread_policy, load, machine,  # noqa: E402
-                          median_spread, thread_changes)
+from bench.common import EMOPIA_VOCAB, TYPE_IDS, load, machine, median_spread, thread_changes  # noqa: E402
 
 import copy  # noqa: E402
 import statistics  # noqa: E402
@@ -53,12 +53,12 @@ import statistics  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models.generation import GENERATION_DTYPES, cast_for_generation  # noqa: E402
 from models.config import MusERConfig, PriorConfig  # noqa: E402
 from models.muser import MusER  # noqa: E402
 from models.prior import Prior  # noqa: E402
-from models.transformer import ONE_ROW_LAYOUTS, one_row_layout_choices  # noqa: E402
+from models.packed import GENERATION_DTYPES, ONE_ROW_LAYOUTS, cast_for_generation, one_row_layout_choices  # noqa: E402
 from models.sampling import sample_tokens  # noqa: E402
+from run.threads import adapt_threads, apply_thread_policy  # noqa: E402
 
 N_CODES = 512
 SUFFIX = {"float32": "", "bfloat16": "_bf16", "float16": "_fp16", "int8": "_int8"}
@@ -137,7 +137,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op CPU threads (default: the scripts' policy, run/cli.py)")
+                        help="intra-op CPU threads (default: the scripts' policy, run/threads.py)")
     parser.add_argument("--steps", type=int, default=1024, help="codes and words per piece")
     parser.add_argument("--dtypes", default="float32,bfloat16,int8",
                         help="comma-separated generate.py --dtype values timed at batch 1 (and batch)")
@@ -179,7 +179,7 @@ def main():
     layouts = one_row_layout_choices()          # (groups, in, out, dtype, threads) -> layout
     for d in sorted({str(key[3]).replace("torch.", "") for key in layouts}):
         chosen = [v for key, v in layouts.items() if str(key[3]) == f"torch.{d}"]
-        print(f"one-row products in {d}, layouts chosen by timing (models/transformer.py): "
+        print(f"one-row products in {d}, layouts chosen by timing (models/packed.py): "
               + ", ".join(f"{layout} {chosen.count(layout)}" for layout in ONE_ROW_LAYOUTS)
               + f" of {len(chosen)} shapes")
     runs = {d: [] for d in dtypes}

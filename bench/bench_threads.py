@@ -1,6 +1,7 @@
 """Thread settings on an idle and on a busy CPU: generation and a training step under the
-scripts' default (run/cli.py) and the alternatives, to check that the default never
-collapses when another process keeps a core busy and costs little when none does.
+scripts' default (run/threads.py, with the Makefile's GOMP_SPINCOUNT) and the alternatives,
+to check that the default never collapses when another process keeps a core busy and costs
+little when none does.
 
 For each condition (idle; busy = one more process spinning `while True: pass`, started
 before the benchmark and ended after it; later = the same process started only once the
@@ -10,11 +11,11 @@ alternate and share the machine's state), each as its own process:
 - generation: bench_generate.py --steps --gen_steps, float32, batch 1, one piece after
   3 s of warm-up pieces (ms per step = prior + decoder);
 - training: bench_train.py, paper configuration, batch 1 x 1024, one timed step.
-Settings: the default (run/cli.py: one thread per core left free at start, then following
-the free cores while it runs; GOMP_SPINCOUNT=30000), and 2 threads fixed: sleeping at once
-(OMP_WAIT_POLICY=PASSIVE), with OpenMP's own long spin (GOMP_SPINCOUNT=300000, libgomp's
-default: what the scripts ran with before 2026-12-03), with GOMP_SPINCOUNT=10000 or with
-the default's 30000; and 1 thread. --settings picks. Prints a Markdown table: median of
+Settings: the default (run/threads.py: one thread per core left free at start, then
+following the free cores while it runs; GOMP_SPINCOUNT=30000, as the Makefile exports), and
+2 threads fixed: sleeping at once (OMP_WAIT_POLICY=PASSIVE), with OpenMP's own long spin
+(GOMP_SPINCOUNT=300000, libgomp's default: what the scripts ran with before 2026-12-03),
+with GOMP_SPINCOUNT=10000 or with the default's 30000; and 1 thread. --settings picks. Prints a Markdown table: median of
 the rounds, spread, the ratio to the best setting of that condition, the load.
 
 Usage: python bench/bench_threads.py [--rounds 3] [--gen_steps 128] [--conditions idle,busy,later]
@@ -34,9 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_model  # noqa: E402
+from run.threads import RECOMMENDED_WAIT  # noqa: E402
 
 SETTINGS = {
-    "default": ("default (run/cli.py): free cores, followed; GOMP_SPINCOUNT=30000", {}, []),
+    "default": ("default (run/threads.py): free cores, followed; GOMP_SPINCOUNT=30000",
+                RECOMMENDED_WAIT, []),
     "passive": ("2 threads, OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"},
                 ["--threads", "2"]),
     "spin": ("2 threads, long spin (GOMP_SPINCOUNT=300000, libgomp's default)",

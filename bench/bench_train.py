@@ -23,8 +23,9 @@ line): forward + backward of the seven element sub-decoders run one after anothe
 the model does) against one batched module over stacked per-decoder weights
 (--element_batching 0 skips it).
 
-Threads and OpenMP waiting are the scripts' (run.cli): --threads and OMP_NUM_THREADS,
-OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment override them as they do there.
+Threads are the scripts' (run/threads.py): --threads and OMP_NUM_THREADS override them as
+they do there; OpenMP waiting comes from the environment (the Makefile exports
+GOMP_SPINCOUNT=30000; OMP_WAIT_POLICY or GOMP_SPINCOUNT set it).
 
 Usage: python bench/bench_train.py [--device cpu|cuda] [--threads N] [--batch 2] [--steps 3]
                                    [--amp] [--losses 0] [--element_batching 0] [--quick]
@@ -42,8 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (EMOPIA_VOCAB, TYPE_IDS, adapt_threads, apply_thread_policy, load,  # noqa: E402
-                          alternating, machine, median_spread, thread_changes)
+from bench.common import (EMOPIA_VOCAB, TYPE_IDS, alternating, load, machine, median_spread,  # noqa: E402
+                          thread_changes)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -52,6 +53,7 @@ from models.config import MusERConfig  # noqa: E402
 from models.losses import element_regularization, reconstruction_losses  # noqa: E402
 from models.muser import MusER  # noqa: E402
 from music.elements import N_ELEMENTS  # noqa: E402
+from run.threads import adapt_threads, apply_thread_policy  # noqa: E402
 
 
 EMOPIA_PIECES = 1078
@@ -249,7 +251,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op CPU threads (default: the scripts' policy, run/cli.py)")
+                        help="intra-op CPU threads (default: the scripts' policy, run/threads.py)")
     parser.add_argument("--batch", type=int, default=2, help="pieces per training step")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (median)")
     parser.add_argument("--loss_batch", type=int, default=16, help="batch of the loss comparison")

@@ -1,15 +1,15 @@
 """What the benchmarks share: the EMOPIA release's vocabulary, for paper-scale models, and
 the description of the machine and its load that every figure is reported with.
 
-Import this module before torch: run.cli sets OpenMP's waiting policy as the scripts do,
-so that a benchmark without thread flags measures what a user of the scripts gets.
+The benchmarks take their threads from the scripts' policy (run/threads.py) and OpenMP's
+waiting from the environment, as the scripts do: launch them with the Makefile's
+GOMP_SPINCOUNT to measure what `make` users get; `machine` names the policy in effect.
 """
 import os
 import statistics
 import time
 
-import run.cli
-from run.cli import adapt_threads, apply_thread_policy, wait_policy  # noqa: F401  (before torch)
+import run.threads
 from music.elements import EVENT_TYPES, per_field
 
 # Field vocabulary sizes of EMOPIA's compound-word release and its type indices.
@@ -34,15 +34,15 @@ def machine(device, threads: int) -> str:
     if device.type == "cuda":
         import torch
         return torch.cuda.get_device_name(device)
-    followed = ", following free cores" if run.cli._governor is not None else ""
+    followed = ", following free cores" if run.threads._governor is not None else ""
     return (f"{cpu_model()}, {os.cpu_count()} CPUs, {threads} thread(s) at start{followed}, "
-            f"{wait_policy()}")
+            f"{run.threads.wait_policy()}")
 
 
 def thread_changes() -> str:
-    """The thread counts the scripts' policy set while the benchmark ran (run.cli.adapt_threads),
+    """The thread counts the scripts' policy set while the benchmark ran (run.threads.adapt_threads),
     as 'thread count changes: 1 at 4.1 s, ...' (seconds since the policy was applied)."""
-    governor = run.cli._governor
+    governor = run.threads._governor
     if governor is None:
         return "thread count changes: none (fixed count)"
     changes = ", ".join(f"{threads} at {t - governor.started:.1f} s" for t, threads in governor.changes)

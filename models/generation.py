@@ -2,20 +2,11 @@
 
 `generate_words` is the loop behind `MusER.generate`; it steps a decoder (recurrent state,
 or the parallel decoder re-run every step as a reference) and draws each word's type,
-then the six type-conditioned elements.
-
-The packed stacks of a model (its weights stacked for batched products) and their steps
-recorded by torch.jit.trace are kept per model between calls while its weights stay the
-same (`packed_stacks`, `step_stacks`).
-
-`cast_for_generation` puts a model in a narrower dtype for generation: batch-1 generation
-reads every weight at every step, so halving the bytes halves the memory traffic that
-bounds it. Attention sums stay float32 (PackedStacks) and sampling float64
-(sample_tokens), so rounding enters only through the weights and the activations.
+then the six type-conditioned elements. The recurrent decoder steps the model's stacks
+packed (models/packed.py: stacked weights, traced steps, int8, narrower dtypes).
 """
 from __future__ import annotations
 
-import weakref
 from typing import Callable
 
 import numpy as np
@@ -23,104 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from models.sampling import SamplingParams, row_settings, sample_tokens
-from models.transformer import PackedLinear, PackedStacks, TracedStep, select_state
+from models.packed import PackedLinear, int8_weights, packed_stacks, step_stacks
+from models.transformer import select_state
 from music.elements import CONDITIONED, EMOTION_FIELD, N_FIELDS, TYPE_FIELD
-
-GENERATION_DTYPES = ("float32", "bfloat16", "float16", "int8")
-
-
-def cast_for_generation(model, dtype: str):
-    """The model (a MusER or a Prior, in eval mode) prepared for generation in `dtype`, one
-    of GENERATION_DTYPES: float32 changes nothing; bfloat16 and float16 cast its weights
-    and buffers; int8 keeps them float32 and marks the model so that the generation step's
-    linear layers read int8 weights with one float scale per output row (weight-only
-    quantisation). For generation only: do not train or save the result."""
-    if dtype not in GENERATION_DTYPES:
-        raise ValueError(f"dtype must be one of {GENERATION_DTYPES}, got {dtype!r}")
-    model.generation_int8 = dtype == "int8"
-    if dtype in ("bfloat16", "float16"):
-        model.to(getattr(torch, dtype))
-    return model
-
-
-class Int8Linear:
-    """A PackedLinear's product with int8 weights, per output row w = scale * q (symmetric,
-    |q| <= 127): a quarter of float32's bytes to read at each step. x [G, b, in] float32
-    -> [G, b, out]."""
-
-    def __init__(self, packed: PackedLinear):
-        weight = packed.weight_cols.transpose(1, 2).float()                 # [G, out, in]
-        scale = weight.abs().amax(dim=2).clamp_min(1e-12) / 127
-        self.q = [(w / s[:, None]).round().to(torch.int8).contiguous()
-                  for w, s in zip(weight, scale)]
-        self.scale = list(scale)
-        self.bias = packed.bias.float()                                      # [G, 1, out]
-
-    def __call__(self, x):
-        x = x.float()
-        out = torch.stack([torch._weight_int8pack_mm(x[g], self.q[g], self.scale[g])
-                           for g in range(len(self.q))])
-        return out + self.bias
-
-
-def int8_weights(linear):
-    """PackedLinear -> Int8Linear; anything else unchanged."""
-    return Int8Linear(linear) if isinstance(linear, PackedLinear) else linear
-
-
-def quantize_stacks(stacks: PackedStacks) -> PackedStacks:
-    """Every linear layer of a PackedStacks' step in int8 (norms and attention sums stay)."""
-    for packed in stacks.layers:
-        for name, value in packed.items():
-            packed[name] = int8_weights(value)
-    return stacks
-
-
-# Packed stacks and their traced steps per model, kept between generation calls while the
-# model's weights stay the same (building them costs about 40 ms, tracing 0.1-0.4 s).
-_generation_packs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def packed_stacks(model, name: str, stacks) -> tuple[PackedStacks, dict]:
-    """PackedStacks over `stacks` (modules of `model`), int8 when cast_for_generation asked
-    for it, and a dict for its traced steps; both reused by later calls until a parameter
-    of the model is replaced or changed in place (identity and version of every
-    parameter are the key, so training, load_state_dict and .to() all rebuild them)."""
-    key = (tuple((id(p), _version(p)) for p in model.parameters()),
-           getattr(model, "generation_int8", False))
-    entry = _generation_packs.get(model)
-    if entry is None or entry["key"] != key:
-        entry = _generation_packs[model] = {"key": key, "stacks": {}}
-    if name not in entry["stacks"]:
-        packed = PackedStacks(list(stacks))
-        if key[1]:
-            quantize_stacks(packed)
-        entry["stacks"][name] = (packed, {})
-    return entry["stacks"][name]
-
-
-def _version(tensor) -> int:
-    """In-place changes counted by autograd (-1 for an inference tensor, which has none:
-    it cannot be changed outside inference mode either)."""
-    try:
-        return tensor._version
-    except RuntimeError:
-        return -1
-
-
-def step_stacks(stacks: PackedStacks, traces: dict, x, state, memory=None, traced: bool = True):
-    """stacks.step(x, state, memory), through a TracedStep for x's shape and dtype and the
-    thread count when one applies (traced=False: always the eager step). A trace bakes in
-    the one-row layouts timed when it was made, and those are chosen per thread count: a
-    trace made while the machine was busy and 2 threads ran would keep layouts timed under
-    that contention after the count dropped to 1 (bench/RESULTS.md)."""
-    if traced:
-        key = (tuple(x.shape), x.dtype, torch.get_num_threads())
-        if key not in traces:
-            traces[key] = TracedStep.build(stacks, x, state, memory)
-        if traces[key] is not None:
-            return traces[key](x, state, memory)
-    return stacks.step(x, state, memory)
 
 
 @torch.inference_mode()

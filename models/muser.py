@@ -263,7 +263,7 @@ class MusER(nn.Module):
         over the whole T-step window as the authors do (recompute="window"), or over the
         words so far (recompute="prefix"). All paths give the same words for the same seed.
         on_step, when given, is called before every step (the scripts adapt their CPU
-        threads there: run.cli.adapt_threads).
+        threads there: run.threads.adapt_threads).
         """
         return generate_words(self, latent, emotion, sampling, generator, max_steps, recurrent,
                               recompute, on_step)

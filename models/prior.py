@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import PriorConfig
-from models.transformer import PackedLinear, PositionalEncoding, TransformerStack
-from models.generation import int8_weights, packed_stacks, step_stacks
+from models.packed import PackedLinear, int8_weights, packed_stacks, step_stacks
+from models.transformer import PositionalEncoding, TransformerStack
 from models.sampling import sample_tokens
 
 

@@ -29,6 +29,7 @@ from evaluation.probe import piece_statistics
 from evaluation.transfer import PAPER_TRANSFERS, quadrant_rows, transfer_pairs
 from music.elements import ELEMENTS, QUADRANTS
 from music.errors import UserError
+from run.threads import with_recommended_wait
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,8 +170,9 @@ class Stages:
 def run_script(script: str, args, log_path: Path, threads: int) -> None:
     """Run one pipeline script of this repository; its output goes to log_path."""
     command = [sys.executable, str(ROOT / script), *map(str, args)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PYTHONUNBUFFERED="1")
+    # The scripts leave OpenMP's spin to their launcher (run/threads.py), here this study.
+    env = dict(with_recommended_wait(os.environ), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(command)}\n")

@@ -29,9 +29,10 @@ from tqdm import tqdm
 
 from music.atomic import write_csv
 from run.checkpoint import load_checkpoint, save_checkpoint
-from run.cli import adapt_threads, resolve_device, seed_everything, setup_logging
+from run.cli import resolve_device, seed_everything, setup_logging
 from run.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, local_device
 from run.pipeline import check_run_dir
+from run.threads import adapt_threads
 from music.errors import UserError
 
 StepFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]

@@ -7,7 +7,8 @@ import torch
 from models.attention import (EPS, LinearState, MultiHeadAttention, causal_linear_attention,
                               causal_linear_step, feature_map, linear_attention,
                               softmax_attention)
-from models.transformer import PackedStacks, PositionalEncoding, TransformerStack, select_state
+from models.packed import PackedStacks
+from models.transformer import PositionalEncoding, TransformerStack, select_state
 
 
 def random_qkv(batch=2, heads=3, length=21, d=5, m=4, source=None, seed=0):

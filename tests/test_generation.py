@@ -11,14 +11,14 @@ import copy
 
 import numpy as np
 
-from models.generation import (GENERATION_DTYPES, GenerationHeads, _fused_input_table,
-                               cast_for_generation, teacher_forced_distributions)
+from models.generation import GenerationHeads, _fused_input_table, teacher_forced_distributions
+from models.packed import GENERATION_DTYPES, cast_for_generation
 from models.prior import teacher_forced_distributions as prior_teacher_forced
 from music.elements import TYPE_FIELD
 from models.muser import MusER
 from music.elements import CONDITIONED
-from models import transformer
-from models.transformer import PackedLinear
+from models import packed as packed_module
+from models.packed import PackedLinear
 from models.sampling import FieldSampling, SamplingParams, row_settings, sample_tokens
 
 VOCAB = [56, 135, 18, 4, 87, 18, 42, 5]
@@ -36,7 +36,7 @@ def tiny_model(**kw):
 @pytest.mark.parametrize("rows", [1, 2, 5])
 def test_packed_linear_equals_each_linear_in_every_layout(groups, rows, layout, monkeypatch):
     """Fixed layouts and the timed choice ('') all compute each Linear."""
-    monkeypatch.setenv(transformer.ONE_ROW_LAYOUT_ENV, layout)
+    monkeypatch.setenv(packed_module.ONE_ROW_LAYOUT_ENV, layout)
     torch.manual_seed(0)
     linears = [torch.nn.Linear(12, 10).double() for _ in range(groups)]
     packed = PackedLinear.from_linears(linears)
@@ -50,8 +50,8 @@ def test_packed_linear_equals_each_linear_in_every_layout(groups, rows, layout, 
 def test_one_row_layout_is_the_faster_one_and_is_timed_once(monkeypatch):
     """The timing keeps 'cols' only when it is clearly faster, caches the choice per shape,
     dtype and thread count, and the environment variable overrides it."""
-    monkeypatch.delenv(transformer.ONE_ROW_LAYOUT_ENV, raising=False)
-    monkeypatch.setattr(transformer, "_one_row_layout_cache", {})
+    monkeypatch.delenv(packed_module.ONE_ROW_LAYOUT_ENV, raising=False)
+    monkeypatch.setattr(packed_module, "_one_row_layout_cache", {})
     calls = []
     slow_rows = PackedLinear._rows
 
@@ -72,17 +72,17 @@ def test_one_row_layout_is_the_faster_one_and_is_timed_once(monkeypatch):
     other = PackedLinear.from_linears([torch.nn.Linear(16, 8) for _ in range(2)])
     other(x)
     assert len(calls) == timed, "the same shape was timed twice"
-    assert list(transformer.one_row_layout_choices().values()) == ["cols"]
-    monkeypatch.setenv(transformer.ONE_ROW_LAYOUT_ENV, "rows")
+    assert list(packed_module.one_row_layout_choices().values()) == ["cols"]
+    monkeypatch.setenv(packed_module.ONE_ROW_LAYOUT_ENV, "rows")
     assert PackedLinear.from_linears([torch.nn.Linear(16, 8)]).one_row_layout() == "rows"
-    monkeypatch.setenv(transformer.ONE_ROW_LAYOUT_ENV, "diagonal")
+    monkeypatch.setenv(packed_module.ONE_ROW_LAYOUT_ENV, "diagonal")
     with pytest.raises(ValueError, match="MUSER_ONE_ROW_LAYOUT"):
         PackedLinear.from_linears([torch.nn.Linear(16, 8)]).one_row_layout()
 
 
 def test_a_near_tie_keeps_rows(monkeypatch):
     """Equal speeds keep 'rows' (the margin), so the choice does not flip from run to run."""
-    monkeypatch.delenv(transformer.ONE_ROW_LAYOUT_ENV, raising=False)
+    monkeypatch.delenv(packed_module.ONE_ROW_LAYOUT_ENV, raising=False)
     packed = PackedLinear.from_linears([torch.nn.Linear(16, 8)])
     monkeypatch.setattr(PackedLinear, "_rows", lambda self, x: time.sleep(0.001))
     monkeypatch.setattr(torch, "baddbmm", lambda *a: time.sleep(0.001))
@@ -306,7 +306,6 @@ def test_generate_script_keeps_float32_by_default():
 
 # -- traced steps and the packed-stacks cache ----------------------------------------------
 
-from models import generation as generation_module  # noqa: E402
 from models.prior import Prior  # noqa: E402
 from models.config import PriorConfig  # noqa: E402
 
@@ -334,15 +333,15 @@ def test_traced_steps_give_the_eager_words_and_codes(batch, monkeypatch):
     prior = Prior(apply_preset(PriorConfig(n_codes=40), "tiny")).eval()
     traced = [words_of(model, latent, emotion, s, 20) for s in range(3)]
     traced_codes = prior.generate(emotion, 20, generator=torch.Generator().manual_seed(5))
-    entry = generation_module._generation_packs[model]
+    entry = packed_module._generation_packs[model]
     assert any(t is not None for _, traces in entry["stacks"].values() for t in traces.values()), \
         "no traced step was used"
-    assert any(t is not None for t in generation_module._generation_packs[prior]["stacks"]["prior"][1].values())
-    monkeypatch.setenv(transformer.TRACE_STEPS_ENV, "0")
-    generation_module._generation_packs.clear()
+    assert any(t is not None for t in packed_module._generation_packs[prior]["stacks"]["prior"][1].values())
+    monkeypatch.setenv(packed_module.TRACE_STEPS_ENV, "0")
+    packed_module._generation_packs.clear()
     eager = [words_of(model, latent, emotion, s, 20) for s in range(3)]
     eager_codes = prior.generate(emotion, 20, generator=torch.Generator().manual_seed(5))
-    assert all(t is None for _, traces in generation_module._generation_packs[model]["stacks"].values()
+    assert all(t is None for _, traces in packed_module._generation_packs[model]["stacks"].values()
                for t in traces.values())
     for a, b in zip(traced, eager):
         assert [w.tolist() for w in a] == [w.tolist() for w in b]
@@ -354,11 +353,11 @@ def test_traced_steps_give_the_eager_words_and_codes(batch, monkeypatch):
 def test_traced_step_outputs_equal_the_eager_step_exactly():
     """One TracedStep against PackedStacks.step, state updates included, over 12 steps."""
     model = tiny_model().float()
-    stacks = transformer.PackedStacks(list(model.element_decoders))
+    stacks = packed_module.PackedStacks(list(model.element_decoders))
     x = torch.randn(len(model.element_decoders), 2, model.config.dec_d_model)
     eager_state = stacks.init_state(2, torch.device("cpu"), torch.float32)
     traced_state = stacks.init_state(2, torch.device("cpu"), torch.float32)
-    traced = transformer.TracedStep.build(stacks, x, traced_state)
+    traced = packed_module.TracedStep.build(stacks, x, traced_state)
     assert traced is not None and traced.fits(x) and not traced.fits(x[:, :1])
     for t in range(12):
         x = torch.randn_like(x)
@@ -376,16 +375,16 @@ def test_packed_stacks_are_reused_until_the_weights_change():
     model = tiny_model().float()
     latent = torch.randn(1, 16, model.config.latent_dim)
     words_of(model, latent, [1], 0, 10)
-    first = generation_module._generation_packs[model]["stacks"]["element"][0]
+    first = packed_module._generation_packs[model]["stacks"]["element"][0]
     words_of(model, latent, [1], 0, 10)
-    assert generation_module._generation_packs[model]["stacks"]["element"][0] is first
+    assert packed_module._generation_packs[model]["stacks"]["element"][0] is first
     with torch.no_grad():
         for p in model.element_decoders.parameters():
             p.mul_(1.5)
     changed = words_of(model, latent, [1], 0, 10)
-    assert generation_module._generation_packs[model]["stacks"]["element"][0] is not first
+    assert packed_module._generation_packs[model]["stacks"]["element"][0] is not first
     fresh = copy.deepcopy(model)
-    generation_module._generation_packs.pop(fresh, None)
+    packed_module._generation_packs.pop(fresh, None)
     reference = fresh.generate(latent, [1], generator=torch.Generator().manual_seed(0),
                                max_steps=10, recurrent=False)
     assert [w.tolist() for w in changed] == [w.tolist() for w in reference]
@@ -397,7 +396,7 @@ def test_generation_steps_eagerly_where_tracing_fails(monkeypatch):
     model = tiny_model().float()
     latent = torch.randn(1, 16, model.config.latent_dim)
     expected = words_of(model, latent, [2], 3, 10)
-    generation_module._generation_packs.clear()
+    packed_module._generation_packs.clear()
 
     def broken(*args, **kwargs):
         raise RuntimeError("no TorchScript here")
@@ -410,8 +409,8 @@ def test_generation_steps_eagerly_where_tracing_fails(monkeypatch):
 def test_layouts_are_chosen_before_tracing(monkeypatch):
     """The one-row layouts a traced step bakes in are chosen by timing outside the tracer:
     the choices are keyed by plain integers and timed once per shape."""
-    monkeypatch.delenv(transformer.ONE_ROW_LAYOUT_ENV, raising=False)
-    monkeypatch.setattr(transformer, "_one_row_layout_cache", {})
+    monkeypatch.delenv(packed_module.ONE_ROW_LAYOUT_ENV, raising=False)
+    monkeypatch.setattr(packed_module, "_one_row_layout_cache", {})
     timed_while_tracing = []
     original = PackedLinear._time_layouts
 
@@ -420,19 +419,19 @@ def test_layouts_are_chosen_before_tracing(monkeypatch):
         return original(self, *args, **kwargs)
     monkeypatch.setattr(PackedLinear, "_time_layouts", record)
     model = tiny_model().float()
-    stacks = transformer.PackedStacks(list(model.element_decoders))
+    stacks = packed_module.PackedStacks(list(model.element_decoders))
     x = torch.randn(len(model.element_decoders), 1, model.config.dec_d_model)
     state = stacks.init_state(1, torch.device("cpu"), torch.float32)
-    assert transformer.TracedStep.build(stacks, x, state) is not None
+    assert packed_module.TracedStep.build(stacks, x, state) is not None
     assert timed_while_tracing and not any(timed_while_tracing)
-    keys = list(transformer.one_row_layout_choices())
+    keys = list(packed_module.one_row_layout_choices())
     assert all(type(n) is int for key in keys for n in key[:3])
     assert len(keys) == len(set(keys)) == len(timed_while_tracing)
 
 
 def test_a_new_thread_count_gets_its_own_trace():
     """Traces bake in the one-row layouts, which are chosen per thread count: when the
-    count changes (run.cli.adapt_threads), the next generation traces again."""
+    count changes (run.threads.adapt_threads), the next generation traces again."""
     model = tiny_model().float()
     latent = torch.randn(1, 12, model.config.latent_dim)
     before = torch.get_num_threads()
@@ -442,5 +441,5 @@ def test_a_new_thread_count_gets_its_own_trace():
             words_of(model, latent, [1], 0, 6)
     finally:
         torch.set_num_threads(before)
-    traces = generation_module._generation_packs[model]["stacks"]["element"][1]
+    traces = packed_module._generation_packs[model]["stacks"]["element"][1]
     assert sorted(key[2] for key in traces) == [1, 2]

@@ -1,20 +1,25 @@
-"""CPU threads and OpenMP waiting: the scripts' policy (run/cli.py) takes effect, in the
-process and through the environment OpenMP reads when torch loads, and users override it."""
+"""CPU threads and OpenMP waiting: the scripts' thread policy (run/threads.py) takes effect
+when a script's main starts, the waiting policy comes from the launcher's environment, and
+importing a module changes neither the environment nor the process."""
+import ast
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from run.cli import default_wait, threads_from_argv
+from run.threads import RECOMMENDED_WAIT, recommended_wait, threads_from_argv, with_recommended_wait
 from tests.conftest import ROOT
 
+WAIT_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
 # While the main thread sleeps (5 ms) after a parallel op, a thread that keeps spinning
-# burns CPU and one that stops soon (the default spins about 0.5 ms) does not: the CPU
-# time of that loop tells which policy libgomp runs with.
+# burns CPU and one that stops soon (the recommended short spin) does not: the CPU time of
+# that loop tells which policy libgomp runs with.
 PROBE = """
 import sys, time
-import run.cli
+import run.threads
 import torch
 torch.set_num_threads(2)
 x = torch.randn(2_000_000)
@@ -24,17 +29,20 @@ start = time.process_time()
 for _ in range(100):
     x.mul_(1.0)
     time.sleep(0.005)
-print(time.process_time() - start, run.cli.wait_policy())
+print(time.process_time() - start, run.threads.wait_policy().replace(" ", "_"))
 """
 SLEPT = 100 * 0.005
 
 
-def run_python(code, env_extra=None, args=()):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+def clean_env(env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_ENV}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, check=True,
-                          capture_output=True, text=True, timeout=120).stdout.split()
+    return env
+
+
+def run_python(code, env_extra=None, args=()):
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=clean_env(env_extra),
+                          check=True, capture_output=True, text=True, timeout=120).stdout.split()
 
 
 def test_threads_flag_is_read_from_the_command_line():
@@ -45,38 +53,134 @@ def test_threads_flag_is_read_from_the_command_line():
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenMP throttles spinning on one CPU")
-def test_openmp_threads_stop_spinning_soon_unless_the_user_says_otherwise():
-    cpu, policy = run_python(PROBE)
-    assert policy == default_wait()
+def test_the_recommended_spin_stops_waiting_threads_soon_and_is_reported():
+    """Set by the launcher, as the Makefile does, the short spin takes effect; a user's
+    OMP_WAIT_POLICY=ACTIVE spins; wait_policy names what the process runs with."""
+    cpu, policy = run_python(PROBE, RECOMMENDED_WAIT)
+    assert policy == recommended_wait().replace(" ", "_")
     assert float(cpu) < 0.5 * SLEPT, f"{cpu} s of CPU while sleeping {SLEPT} s: threads spin"
     spinning, policy = run_python(PROBE, {"OMP_WAIT_POLICY": "ACTIVE"})
     assert policy == "OMP_WAIT_POLICY=ACTIVE"
-    assert float(spinning) > float(cpu) + 0.25 * SLEPT, f"{spinning} s of CPU spinning, {cpu} s by default"
+    assert float(spinning) > float(cpu) + 0.25 * SLEPT, f"{spinning} s of CPU spinning, {cpu} s with the short spin"
+
+
+def test_the_makefile_exports_the_recommended_spin():
+    """`make` is the launcher that sets the spin; a direct launch finds it named in --help."""
+    import argparse
+    from run.cli import add_common_args
+    makefile = (ROOT / "Makefile").read_text()
+    for name, value in RECOMMENDED_WAIT.items():
+        assert re.search(rf"^export {name} \?= {value}$", makefile, re.M), f"Makefile does not export {name}"
+    parser = argparse.ArgumentParser()
+    add_common_args(parser)
+    assert recommended_wait() in " ".join(parser.format_help().split())
+
+
+def test_launchers_add_the_recommended_spin_unless_the_user_chose_a_policy():
+    assert with_recommended_wait({"PATH": "/bin"}) == {"PATH": "/bin", **RECOMMENDED_WAIT}
+    assert with_recommended_wait({"OMP_WAIT_POLICY": "PASSIVE"}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert with_recommended_wait({"GOMP_SPINCOUNT": "5"}) == {"GOMP_SPINCOUNT": "5"}
+
+
+IMPORT_ALL = """
+import importlib, os, sys
+from pathlib import Path
+environ, argv, pid = dict(os.environ), list(sys.argv), os.getpid()
+names = [f"{p.parent.name}.{p.stem}" for folder in ("models", "run")
+         for p in sorted(Path(folder).glob("*.py")) if p.stem != "__init__"]
+for name in names:
+    importlib.import_module(name)
+assert "run.threads" in names and "models.packed" in names
+changed = sorted(k for k in set(environ) | set(os.environ) if environ.get(k) != os.environ.get(k))
+assert not changed, f"importing changed the environment: {changed}"
+assert sys.argv == argv and os.getpid() == pid
+print(len(names))
+"""
+
+
+def test_importing_a_module_changes_neither_the_environment_nor_the_process():
+    """Every module of run/ and models/ (run.cli and run.threads among them), imported
+    into a fresh process with no OpenMP settings, leaves os.environ as it was."""
+    (count,) = run_python(IMPORT_ALL)
+    assert int(count) >= 10
 
 
 SCRIPT = """
 import os, sys
 import torch                       # before run.cli, as most scripts import it
-from run.cli import add_common_args, run_main, wait_policy
+print("start")
+from run.cli import add_common_args, run_main
+from run.threads import wait_policy
 import argparse
 
 def main(argv):
     parser = argparse.ArgumentParser()
     add_common_args(parser)
     args = parser.parse_args(argv)
-    print(os.getpid(), torch.get_num_threads(), wait_policy().replace(" ", "_"))
+    print(torch.get_num_threads(), wait_policy().replace(" ", "_"), os.environ.get("GOMP_SPINCOUNT"))
 
 run_main(main)
 """
 
 
-def test_scripts_restart_once_with_the_policy_when_torch_came_first():
-    pid, threads, policy = run_python(SCRIPT, args=["--threads", "2"])
-    assert (threads, policy) == ("2", default_wait())
-    _, threads, policy = run_python(SCRIPT, {"OMP_NUM_THREADS": "1"})
-    assert threads == "1"                     # one thread never waits: no restart needed
-    _, threads, policy = run_python(SCRIPT, {"GOMP_SPINCOUNT": "1000"}, ["--threads", "2"])
-    assert policy == "GOMP_SPINCOUNT=1000"
+def test_scripts_run_once_and_leave_the_environment_alone():
+    """torch imported first and 2 threads: the script runs once (no restart) with the
+    environment it was given; a policy set by the launcher is what it reports."""
+    out = run_python(SCRIPT, args=["--threads", "2"])
+    assert out == ["start", "2", "OpenMP_default", "None"]
+    out = run_python(SCRIPT, {"GOMP_SPINCOUNT": "1000"}, ["--threads", "2"])
+    assert out == ["start", "2", "GOMP_SPINCOUNT=1000", "1000"]
+
+
+def test_a_real_script_runs_once():
+    """generate.py --help with 2 threads after torch was imported: its code runs once."""
+    code = ("import runpy, sys, torch\nprint('start')\n"
+            "sys.argv = ['generate.py', '--threads', '2', '--help']\n"
+            "runpy.run_path('generate.py', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines().count("start") == 1
+    assert "--threads" in result.stdout
+
+
+def runs_on_import(tree):
+    """The nodes of a module that run when it is imported (not those inside functions)."""
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        yield node
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def writes_environment(node) -> bool:
+    if isinstance(node, (ast.Assign, ast.Delete)):
+        return any(ast.unparse(t).startswith("os.environ") for t in node.targets)
+    if isinstance(node, ast.AugAssign):
+        return ast.unparse(node.target).startswith("os.environ")
+    if isinstance(node, ast.Call):
+        return re.fullmatch(r"os\.(putenv|unsetenv|environ\.(update|setdefault|pop|popitem|clear))",
+                            ast.unparse(node.func)) is not None
+    return False
+
+
+def test_no_module_restarts_the_process_or_writes_the_environment_on_import():
+    """No os.exec* or sys.orig_argv anywhere; no write to os.environ that runs on import (a
+    function, such as a launcher's, may build a child's environment)."""
+    sources = [p for folder in ("music", "models", "evaluation", "run", "bench")
+               for p in sorted((ROOT / folder).glob("*.py"))] + sorted(ROOT.glob("*.py"))
+    wrong = []
+    for path in sources:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        where = path.relative_to(ROOT)
+        wrong += [f"{where}:{node.lineno} {ast.unparse(node)}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute)
+                  and (node.attr == "orig_argv" or node.attr.startswith("exec") and ast.unparse(node.value) == "os")]
+        wrong += [f"{where}:{node.lineno} {ast.unparse(node)}" for node in runs_on_import(tree)
+                  if writes_environment(node)]
+    assert not wrong, "\n".join(wrong)
 
 
 def test_bad_thread_count_is_a_user_error():
@@ -86,7 +190,7 @@ def test_bad_thread_count_is_a_user_error():
 
 
 def test_free_cores_is_a_share_of_this_machine():
-    from run.cli import free_cores
+    from run.threads import free_cores
     free = free_cores(0.05)
     if free is None:
         pytest.skip("no /proc/stat here")
@@ -99,13 +203,13 @@ class FakeMachine:
     one `own` cores for `seconds`."""
 
     def __init__(self, monkeypatch, cores=2):
-        import run.cli as cli
+        import run.threads as policy
         self.cores, self.clock, self.busy, self.total, self.own = cores, 100.0, 0, 0, 0.0
-        monkeypatch.setattr(cli, "_proc_stat_busy_total", lambda: (self.busy, self.total))
-        monkeypatch.setattr(cli.os, "cpu_count", lambda: cores)
-        monkeypatch.setattr(cli, "_allowed_cores", lambda: cores)
-        monkeypatch.setattr(cli.time, "monotonic", lambda: self.clock)
-        monkeypatch.setattr(cli.time, "process_time", lambda: self.own)
+        monkeypatch.setattr(policy, "_proc_stat_busy_total", lambda: (self.busy, self.total))
+        monkeypatch.setattr(policy.os, "cpu_count", lambda: cores)
+        monkeypatch.setattr(policy, "_allowed_cores", lambda: cores)
+        monkeypatch.setattr(policy.time, "monotonic", lambda: self.clock)
+        monkeypatch.setattr(policy.time, "process_time", lambda: self.own)
 
     def run(self, seconds, others, own):
         jiffies = 100 * seconds
@@ -128,7 +232,7 @@ def test_governor_follows_a_machine_that_becomes_busy_and_idle_again(monkeypatch
     """Another process takes a core while this one runs 2 threads: one reading later the
     count is 1. When the other process ends, the count goes back to 2 only after two
     readings agree; a one-second burst does not raise it."""
-    from run.cli import ThreadGovernor
+    from run.threads import ThreadGovernor
     torch = two_threads
     machine = FakeMachine(monkeypatch)
     governor = ThreadGovernor(max_threads=2, interval=1.0)
@@ -162,7 +266,7 @@ def test_governor_follows_a_machine_that_becomes_busy_and_idle_again(monkeypatch
 def test_governor_counts_its_own_spinning_threads_as_its_own(monkeypatch, two_threads):
     """A machine whose busy time is all this process's (its threads working or spinning)
     is idle for the governor; half a core used by others keeps 2 threads (round(1.5))."""
-    from run.cli import ThreadGovernor
+    from run.threads import ThreadGovernor
     torch = two_threads
     machine = FakeMachine(monkeypatch)
     governor = ThreadGovernor(max_threads=2)
@@ -177,25 +281,25 @@ def test_governor_counts_its_own_spinning_threads_as_its_own(monkeypatch, two_th
 def test_adapt_threads_runs_only_when_the_count_was_chosen_here(monkeypatch, two_threads):
     """--threads and OMP_NUM_THREADS fix the count: no governor. The automatic choice
     starts one, and adapt_threads ticks it."""
-    import run.cli as cli
+    import run.threads as policy
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(cli, "free_cores", lambda seconds=0.2: 2.0)
-    monkeypatch.setattr(cli, "MAX_THREADS", 2)
+    monkeypatch.setattr(policy, "free_cores", lambda seconds=0.2: 2.0)
+    monkeypatch.setattr(policy, "MAX_THREADS", 2)
     try:
-        assert cli.apply_thread_policy(2) == 2 and cli._governor is None
+        assert policy.apply_thread_policy(2) == 2 and policy._governor is None
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        cli.apply_thread_policy(None)
-        assert cli._governor is None
+        policy.apply_thread_policy(None)
+        assert policy._governor is None
         monkeypatch.delenv("OMP_NUM_THREADS")
-        assert cli.apply_thread_policy(None) == 2
-        governor = cli._governor
+        assert policy.apply_thread_policy(None) == 2
+        governor = policy._governor
         assert governor is not None
         ticks = []
         monkeypatch.setattr(governor, "tick", lambda: ticks.append(1))
-        cli.adapt_threads()
+        policy.adapt_threads()
         assert ticks == [1]
     finally:
-        cli._governor = None
+        policy._governor = None
 
 
 def test_generation_and_training_loops_call_on_step():
@@ -227,11 +331,11 @@ def test_generation_and_training_loops_call_on_step():
 def test_governor_and_start_choice_agree_on_a_restricted_cpu_set(monkeypatch):
     """A process allowed 2 of 8 CPUs, with other processes busy on the other 6, has 2
     free cores both at start (free_cores) and while running (ThreadGovernor.wanted)."""
-    import run.cli as cli
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 8)
-    monkeypatch.setattr(cli, "_allowed_cores", lambda: 2)
+    import run.threads as policy
+    monkeypatch.setattr(policy.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(policy, "_allowed_cores", lambda: 2)
     readings = iter([(0, 800), (600, 1600)])          # 6 of 8 cores busy meanwhile
-    monkeypatch.setattr(cli, "_proc_stat_busy_total", lambda: next(readings, (600, 1600)))
-    assert cli.free_cores(0.0) == 2.0
-    assert cli.ThreadGovernor(max_threads=2).wanted(6.0) == 2
-    assert cli.ThreadGovernor(max_threads=2).wanted(7.0) == 1
+    monkeypatch.setattr(policy, "_proc_stat_busy_total", lambda: next(readings, (600, 1600)))
+    assert policy.free_cores(0.0) == 2.0
+    assert policy.ThreadGovernor(max_threads=2).wanted(6.0) == 2
+    assert policy.ThreadGovernor(max_threads=2).wanted(7.0) == 1
