@@ -5,8 +5,8 @@
 
 Each piece is encoded by the trained VQ-VAE (eval mode), its codes are mapped to compact
 indices through data/{NAME}_VQ_dict.data, and the prior learns
-input [emotion_token, c_0 .. c_{T-1}] -> target [c_0 .. c_{T-1}, 0],
-with emotion_token = n_used_codes + quadrant.
+input [emotion_token, c_0 .. c_{T-1}] -> target [c_0 .. c_{T-1}, 0]
+(models.prior.training_sequences).
 """
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from models.config import PRESETS, PriorConfig
-from models.prior import Prior
+from models.prior import Prior, prior_step, training_sequences
 from run.checkpoint import load_muser, model_vocabulary
 from run.cli import add_common_args, add_training_args, run_main
 from music.data import load_cp_dataset
@@ -47,21 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(parser, PriorConfig, "prior model")
     add_common_args(parser)
     return parser
-
-
-def prior_sequences(codes: torch.Tensor, emotion: torch.Tensor, n_codes: int) -> dict[str, torch.Tensor]:
-    """[emotion_token, c_0 .. c_{T-1}] -> [c_0 .. c_{T-1}, 0] for every piece."""
-    emotion_token = (n_codes + emotion).unsqueeze(1)
-    inp = torch.cat([emotion_token, codes], dim=1)
-    target = torch.cat([codes, torch.zeros_like(emotion_token)], dim=1)
-    return {"inp": inp, "target": target}
-
-
-def prior_step(model, batch):
-    logp = model(batch["inp"])
-    loss = F.nll_loss(logp.reshape(-1, logp.shape[-1]).float(), batch["target"].reshape(-1))
-    accuracy = (logp.argmax(-1) == batch["target"]).float().mean()
-    return {"loss": loss, "acc_mean": accuracy}
 
 
 def default_prior_name(vq_name: str) -> str:
@@ -96,7 +80,7 @@ def main(argv=None) -> int:
     _, codes = encode_pieces(vq_vae, tensors["y"], args.batch_size, device)
     compact = compact_codes(codes, vq_dict, vq_vae.quantizer.codebook.detach().cpu(), logger,
                             str(data.npz_path))
-    sequences = prior_sequences(compact, torch.as_tensor(data.emotion, dtype=torch.long), n_codes)
+    sequences = training_sequences(compact, torch.as_tensor(data.emotion, dtype=torch.long), n_codes)
     del vq_vae
 
     config = config_from_args(PriorConfig, args, args.preset, n_codes=n_codes)

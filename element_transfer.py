@@ -18,7 +18,6 @@ fewer pieces starts again from its first); --pairs random draws N of each with -
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,25 +29,27 @@ from evaluation import metrics as M
 from run.checkpoint import load_muser, model_vocabulary
 from run.cli import add_audio_args, add_common_args, resolve_device, run_main
 from run.threads import adapt_threads
+from music.chords import CHORD_QUALITIES
 from music.cp import words_to_midi
 from music.atomic import write_text
 from music.errors import UserError
+from music.midi_io import TICKS_PER_BEAT
 from music.piece import piece_from_midi
 from music.piece_io import dataset_words
 from evaluation.plotting import plot_piano_roll
 from models.sampling import SamplingParams
 from evaluation.transfer import PAIR_MODES, PAPER_TRANSFERS, quadrant_rows, swap_elements, transfer_pairs
-from music.elements import ELEMENTS, element_index
+from music.elements import ELEMENTS, element_index, parse_quadrant, per_element
 
 DEMO = PAPER_TRANSFERS
 ROLES = ("A original", "A reconstructed", "transferred", "B original")
 
 
 def quadrant(text) -> int:
-    match = re.fullmatch(r"[Qq]?([1-4])", str(text).strip())
-    if not match:
+    q = parse_quadrant(text)
+    if q is None:
         raise argparse.ArgumentTypeError(f"expected a quadrant 1..4 or Q1..Q4, got {text!r}")
-    return int(match.group(1))
+    return q
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +116,7 @@ def experiments(args) -> list[Transfer]:
 def element_summary(piece: M.Piece) -> dict[str, float]:
     """A few numbers per piece that show each element moving (NaN when undefined)."""
     values = M.element_values(piece)
-    qualities = [M.CHORD_QUALITIES[int(i)] for i in values["chord"]]
+    qualities = [CHORD_QUALITIES[int(i)] for i in values["chord"]]
 
     def mean(v):
         return float(np.mean(v)) if len(v) else float("nan")
@@ -128,7 +129,7 @@ def element_summary(piece: M.Piece) -> dict[str, float]:
                          if qualities else float("nan")),
         "onsets/bar": len(np.unique(notes[:, 1])) / piece.n_bars,
         "pitch": mean(values["pitch"]),
-        "duration (beats)": mean(values["duration"]) / M.TICKS_PER_BEAT,
+        "duration (beats)": mean(values["duration"]) / TICKS_PER_BEAT,
         "velocity": mean(values["velocity"]),
         "pitch range": M.pitch_range(notes),
         "polyphony": M.polyphony(notes),
@@ -136,9 +137,9 @@ def element_summary(piece: M.Piece) -> dict[str, float]:
 
 
 # Which summary column shows which element (bold in the report when transferred).
-ELEMENT_COLUMNS = {"tempo": "tempo", "chord": "major chords", "bar-beat": "onsets/bar",
+ELEMENT_COLUMNS = per_element({"tempo": "tempo", "chord": "major chords", "bar-beat": "onsets/bar",
                    "type": "notes/bar", "pitch": "pitch", "duration": "duration (beats)",
-                   "velocity": "velocity"}
+                   "velocity": "velocity"})
 
 
 def class_indices(dataset, path=None) -> dict:

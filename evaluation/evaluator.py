@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +24,14 @@ import numpy as np
 
 from evaluation import metrics as M
 from music.atomic import write_text
+from music.chords import CHORD_QUALITIES
+from music.elements import HIGH_AROUSAL, POSITIVE_VALENCE, QUADRANTS, song_of_name
 from music.errors import UserError
+from music.midi_io import TICKS_PER_BAR, TICKS_PER_POSITION
 
 FORMAT = "muser-emotion-evaluator"
 FORMAT_VERSION = 1   # bump whenever a feature's definition changes
 HEADS = ("quadrant", "arousal", "valence")
-HIGH_AROUSAL = (1, 2)
-POSITIVE_VALENCE = (1, 4)
 
 # Krumhansl-Kessler key profiles (tonic first), for a transposition-invariant mode cue.
 _MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -55,7 +55,7 @@ def _features_spec() -> list[str]:
     names += ["velocity_mean", "velocity_std"]
     names += [f"velocity_bin_{k}" for k in range(len(_VELOCITY_EDGES) - 1)]
     names += ["onset_downbeat", "onset_beat", "onset_eighth", "onset_sixteenth"]
-    names += [f"chord_{q}" for q in M.CHORD_QUALITIES]
+    names += [f"chord_{q}" for q in CHORD_QUALITIES]
     names += ["chord_major_like", "chord_minor_like", "chords_per_bar"]
     names += ["tempo_mean", "tempo_std"]
     return names
@@ -77,9 +77,9 @@ def quantised_notes(notes: np.ndarray) -> np.ndarray:
     Identity for pieces decoded from CP words; makes raw (performed) MIDI comparable.
     """
     notes = np.array(notes, dtype=np.int64).reshape(-1, 4)
-    grid = M.TICKS_PER_POSITION
+    grid = TICKS_PER_POSITION
     start = np.round(notes[:, 1] / grid).astype(np.int64) * grid
-    duration = np.round(np.minimum(notes[:, 2] - notes[:, 1], M.TICKS_PER_BAR) / grid)
+    duration = np.round(np.minimum(notes[:, 2] - notes[:, 1], TICKS_PER_BAR) / grid)
     duration = duration.astype(np.int64) * grid
     notes[:, 1] = start
     notes[:, 2] = start + np.where(duration > 0, duration, grid // 2)
@@ -131,7 +131,7 @@ def piece_features(piece: M.Piece) -> np.ndarray:
     f += [velocity.mean(), velocity.std()] if len(notes) else [0.0, 0.0]
     f += list(_fractions(velocity, _VELOCITY_EDGES))
 
-    position = (onsets % M.TICKS_PER_BAR) // M.TICKS_PER_POSITION
+    position = (onsets % TICKS_PER_BAR) // TICKS_PER_POSITION
     n_onsets = max(len(onsets), 1)
     f += [np.sum(position == 0) / n_onsets,
           np.sum((position % 4 == 0) & (position != 0)) / n_onsets,
@@ -140,7 +140,7 @@ def piece_features(piece: M.Piece) -> np.ndarray:
 
     qualities = [q for q in (M.chord_quality(c) for c in piece.chords) if q is not None]
     n_chords = max(len(qualities), 1)
-    f += [qualities.count(q) / n_chords for q in M.CHORD_QUALITIES]
+    f += [qualities.count(q) / n_chords for q in CHORD_QUALITIES]
     f += [sum(q in _MAJOR_LIKE for q in qualities) / n_chords,
           sum(q in _MINOR_LIKE for q in qualities) / n_chords,
           len(qualities) / n_bars]
@@ -272,14 +272,6 @@ def fit_evaluator(features: np.ndarray, quadrants, c: float = 0.1, seed: int = 1
 
 # --------------------------------------------------------------------------- splits
 
-_SONG_RE = re.compile(r"^(?:Q[1-4]_)?(.*?)(?:_\d+)?(?:\.midi?)?$", re.IGNORECASE)
-
-
-def song_id(name: str) -> str:
-    """EMOPIA clip name `Q1_0vLPYiPN7qY_2.mid` -> song `0vLPYiPN7qY` (clips of one song)."""
-    return _SONG_RE.match(Path(str(name)).name).group(1)
-
-
 def held_out_split(quadrants, names=None, test_size: float = 0.2, seed: int = 13,
                    by: str = "song") -> tuple[np.ndarray, np.ndarray]:
     """Train / test row indices, stratified by quadrant.
@@ -297,7 +289,7 @@ def held_out_split(quadrants, names=None, test_size: float = 0.2, seed: int = 13
     if by != "song":
         raise ValueError(f"unknown split {by!r}")
     from sklearn.model_selection import StratifiedGroupKFold
-    groups = np.asarray([song_id(n) for n in names])
+    groups = np.asarray([song_of_name(n) for n in names])
     n_splits = max(2, int(round(1 / test_size)))
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train, test = next(folds.split(rows, quadrants, groups))
@@ -325,12 +317,12 @@ def emotion_match(evaluator: EmotionEvaluator, features: np.ndarray, requested) 
     predictions = evaluator.predict_features(features)
     hits = {name: predictions[name] == head_labels(requested, name) for name in HEADS}
     out = {}
-    groups = [(f"Q{q}", requested == q) for q in range(1, 5) if (requested == q).any()]
+    groups = [(f"Q{q}", requested == q) for q in QUADRANTS if (requested == q).any()]
     groups.append(("all", np.ones(len(requested), dtype=bool)))
     for group, chosen in groups:
         out[group] = {"n": int(chosen.sum())}
         for name in HEADS:
             out[group][name] = float(hits[name][chosen].mean()) if chosen.any() else math.nan
         out[group]["predicted"] = [int(np.sum(predictions["quadrant"][chosen] == q))
-                                   for q in range(1, 5)]
+                                   for q in QUADRANTS]
     return out

@@ -40,9 +40,10 @@ import math
 
 import numpy as np
 
-from music.elements import ELEMENTS
-from music.piece import (CHORD_QUALITIES, POSITIONS_PER_BAR, TICKS_PER_BAR, TICKS_PER_BEAT,  # noqa: F401
-                         TICKS_PER_POSITION, Piece, chord_quality)
+from music.chords import CHORD_QUALITIES
+from music.elements import ELEMENTS, QUADRANTS, per_element
+from music.midi_io import TICKS_PER_BAR, TICKS_PER_POSITION
+from music.piece import Piece, chord_quality
 
 
 ALIASES_OUT = {"bar-beat": "beat"}      # the column names of the distribution tables
@@ -60,14 +61,14 @@ METRIC_LABELS = {
 
 # Every element but the type, whose values are word kinds, not music; bar-beat is "beat" here.
 DISTRIBUTION_ELEMENTS = tuple(ALIASES_OUT.get(e, e) for e in ELEMENTS if e != "type")
-DISTRIBUTION_LABELS = {
+DISTRIBUTION_LABELS = per_element({
     "tempo": "tempo (bpm)",
     "chord": "chord quality",
     "beat": "beat position (16ths)",
     "pitch": "pitch (MIDI)",
     "duration": "duration (ticks)",
     "velocity": "velocity",
-}
+}, DISTRIBUTION_ELEMENTS)
 
 
 # --------------------------------------------------------------------------- notes
@@ -201,7 +202,7 @@ def element_values(piece: Piece) -> dict[str, np.ndarray]:
     """
     notes = piece.notes
     qualities = [chord_quality(c) for c in piece.chords]
-    return {
+    return per_element({
         "tempo": np.asarray(piece.tempos, dtype=np.float64),
         "chord": np.asarray([CHORD_QUALITIES.index(q) for q in qualities if q is not None],
                             dtype=np.float64),
@@ -209,7 +210,7 @@ def element_values(piece: Piece) -> dict[str, np.ndarray]:
         "pitch": notes[:, 0].astype(np.float64),
         "duration": (notes[:, 2] - notes[:, 1]).astype(np.float64),
         "velocity": notes[:, 3].astype(np.float64),
-    }
+    }, DISTRIBUTION_ELEMENTS)
 
 
 # ----------------------------------------------------------------------- aggregation
@@ -222,7 +223,7 @@ def summarize(rows: list[dict[str, float]], quadrants, metrics=METRICS) -> dict:
     and "all"; NaN values are left out, a group with no finite value gives (nan, nan, 0).
     """
     quadrants = np.asarray(list(quadrants), dtype=np.int64)
-    groups = [(f"Q{q}", quadrants == q) for q in range(1, 5) if (quadrants == q).any()]
+    groups = [(f"Q{q}", quadrants == q) for q in QUADRANTS if (quadrants == q).any()]
     groups.append(("all", np.ones(len(quadrants), dtype=bool)))
     out = {}
     for group, selected in groups:

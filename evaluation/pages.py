@@ -58,8 +58,9 @@ class Entry:
     audio: Path | None = None
     roll: Path | None = None
     facts: dict = field(default_factory=dict)   # label -> text
-    prediction: str | None = None
-    match: bool | None = None                   # prediction == the quadrant asked for
+    prediction: str | None = None               # the evaluator's reading, as shown
+    predicted: int | None = None                # the evaluator's quadrant
+    match: bool | None = None                   # predicted == the quadrant asked for
 
 
 def esc(text) -> str:
@@ -128,12 +129,11 @@ def describe(midis, titles=None, asked=None, evaluator=None, audio=None) -> list
             for k, (entry, _) in enumerate(readable):
                 arousal = "high" if predicted["arousal"][k] else "low"
                 valence = "positive" if predicted["valence"][k] else "negative"
-                entry.prediction = (f"evaluator: Q{int(predicted['quadrant'][k])} "
-                                    f"(arousal {arousal}, valence {valence})")
+                entry.predicted = int(predicted["quadrant"][k])
+                entry.prediction = f"evaluator: Q{entry.predicted} (arousal {arousal}, valence {valence})"
     if asked is not None:
         for entry, q in zip(entries, asked):
-            found = re.search(r"evaluator: Q(\d)", entry.prediction or "")
-            entry.match = None if found is None else int(found.group(1)) == int(q)
+            entry.match = None if entry.predicted is None else entry.predicted == int(q)
     return entries
 
 

@@ -17,12 +17,14 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from evaluation import metrics as M  # noqa: E402
-from music.elements import QUADRANT_PAIRS  # noqa: E402
+from music.elements import QUADRANT_NAMES, QUADRANT_PAIRS, QUADRANTS  # noqa: E402
+from music.chords import CHORD_QUALITIES  # noqa: E402
 from music.errors import UserError  # noqa: E402
+from music.midi_io import TICKS_PER_BAR, TICKS_PER_BEAT  # noqa: E402
 from music.piece import piece_from_midi  # noqa: E402
 
 QUADRANT_COLORS = {1: "#d62728", 2: "#ff7f0e", 3: "#1f77b4", 4: "#2ca02c"}
-QUADRANT_NAMES = {1: "Q1 (V+ A+)", 2: "Q2 (V- A+)", 3: "Q3 (V- A-)", 4: "Q4 (V+ A-)"}
+QUADRANT_LABELS = {1: "Q1 (V+ A+)", 2: "Q2 (V- A+)", 3: "Q3 (V- A-)", 4: "Q4 (V+ A-)"}
 # The six quadrant pairs of the paper's t-SNE figure: Q1-Q2 and Q3-Q4 differ in valence,
 # Q1-Q4 and Q2-Q3 in arousal, Q1-Q3 and Q2-Q4 in both.
 TSNE_PAIRS = QUADRANT_PAIRS
@@ -52,10 +54,10 @@ def plot_piano_roll(piece, path, title: str | None = None) -> Path:
         notes, name = loaded.notes, loaded.name
     else:
         notes, name = M.as_note_array(piece), ""
-    n_bars = int(notes[:, 2].max() // M.TICKS_PER_BAR) + 1 if len(notes) else 1
+    n_bars = int(notes[:, 2].max() // TICKS_PER_BAR) + 1 if len(notes) else 1
     fig, ax = plt.subplots(figsize=(min(4 + 1.2 * n_bars, 30), 4.5))
     if len(notes):
-        beats = M.TICKS_PER_BEAT
+        beats = TICKS_PER_BEAT
         starts, durations = notes[:, 1] / beats, np.maximum(notes[:, 2] - notes[:, 1], 1) / beats
         velocity = np.clip(notes[:, 3], 1, 127) / 127.0
         colors = plt.cm.viridis(0.15 + 0.85 * velocity)
@@ -95,7 +97,7 @@ def plot_element_violins(groups: dict[str, dict[int, dict[str, np.ndarray]]], pa
     for ax, element in zip(axes.flat, elements):
         for s, source in enumerate(sources):
             positions, data = [], []
-            for q in range(1, 5):
+            for q in QUADRANTS:
                 values = np.asarray(groups[source].get(q, {}).get(element, []), dtype=float)
                 values = values[np.isfinite(values)]
                 if len(values) == 0:
@@ -118,12 +120,12 @@ def plot_element_violins(groups: dict[str, dict[int, dict[str, np.ndarray]]], pa
         if element != "chord" and high - low < 1:  # all values equal (e.g. a constant tempo)
             ax.set_ylim((low + high) / 2 - 5, (low + high) / 2 + 5)
             ax.ticklabel_format(axis="y", useOffset=False)
-        ax.set_xticks(range(1, 5), [f"Q{q}" for q in range(1, 5)])
+        ax.set_xticks(range(1, len(QUADRANTS) + 1), QUADRANT_NAMES)
         ax.set_xlabel("emotion quadrant")
         ax.set_ylabel(M.DISTRIBUTION_LABELS.get(element, element))
         ax.set_title(M.DISTRIBUTION_LABELS.get(element, element))
         if element == "chord":
-            ax.set_yticks(range(len(M.CHORD_QUALITIES)), M.CHORD_QUALITIES)
+            ax.set_yticks(range(len(CHORD_QUALITIES)), CHORD_QUALITIES)
         if len(sources) > 1:
             ax.legend(fontsize=8, loc="upper right")
     for ax in list(axes.flat)[n:]:
@@ -219,7 +221,7 @@ def plot_tsne_pairs(points, labels, title: str, path, pairs=TSNE_PAIRS) -> Path:
             chosen = labels == q
             ax.scatter(points[chosen, 0], points[chosen, 1], s=10, alpha=0.7,
                        color=QUADRANT_COLORS.get(q, "black"),
-                       label=f"{QUADRANT_NAMES.get(q, q)} (n={int(chosen.sum())})")
+                       label=f"{QUADRANT_LABELS.get(q, q)} (n={int(chosen.sum())})")
         if not ((labels == a).any() or (labels == b).any()):
             ax.text(0.5, 0.5, "no points", transform=ax.transAxes, ha="center")
         ax.set_title(f"Q{a} vs Q{b}")

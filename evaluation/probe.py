@@ -22,14 +22,14 @@ in its slice; 1/7 = spread evenly.
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 
-from music.elements import COLUMN, ELEMENTS, N_ELEMENTS, TYPE_FIELD
-from music.piece import CHORD_QUALITIES
+from music.elements import COLUMN, ELEMENTS, N_ELEMENTS, TYPE_FIELD, per_element, token_number
+from music.midi_io import TICKS_PER_BEAT
+from music.chords import CHORD_QUALITIES
 # Per element, the statistics the per-piece probe predicts (one column each).
-STATISTICS = {
+STATISTICS = per_element({
     "tempo": ("tempo mean",),
     "chord": tuple(f"share of {q} chords" for q in CHORD_QUALITIES),
     "bar-beat": ("onsets per bar",),
@@ -37,16 +37,15 @@ STATISTICS = {
     "pitch": ("pitch mean", "pitch range"),
     "duration": ("duration mean (beats)",),
     "velocity": ("velocity mean", "velocity spread"),
-}
+})
 # Word type on which each element is in use (None: every word).
-ACTIVE_TYPE = {"tempo": "Metrical", "chord": "Metrical", "bar-beat": "Metrical", "type": None,
-               "pitch": "Note", "duration": "Note", "velocity": "Note"}
-_NUMBER = re.compile(r"_(-?\d+)$")
+ACTIVE_TYPE = per_element({"tempo": "Metrical", "chord": "Metrical", "bar-beat": "Metrical", "type": None,
+               "pitch": "Note", "duration": "Note", "velocity": "Note"})
 
 
 def _number(event) -> float:
-    match = _NUMBER.search(event) if isinstance(event, str) else None
-    return float(match.group(1)) if match else math.nan
+    number = token_number(event)
+    return math.nan if number is None else float(number)
 
 
 def piece_statistics(words: np.ndarray, word2event: dict) -> dict[str, np.ndarray]:
@@ -87,10 +86,10 @@ def piece_statistics(words: np.ndarray, word2event: dict) -> dict[str, np.ndarra
         return [v for v in (_number(e) for e in events(element, "Note")) if not math.isnan(v)]
 
     pitches = numbers("pitch")
-    durations = [d / 480.0 for d in numbers("duration")]
+    durations = [d / TICKS_PER_BEAT for d in numbers("duration")]
     velocities = numbers("velocity")
     n_notes = sum(t == "Note" for t in types)
-    return {
+    return per_element({
         "tempo": np.array([mean(tempos)]),
         "chord": quality_share,
         "bar-beat": np.array([len(onsets) / bars]),
@@ -98,7 +97,7 @@ def piece_statistics(words: np.ndarray, word2event: dict) -> dict[str, np.ndarra
         "pitch": np.array([mean(pitches), (max(pitches) - min(pitches)) if pitches else math.nan]),
         "duration": np.array([mean(durations)]),
         "velocity": np.array([mean(velocities), float(np.std(velocities)) if velocities else math.nan]),
-    }
+    })
 
 
 def statistics_table(words_list, word2event) -> dict[str, np.ndarray]:

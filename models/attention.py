@@ -23,6 +23,10 @@ from torch import nn
 EPS = 1e-6
 KINDS = ("linear", "causal-linear", "softmax", "causal-softmax")
 _ALIASES = {"full": "softmax", "causal-full": "causal-softmax"}
+# The names a configuration accepts, aliases included: for encoders and cross-attention,
+# and for the causal self-attention of decoders.
+ENCODER_KINDS = ("linear", "softmax", "full")
+DECODER_KINDS = tuple(f"causal-{kind}" for kind in ENCODER_KINDS)
 
 
 def canonical_kind(kind: str) -> str:
@@ -169,10 +173,6 @@ class MultiHeadAttention(nn.Module):
         self.key_projection = nn.Linear(d_model, d_model)
         self.value_projection = nn.Linear(d_model, d_model)
         self.out_projection = nn.Linear(d_model, d_model)
-
-    @property
-    def is_linear(self) -> bool:
-        return self.kind in ("linear", "causal-linear")
 
     @property
     def is_causal(self) -> bool:

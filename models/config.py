@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from models.attention import DECODER_KINDS, ENCODER_KINDS
 from music.elements import EVENT_TYPES, FIELDS, N_ELEMENTS, per_field
 
 # Embedding width of each field (the paper's), and the latent: one 16-dim slice per element.
@@ -20,8 +21,6 @@ REDUCTIONS = ("TRANS", "MEAN")
 CONDITIONINGS = ("CA", "CONCAT", "NONE")
 DECODINGS = ("GE", "G", "E")
 REG_TARGETS = ("index", "value")
-ATTENTION_KINDS = ("linear", "softmax", "full")
-DECODER_ATTENTION_KINDS = ("causal-linear", "causal-softmax", "causal-full")
 # Global decoder depth when dec_layers is left unset: the authors' MusER_TRANS_CA_G (global
 # decoding only) has 8 layers, the encoder's count; their two-level models have 4.
 GLOBAL_DECODER_LAYERS = {"GE": 4, "G": 8, "E": 0}
@@ -94,9 +93,9 @@ class MusERConfig(_ConfigDict):
                                      ("conditioning", self.conditioning, CONDITIONINGS),
                                      ("decoding", self.decoding, DECODINGS),
                                      ("reg_target", self.reg_target, REG_TARGETS),
-                                     ("attention", self.attention, ATTENTION_KINDS),
+                                     ("attention", self.attention, ENCODER_KINDS),
                                      ("decoder_attention", self.decoder_attention,
-                                      DECODER_ATTENTION_KINDS)):
+                                      DECODER_KINDS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         # Without a global decoder the element decoders must do all the decoding, and
@@ -138,10 +137,6 @@ class MusERConfig(_ConfigDict):
         """Layers of the global decoder: dec_layers when set, else the variant's default."""
         return self.dec_layers if self.dec_layers is not None else GLOBAL_DECODER_LAYERS[self.decoding]
 
-    def slice_of(self, element: int) -> slice:
-        """Latent dimensions owned by element `element` (FIELDS order)."""
-        return slice(element * self.slice_dim, (element + 1) * self.slice_dim)
-
 
 @dataclass
 class PriorConfig(_ConfigDict):
@@ -161,8 +156,8 @@ class PriorConfig(_ConfigDict):
             raise ValueError(f"n_codes must be positive, got {self.n_codes}")
         if self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by {self.heads} heads")
-        if self.decoder_attention not in DECODER_ATTENTION_KINDS:
-            raise ValueError(f"decoder_attention must be one of {DECODER_ATTENTION_KINDS}")
+        if self.decoder_attention not in DECODER_KINDS:
+            raise ValueError(f"decoder_attention must be one of {DECODER_KINDS}")
 
     @property
     def vocab_size(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from music.elements import ELEMENTS, N_ELEMENTS, NUMERIC_ELEMENTS
+from music.elements import ELEMENTS, N_ELEMENTS, NUMERIC_ELEMENTS, token_number
 
 
 def element_regularization_reference(reduced: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -43,25 +43,16 @@ def value_tables(word2event: dict) -> list[list[float]]:
         if field not in NUMERIC_ELEMENTS:
             tables.append([float(i) for i in range(size)])
             continue
-        numbers = {i: _token_number(events[i]) for i in range(size)}
+        numbers = {i: token_number(events[i]) for i in range(size)}
         without = [i for i in range(size) if numbers[i] is None]
         table = [0.0] * size
         for rank, i in enumerate(without):
             table[i] = float(rank - len(without))
         for i, number in numbers.items():
             if number is not None:
-                table[i] = number
+                table[i] = float(number)
         tables.append(table)
     return tables
-
-
-def _token_number(event) -> float | None:
-    if not isinstance(event, str):
-        return None                     # the integer 0 marks an unused field
-    try:
-        return float(int(event.rsplit("_", 1)[-1]))
-    except ValueError:
-        return None
 
 
 def element_regularization(reduced: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,26 @@ from models.transformer import PositionalEncoding, TransformerStack
 from models.sampling import sample_tokens
 
 
+def emotion_token(quadrant, n_codes: int):
+    """Input token of emotion quadrant 1..4 (0: unlabeled): the tokens after the codes."""
+    return n_codes + quadrant
+
+
+def training_sequences(codes: torch.Tensor, emotion: torch.Tensor, n_codes: int) -> dict[str, torch.Tensor]:
+    """What the prior learns from compact codes [N, T] and quadrants [N]: input
+    [emotion_token, c_0 .. c_{T-1}] -> target [c_0 .. c_{T-1}, 0] (the authors' layout)."""
+    token = emotion_token(emotion, n_codes).unsqueeze(1)
+    return {"inp": torch.cat([token, codes], dim=1), "target": torch.cat([codes, torch.zeros_like(token)], dim=1)}
+
+
+def prior_step(model, batch) -> dict[str, torch.Tensor]:
+    """Training loss (negative log-likelihood of the next code) and accuracy of one batch."""
+    logp = model(batch["inp"])
+    loss = F.nll_loss(logp.reshape(-1, logp.shape[-1]).float(), batch["target"].reshape(-1))
+    accuracy = (logp.argmax(-1) == batch["target"]).float().mean()
+    return {"loss": loss, "acc_mean": accuracy}
+
+
 class Prior(nn.Module):
     def __init__(self, config: PriorConfig):
         super().__init__()
@@ -34,7 +54,7 @@ class Prior(nn.Module):
 
     def emotion_token(self, quadrant):
         """Input token of emotion quadrant 1..4."""
-        return self.config.n_codes + quadrant
+        return emotion_token(quadrant, self.config.n_codes)
 
     def _embed(self, tokens):
         return self.input_projection(self.embedding(tokens) * self.embedding_scale)

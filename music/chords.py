@@ -37,8 +37,8 @@ _TEMPLATES = np.array([
     [10, -2, -1, -2, -5, 5, -2, 5, -2, -1, -2, 0],      # sus4
 ], dtype=np.int64)
 # Every quality a chord can end up with; codes 0..5 are the templates above.
-QUALITIES = _TEMPLATE_NAMES + ("7", "M7", "m7", "o7", "/o7")
-_Q = {name: code for code, name in enumerate(QUALITIES)}
+CHORD_QUALITIES = _TEMPLATE_NAMES + ("7", "M7", "m7", "o7", "/o7")
+_Q = {name: code for code, name in enumerate(CHORD_QUALITIES)}
 _ROTATIONS = (np.arange(12)[:, None] + np.arange(12)[None, :]) % 12
 LOOKBACK_ONSETS = 10
 
@@ -161,7 +161,7 @@ def chords_per_beat(starts, ends, pitches, max_tick, ticks_per_beat=480, n_beats
     bass = np.where(use_one, one[2], two[2][pair])
     complete = np.where(use_one, one[4], two[4][pair])
     return [
-        f"{PITCH_CLASSES[r]}_{QUALITIES[q]}_{PITCH_CLASSES[b]}" if c else NO_CHORD
+        f"{PITCH_CLASSES[r]}_{CHORD_QUALITIES[q]}_{PITCH_CLASSES[b]}" if c else NO_CHORD
         for r, q, b, c in zip(root.tolist(), quality.tolist(), bass.tolist(), complete.tolist())
     ]
 

@@ -27,16 +27,15 @@ import numpy as np
 from miditoolkit.midi.containers import Instrument, Marker, Note, TempoChange
 
 from music.atomic import atomic_write, read_pickle
-from music.chords import PITCH_CLASSES, QUALITIES, chords_per_beat
-from music.elements import ELEMENTS, EMOTION_FIELD, EVENT_TYPES, FIELDS, TYPE_FIELD  # noqa: F401
+from music.chords import CHORD_QUALITIES, PITCH_CLASSES, chords_per_beat
+from music.elements import EMOTION, EVENT_TYPES, FIELDS, IDENTIFIERS, TYPE_FIELD, token_number
 from music.errors import UserError
-from music.midi_io import TICKS_PER_BEAT, ClipError, read_piano_part, source_name
+from music.midi_io import (TICKS_PER_BAR, TICKS_PER_BEAT, TICKS_PER_POSITION, ClipError, read_piano_part,
+                           source_name)
 
 EMOTIONS = (0, 1, 2, 3, 4)     # emotion field: 0 unlabeled, 1..4 quadrants Q1..Q4
 
-BAR_TICKS = 4 * TICKS_PER_BEAT          # 1920: bars are 4 beats
-GRID_TICKS = TICKS_PER_BEAT // 4        # 120: 16 positions per bar
-MAX_DURATION = BAR_TICKS
+MAX_DURATION = TICKS_PER_BAR
 MIN_VELOCITY = 40
 VELOCITY_BINS = np.linspace(0, 128, 65).astype(np.int64)
 TEMPO_BINS = np.linspace(32, 224, 65).astype(np.int64)
@@ -46,8 +45,22 @@ MAX_WORDS = WINDOW - 2         # words kept per piece before x/y shift (EMOPIA's
 GROUP_SIZE = 512               # num_groups = ceil(seq_len / GROUP_SIZE)
 
 CONTI = "CONTI"
-BAR_EVENT = (0, 0, "Bar", "Metrical", 0, 0, 0, 0)
-EOS_EVENT = (0, 0, 0, "EOS", 0, 0, 0, 0)
+# Keyword of each field in `make_event` ('bar-beat' is `bar_beat`).
+_FIELD_OF_KEYWORD = dict(zip(IDENTIFIERS + (EMOTION,), FIELDS))
+
+
+def make_event(**values) -> tuple:
+    """An event tuple in FIELDS order from named fields (`bar_beat` for 'bar-beat'); every
+    field not named is the integer 0, EMOPIA's value of an unused field."""
+    unknown = set(values) - set(_FIELD_OF_KEYWORD)
+    if unknown:
+        raise TypeError(f"make_event: no field {', '.join(sorted(unknown))}")
+    named = {_FIELD_OF_KEYWORD[key]: value for key, value in values.items()}
+    return tuple(named.get(name, 0) for name in FIELDS)
+
+
+BAR_EVENT = make_event(bar_beat="Bar", type="Metrical")
+EOS_EVENT = make_event(type="EOS")
 
 # Velocity bin of every MIDI velocity: nearest bin (the lower one on ties), at least MIN_VELOCITY.
 _VELOCITY_OF = np.maximum(
@@ -55,7 +68,7 @@ _VELOCITY_OF = np.maximum(
     MIN_VELOCITY)
 _CHORD_TEXT = re.compile(
     r"^(?:(?:%s)_(?:%s)(?:_(?:%s))?|N_N(?:_N)?)$" % (
-        "|".join(map(re.escape, PITCH_CLASSES)), "|".join(map(re.escape, QUALITIES)),
+        "|".join(map(re.escape, PITCH_CLASSES)), "|".join(map(re.escape, CHORD_QUALITIES)),
         "|".join(map(re.escape, PITCH_CLASSES))))
 
 
@@ -65,12 +78,6 @@ _CHORD_TEXT = re.compile(
 def _dictionary_order(value):
     """EMOPIA's ordering: integers first (numerically), then strings (lexicographically)."""
     return (not isinstance(value, int), value)
-
-
-def collect_values(events) -> dict:
-    """The set of values each field takes in `events`."""
-    columns = list(zip(*events)) if events else [()] * len(FIELDS)
-    return {name: set(column) for name, column in zip(FIELDS, columns)}
 
 
 def build_dictionary(values_per_field: dict):
@@ -126,7 +133,7 @@ def type_index(event2word, name: str) -> int:
 # ---------------------------------------------------------------------------------------
 def _to_grid(ticks):
     """Round to the 120-tick grid, half to even (numpy's round, as EMOPIA)."""
-    return (np.round(np.asarray(ticks, dtype=np.int64) / GRID_TICKS) * GRID_TICKS).astype(np.int64)
+    return (np.round(np.asarray(ticks, dtype=np.int64) / TICKS_PER_POSITION) * TICKS_PER_POSITION).astype(np.int64)
 
 
 def _tempo_bin(bpm: float) -> int:
@@ -150,7 +157,7 @@ class Corpus:
 
 def _bars_needed(times, n_bars, max_events):
     """Fewest leading bars whose events (>= Emotion + Bars + Notes) reach `max_events`."""
-    counts = np.bincount(times // BAR_TICKS, minlength=n_bars)[:n_bars]
+    counts = np.bincount(times // TICKS_PER_BAR, minlength=n_bars)[:n_bars]
     events_through_bar = 1 + np.arange(1, n_bars + 1) + np.cumsum(counts)
     return min(n_bars, int(np.searchsorted(events_through_bar, max_events, side="left")) + 1)
 
@@ -160,7 +167,7 @@ def _marker_chords(markers):
     return [(tick, text) for tick, text in markers if _CHORD_TEXT.match(text)]
 
 
-def midi_to_corpus(source, chords: str = "analyse", max_events=None) -> Corpus:
+def midi_to_corpus(source, chords: str = "analyse", max_events=None, name=None) -> Corpus:
     """Read `source` (path or MidiFile) and quantise it (EMOPIA's midi2corpus).
 
     chords: 'analyse' runs the per-beat chord analysis (EMOPIA); 'markers' reads chord names
@@ -176,18 +183,18 @@ def midi_to_corpus(source, chords: str = "analyse", max_events=None) -> Corpus:
     # Encoding order: unquantised onset, then descending pitch (stable otherwise).
     order = np.lexsort((-part.pitches, part.starts))
     starts = part.starts[order]
-    offset_bars = int(_to_grid(starts[0])) // BAR_TICKS
-    n_bars = -(-int(starts[-1]) // BAR_TICKS) - offset_bars
-    shift = offset_bars * BAR_TICKS
+    offset_bars = int(_to_grid(starts[0])) // TICKS_PER_BAR
+    n_bars = -(-int(starts[-1]) // TICKS_PER_BAR) - offset_bars
+    shift = offset_bars * TICKS_PER_BAR
 
     times = _to_grid(starts - shift)
-    inside = times < n_bars * BAR_TICKS  # onsets rounded onto/past the span's end are dropped
+    inside = times < n_bars * TICKS_PER_BAR  # onsets rounded onto/past the span's end are dropped
     if not inside.any():
         raise ClipError(f"{name}: no note inside the encoded span (every onset rounds to the end of the piece)",
                         "no notes")
     if max_events is not None:
         n_bars = _bars_needed(times[inside], n_bars, max_events)
-        inside = times < n_bars * BAR_TICKS
+        inside = times < n_bars * TICKS_PER_BAR
     keep = order[inside]
     durations = _to_grid(np.minimum(part.ends[keep] - part.starts[keep], MAX_DURATION))
     velocities = _VELOCITY_OF[np.clip(part.velocities[keep], 0, 127)]
@@ -217,12 +224,12 @@ def midi_to_corpus(source, chords: str = "analyse", max_events=None) -> Corpus:
 # Corpus -> events -> words
 # ---------------------------------------------------------------------------------------
 def emotion_event(emotion: int):
-    return (0, 0, 0, "Emotion", 0, 0, 0, int(emotion))
+    return make_event(type="Emotion", emotion=int(emotion))
 
 
 def corpus_to_events(corpus: Corpus, emotion: int, max_events=None) -> list:
     """EMOPIA's corpus2events: the event tuples of one piece (cut to `max_events` if given)."""
-    end = corpus.n_bars * BAR_TICKS
+    end = corpus.n_bars * TICKS_PER_BAR
     events = [emotion_event(emotion)]
     note_positions, first_note = np.unique(corpus.times, return_index=True)
     note_slices = dict(zip(note_positions.tolist(),
@@ -236,23 +243,23 @@ def corpus_to_events(corpus: Corpus, emotion: int, max_events=None) -> list:
 
     bars_open = 0
     for pos in positions:
-        bar = pos // BAR_TICKS
+        bar = pos // TICKS_PER_BAR
         if bar >= bars_open:
             events.extend([BAR_EVENT] * (bar + 1 - bars_open))
             bars_open = bar + 1
-        beat = f"Beat_{(pos - bar * BAR_TICKS) // GRID_TICKS}"
+        beat = f"Beat_{(pos - bar * TICKS_PER_BAR) // TICKS_PER_POSITION}"
         chord, tempo = corpus.chords.get(pos), corpus.tempos.get(pos)
         if chord is not None or tempo is not None:
             chord_text = "_".join(chord.split("_")[:2]) if chord is not None else CONTI
             tempo_text = f"Tempo_{tempo}" if tempo is not None else CONTI
-            events.append((tempo_text, chord_text, beat, "Metrical", 0, 0, 0, 0))
+            events.append(make_event(tempo=tempo_text, chord=chord_text, bar_beat=beat, type="Metrical"))
         elif pos in note_slices:
-            events.append((CONTI, CONTI, beat, "Metrical", 0, 0, 0, 0))
+            events.append(make_event(tempo=CONTI, chord=CONTI, bar_beat=beat, type="Metrical"))
         if pos in note_slices:
             lo, hi = note_slices[pos]
             events.extend(
-                (0, 0, 0, "Note", f"Note_Pitch_{pitches[i]}", f"Note_Duration_{durations[i]}",
-                 f"Note_Velocity_{velocities[i]}", 0)
+                make_event(type="Note", pitch=f"Note_Pitch_{pitches[i]}", duration=f"Note_Duration_{durations[i]}",
+                           velocity=f"Note_Velocity_{velocities[i]}")
                 for i in range(lo, hi))
         if max_events is not None and len(events) >= max_events:
             return events[:max_events]
@@ -285,17 +292,11 @@ class EncodedPiece:
     warnings: list
 
 
-def encode_midi(source, emotion: int, chords: str = "analyse", max_events=None) -> EncodedPiece:
-    """MIDI -> event tuples (Emotion first; EOS last unless cut by `max_events`) + warnings."""
-    corpus = midi_to_corpus(source, chords=chords, max_events=max_events)
+def encode_midi(source, emotion: int, chords: str = "analyse", max_events=None, name=None) -> EncodedPiece:
+    """MIDI -> event tuples (Emotion first; EOS last unless cut by `max_events`) + warnings.
+    `name` names the piece in messages (default: its path)."""
+    corpus = midi_to_corpus(source, chords=chords, max_events=max_events, name=name)
     return EncodedPiece(corpus_to_events(corpus, emotion, max_events), corpus.warnings)
-
-
-def midi_to_words(path, event2word, emotion, chords: str = "analyse", max_words=None) -> np.ndarray:
-    """Words [T, 8] of a MIDI file (path or MidiFile): the full event list, Emotion first and
-    EOS last, before compile/truncation (or only the first `max_words` when given)."""
-    piece = encode_midi(path, emotion, chords=chords, max_events=max_words)
-    return events_to_words(piece.events, event2word, source_name(path))
 
 
 # ---------------------------------------------------------------------------------------
@@ -336,16 +337,6 @@ def compile_dataset(names, words_list, eos, window: int = WINDOW):
 # ---------------------------------------------------------------------------------------
 # Words -> MIDI
 # ---------------------------------------------------------------------------------------
-def _number_after(text, prefix):
-    """The integer in 'Prefix_123' (None when `text` is not such a string)."""
-    if isinstance(text, str) and text.startswith(prefix):
-        try:
-            return int(text[len(prefix):])
-        except ValueError:
-            return None
-    return None
-
-
 def words_to_midi(words, word2event, path=None, close_empty_bars=False) -> miditoolkit.MidiFile:
     """Decode words to a one-track piano MIDI at 480 tpb (EMOPIA's write_midi).
 
@@ -358,7 +349,6 @@ def words_to_midi(words, word2event, path=None, close_empty_bars=False) -> midit
     rest of the piece. Writes `path` atomically when given.
     """
     types = word2event["type"]
-    columns = [word2event[name] for name in FIELDS]
     midi = miditoolkit.MidiFile(ticks_per_beat=TICKS_PER_BEAT)
     notes = []
     bar, pos = -1, 0
@@ -368,38 +358,38 @@ def words_to_midi(words, word2event, path=None, close_empty_bars=False) -> midit
         kind = types.get(word[TYPE_FIELD])
         if kind == "EOS":
             break
-        values = [column.get(index) for column, index in zip(columns, word)]
+        values = {name: word2event[name].get(index) for name, index in zip(FIELDS, word)}
         if kind == "Metrical":
-            bar_beat = values[2]
+            bar_beat = values["bar-beat"]
             if bar_beat == "Bar":
                 bar += 1
                 continue
-            beat = _number_after(bar_beat, "Beat_")
+            beat = token_number(bar_beat, "Beat_")
             if beat is None:
                 continue
-            pos = max(bar, 0) * BAR_TICKS + beat * GRID_TICKS
+            pos = max(bar, 0) * TICKS_PER_BAR + beat * TICKS_PER_POSITION
             at_position = []
-            if values[1] not in (CONTI, 0, None):
-                at_position.append(Marker(text=str(values[1]), time=pos))
+            if values["chord"] not in (CONTI, 0, None):
+                at_position.append(Marker(text=str(values["chord"]), time=pos))
                 midi.markers.append(at_position[-1])
-            bpm = _number_after(values[0], "Tempo_")
+            bpm = token_number(values["tempo"], "Tempo_")
             if bpm is not None:
                 at_position.append(TempoChange(tempo=bpm, time=pos))
                 midi.tempo_changes.append(at_position[-1])
         elif kind == "Note":
-            pitch = _number_after(values[4], "Note_Pitch_")
-            duration = _number_after(values[5], "Note_Duration_")
-            velocity = _number_after(values[6], "Note_Velocity_")
+            pitch = token_number(values["pitch"], "Note_Pitch_")
+            duration = token_number(values["duration"], "Note_Duration_")
+            velocity = token_number(values["velocity"], "Note_Velocity_")
             if pitch is None or duration is None or velocity is None:
                 continue
             if close_empty_bars and previous_end is not None and pos > previous_end:
-                gap_bars = (pos - previous_end) // BAR_TICKS
+                gap_bars = (pos - previous_end) // TICKS_PER_BAR
                 if gap_bars:
                     bar -= gap_bars
-                    pos -= gap_bars * BAR_TICKS
+                    pos -= gap_bars * TICKS_PER_BAR
                     for item in at_position:
-                        item.time -= gap_bars * BAR_TICKS
-            end = pos + (duration if duration > 0 else GRID_TICKS // 2)
+                        item.time -= gap_bars * TICKS_PER_BAR
+            end = pos + (duration if duration > 0 else TICKS_PER_POSITION // 2)
             notes.append(Note(velocity=velocity, pitch=pitch, start=pos, end=end))
             previous_end = end
     piano = Instrument(program=0, is_drum=False, name="piano")

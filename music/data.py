@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from music.cp import load_dictionary, vocab_sizes as dictionary_sizes
-from music.elements import EMOTION_FIELD, FIELDS
+from music.elements import EMOTION_FIELD, FIELDS, QUADRANTS
 from music.errors import UserError
 
 REQUIRED_KEYS = ("x", "y", "mask", "seq_len")
@@ -168,12 +168,12 @@ def load_class_indices(idx_npz_path) -> dict:
     """{1: rows, 2: rows, 3: rows, 4: rows} from a `{name}_idx.npz` (cls_1_idx .. cls_4_idx)."""
     path = Path(idx_npz_path)
     arrays = _read_npz(path)
-    keys = [f"cls_{q}_idx" for q in (1, 2, 3, 4)]
+    keys = [f"cls_{q}_idx" for q in QUADRANTS]
     missing = [key for key in keys if key not in arrays]
     if missing:
         raise UserError(f"{path}: missing key(s) {', '.join(missing)}")
     result = {}
-    for q, key in zip((1, 2, 3, 4), keys):
+    for q, key in zip(QUADRANTS, keys):
         rows = arrays[key]
         if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
             raise UserError(f"{path}: '{key}' must be a 1-D integer array, got {rows.dtype} {rows.shape}")

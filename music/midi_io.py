@@ -10,6 +10,8 @@ Every time is rescaled to 480 ticks per beat with round-half-to-even (Python's `
 the resolution the EMOPIA release was built at; `max_tick`, which sets how many beats the
 chord analysis covers, is rescaled the same way.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,12 @@ import numpy as np
 
 from music.errors import UserError
 
+# The time grid of the representation: 480 ticks per beat, bars of 4 beats, 16 positions
+# (sixteenths) per bar.
 TICKS_PER_BEAT = 480
+TICKS_PER_BAR = 4 * TICKS_PER_BEAT
+POSITIONS_PER_BAR = 16
+TICKS_PER_POSITION = TICKS_PER_BAR // POSITIONS_PER_BAR
 
 
 class ClipError(UserError):
@@ -74,9 +81,10 @@ def rescale(ticks, ticks_per_beat: int) -> np.ndarray:
     return np.rint(ticks * TICKS_PER_BEAT / ticks_per_beat).astype(np.int64)
 
 
-def read_piano_part(source) -> PianoPart:
-    """Load `source` (a path or a miditoolkit.MidiFile) and return its piano part at 480 tpb."""
-    name = source_name(source)
+def read_piano_part(source, name: str | None = None) -> PianoPart:
+    """Load `source` (a path or a miditoolkit.MidiFile) and return its piano part at 480 tpb.
+    `name` names it in messages (default: the path)."""
+    name = name or source_name(source)
     midi = source if isinstance(source, miditoolkit.MidiFile) else load_midi(source)
     tpb = midi.ticks_per_beat
     if tpb <= 0:  # 0, or a negative SMPTE time division: no beats to rescale by

@@ -12,17 +12,12 @@ from pathlib import Path
 import miditoolkit
 import numpy as np
 
-from music.chords import QUALITIES, chords_per_beat
+from music.chords import CHORD_QUALITIES, chords_per_beat
 from music.cp import words_to_midi
 from music.elements import EMOTION_FIELD
 from music.errors import UserError
-from music.midi_io import TICKS_PER_BEAT, load_midi, rescale, source_name
+from music.midi_io import TICKS_PER_BAR, TICKS_PER_BEAT, load_midi, rescale, source_name
 
-TICKS_PER_BAR = 4 * TICKS_PER_BEAT
-POSITIONS_PER_BAR = 16
-TICKS_PER_POSITION = TICKS_PER_BAR // POSITIONS_PER_BAR
-# Chord qualities produced by chorder, in a musical order (used as a categorical axis).
-CHORD_QUALITIES = QUALITIES
 
 
 @dataclass

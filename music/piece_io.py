@@ -9,25 +9,17 @@
 from __future__ import annotations
 
 import pickle
-import re
 from pathlib import Path
 
 import numpy as np
 
 from music.cp import load_dictionary
 from music.data import load_cp_dataset
-from music.elements import N_FIELDS
+from music.elements import N_FIELDS, quadrant_of_name
 from music.errors import UserError
 from music.piece import Piece, piece_from_midi, piece_from_words
 
-_QUADRANT_RE = re.compile(r"^(?:emotion|Q)([1-4])_", re.IGNORECASE)
 WORDS_PICKLE_KEYS = ("words", "emotion", "dictionary")
-
-
-def quadrant_from_name(name: str) -> int:
-    """`emotion3_7.mid` or `Q3_xyz_1.mid` -> 3; 0 when the name carries no quadrant."""
-    match = _QUADRANT_RE.match(Path(name).name)
-    return int(match.group(1)) if match else 0
 
 
 def load_midi_folder(folder, analyse_chords: bool = True) -> list[Piece]:
@@ -42,7 +34,7 @@ def load_midi_folder(folder, analyse_chords: bool = True) -> list[Piece]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".mid", ".midi"))
     if not files:
         raise UserError(f"{folder}: no .mid files in this folder")
-    return [piece_from_midi(p, emotion=quadrant_from_name(p.name), name=p.name,
+    return [piece_from_midi(p, emotion=quadrant_of_name(p.name) or 0, name=p.name,
                             analyse_chords=analyse_chords) for p in files]
 
 

@@ -16,6 +16,7 @@ from evaluation.latent_space import latent_features
 from models.config import apply_preset
 from music.atomic import atomic_write, read_pickle
 from run.cli import SAVED_MODELS
+from music.elements import QUADRANTS
 from music.errors import UserError
 
 # Config fields that come from the data, never from flags.
@@ -70,7 +71,7 @@ def report_pieces(emotion, n_train: int, source, preset: str, logger: logging.Lo
     """Log the corpus size and its pieces per quadrant; warn when a model larger than the
     tiny preset trains on fewer than MIN_PAPER_PIECES pieces."""
     emotion = np.asarray(emotion)
-    counts = ", ".join(f"Q{q} {int((emotion == q).sum())}" for q in (1, 2, 3, 4))
+    counts = ", ".join(f"Q{q} {int((emotion == q).sum())}" for q in QUADRANTS)
     unlabeled = int((emotion == 0).sum())
     logger.info(f"data: {len(emotion)} pieces in {source} ({counts}"
                 + (f", unlabeled {unlabeled}" if unlabeled else "") + f"); {n_train} train")

@@ -27,7 +27,7 @@ import numpy as np
 from music.atomic import atomic_write
 from evaluation.probe import piece_statistics
 from evaluation.transfer import PAPER_TRANSFERS, quadrant_rows, transfer_pairs
-from music.elements import ELEMENTS, QUADRANTS
+from music.elements import ELEMENTS, QUADRANTS, song_of_name
 from music.errors import UserError
 from run.threads import with_recommended_wait
 
@@ -193,8 +193,7 @@ def window_words(data, row: int, length: int) -> np.ndarray:
 
 
 def song_ids(names) -> np.ndarray:
-    from evaluation.evaluator import song_id
-    return np.asarray([song_id(str(n)) for n in names])
+    return np.asarray([song_of_name(n) for n in names])
 
 
 def data_pieces(data, length: int):

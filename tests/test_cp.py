@@ -41,8 +41,19 @@ def reparse(midi):
     return miditoolkit.MidiFile(file=buffer)
 
 
+def collect_values(events) -> dict:
+    """The set of values each field takes in `events`."""
+    columns = list(zip(*events)) if events else [()] * len(cp.FIELDS)
+    return {name: set(column) for name, column in zip(cp.FIELDS, columns)}
+
+
+def midi_to_words(source, event2word, emotion, max_words=None) -> np.ndarray:
+    """Words [T, 8] of a MIDI file: the full event list (or its first `max_words`)."""
+    return cp.events_to_words(cp.encode_midi(source, emotion, max_events=max_words).events, event2word)
+
+
 def dictionary_for(*event_lists):
-    return cp.build_dictionary(cp.collect_values([e for events in event_lists for e in events]))
+    return cp.build_dictionary(collect_values([e for events in event_lists for e in events]))
 
 
 def note_pitch(event):
@@ -128,7 +139,7 @@ def test_reference_rows_are_reproduced_exactly(reference_clips):
     (event2word, _), subset, folder = reference_clips
     eos = cp.eos_word(event2word)
     for i, name in enumerate(subset["names"]):
-        words = cp.midi_to_words(folder / name, event2word, emotion=int(name[1]))
+        words = midi_to_words(folder / name, event2word, emotion=int(name[1]))
         x, y, mask, seq_len = cp.compile_words(words, eos)
         assert seq_len == subset["seq_len"][i], name
         np.testing.assert_array_equal(x, subset["x"][i], err_msg=name)
@@ -142,8 +153,8 @@ def test_early_stop_gives_the_same_rows(reference_clips):
     (event2word, _), subset, folder = reference_clips
     eos = cp.eos_word(event2word)
     for name in subset["names"]:
-        full = cp.midi_to_words(folder / name, event2word, emotion=int(name[1]))
-        cut = cp.midi_to_words(folder / name, event2word, emotion=int(name[1]), max_words=cp.MAX_WORDS)
+        full = midi_to_words(folder / name, event2word, emotion=int(name[1]))
+        cut = midi_to_words(folder / name, event2word, emotion=int(name[1]), max_words=cp.MAX_WORDS)
         for a, b in zip(cp.compile_words(full, eos), cp.compile_words(cut, eos)):
             np.testing.assert_array_equal(a, b, err_msg=name)
 

@@ -4,6 +4,7 @@ import ast
 import pytest
 
 from music import elements as el
+from music.elements import parse_quadrant, song_of_name, token_number
 from tests.conftest import ROOT
 
 HOME = ROOT / "music" / "elements.py"
@@ -13,9 +14,20 @@ SOURCES = [p for p in sorted(ROOT.glob("*.py")) + sorted(ROOT.glob("*/*.py"))
            or p.parent == ROOT]
 
 
+CHECKED_TABLES = ("per_field", "per_element")
+
+
 def respellings(tree):
     """Places that write the element list (or its count) again instead of naming it."""
+    checked = {id(arg) for node in ast.walk(tree) if isinstance(node, ast.Call)
+               and getattr(node.func, "id", getattr(node.func, "attr", None)) in CHECKED_TABLES
+               for arg in node.args}
     for node in ast.walk(tree):
+        # a table keyed by four or more element names that per_field / per_element do not check
+        if isinstance(node, ast.Dict) and id(node) not in checked:
+            names = [k.value for k in node.keys if isinstance(k, ast.Constant) and k.value in NAMES]
+            if len(set(names)) >= 4:
+                yield node.lineno, f"a table keyed by elements {names} without per_field/per_element"
         # a tuple, list or set literal of four or more element names (a few is a choice, not the list)
         if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
             names = [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in NAMES]
@@ -62,6 +74,9 @@ def test_no_module_but_the_home_spells_the_element_list():
     ("for k in range(7): pass", True),
     ("n = words[:, 3]", True),
     ('SHARES = {"pitch": 1}', False),
+    ('T = {"tempo": 1, "chord": 2, "pitch": 3, "velocity": 4}', True),
+    ('T = per_element({"tempo": 1, "chord": 2, "pitch": 3, "velocity": 4})', False),
+    ('T = el.per_field({"tempo": 1, "chord": 2, "pitch": 3, "velocity": 4})', False),
     ("from music.elements import ELEMENTS", False),
 ])
 def test_the_check_catches_a_respelling(source, caught):
@@ -74,3 +89,21 @@ def test_derived_constants_follow_the_list():
     assert el.CONDITIONED == tuple(k for k in range(el.N_ELEMENTS) if k != el.TYPE_FIELD)
     assert all(el.ELEMENTS[el.element_index(alias)] == name for alias, name in el.ALIASES.items())
     assert el.element_slice("velocity", 16) == slice(96, 112)
+
+
+def test_per_element_tables_must_name_every_element_once():
+    table = {name: i for i, name in enumerate(el.ELEMENTS)}
+    assert list(el.per_element(dict(reversed(table.items())))) == list(el.ELEMENTS)
+    with pytest.raises(ValueError, match="one value per element"):
+        el.per_element({k: v for k, v in table.items() if k != "velocity"})
+    with pytest.raises(ValueError, match="one value per element"):
+        el.per_element({**table, "loudness": 7})
+
+
+def test_names_and_tokens_are_read_by_one_rule_each():
+    assert parse_quadrant(" q2 ") == 2 and parse_quadrant("4") == 4 and parse_quadrant("Q5") is None
+    assert token_number("Note_Pitch_60") == 60 and token_number("Tempo_84", "Tempo_") == 84
+    assert token_number("Note_Duration_0", "Note_Pitch_") is None            # another kind
+    for no_number in (0, "CONTI", "Bar", "C_M", "N_N", "Note_Pitch_x", None):
+        assert token_number(no_number) is None
+    assert song_of_name("Q2_a_b_c_12.midi") == "a_b_c"

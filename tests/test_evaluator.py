@@ -7,7 +7,8 @@ import pytest
 from evaluation import evaluator as E
 from evaluation import metrics as M
 from music.errors import UserError
-from music.piece_io import load_dataset_pieces, quadrant_from_name
+from music.elements import quadrant_of_name, song_of_name
+from music.piece_io import load_dataset_pieces
 
 
 def test_head_labels_follow_russell_quadrants():
@@ -18,11 +19,11 @@ def test_head_labels_follow_russell_quadrants():
 
 
 def test_names():
-    assert E.song_id("Q1_0vLPYiPN7qY_2.mid") == "0vLPYiPN7qY"
-    assert E.song_id("Q3_-vAz_HTFEXs_0.mid") == "-vAz_HTFEXs"
-    assert quadrant_from_name("emotion3_17.mid") == 3
-    assert quadrant_from_name("Q4_abc_1.mid") == 4
-    assert quadrant_from_name("piece.mid") == 0
+    assert song_of_name("Q1_0vLPYiPN7qY_2.mid") == "0vLPYiPN7qY"
+    assert song_of_name("Q3_-vAz_HTFEXs_0.mid") == "-vAz_HTFEXs"
+    assert quadrant_of_name("emotion3_17.mid") == 3
+    assert quadrant_of_name("sub/q4_abc_1.mid") == 4
+    assert quadrant_of_name("piece.mid") is None and quadrant_of_name("Q5_x.mid") is None
 
 
 def test_features_are_finite_even_for_an_empty_piece():

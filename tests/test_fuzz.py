@@ -18,6 +18,8 @@ from miditoolkit.midi.containers import Instrument, Note, TempoChange
 
 from tests.conftest import ROOT, SAMPLE_MIDI_DIR
 from music import cp
+from music.elements import token_number
+from tests.test_cp import collect_values
 from music.midi_io import ClipError
 
 SAMPLE_FILES = sorted(SAMPLE_MIDI_DIR.glob("*.mid"))
@@ -30,13 +32,9 @@ def sample_dictionary():
     events = []
     for path in SAMPLE_FILES[::4]:
         events += cp.encode_midi(path, emotion=int(path.name[1])).events
-    values = cp.collect_values(events)
+    values = collect_values(events)
     values["emotion"] |= set(cp.EMOTIONS)
     return cp.build_dictionary(values)
-
-
-def number_after(value, prefix):
-    return int(value[len(prefix):]) if isinstance(value, str) and value.startswith(prefix) else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -64,7 +62,7 @@ def decodable_notes(words, word2event):
         if kind == "EOS":
             break
         if kind == "Note":
-            values = [number_after(word2event[field].get(word[k]), prefix) for k, field, prefix in
+            values = [token_number(word2event[field].get(word[k]), prefix) for k, field, prefix in
                       ((4, "pitch", "Note_Pitch_"), (5, "duration", "Note_Duration_"),
                        (6, "velocity", "Note_Velocity_"))]
             if None not in values:
@@ -84,10 +82,10 @@ def test_writer_invariants_on_arbitrary_words(words, close_empty_bars):
     notes = midi.instruments[0].notes
     assert [(n.pitch, n.velocity) for n in notes] == [(p, v) for p, _, v in expected]
     for note, (_, duration, _) in zip(notes, expected):
-        assert note.start >= 0 and note.start % cp.GRID_TICKS == 0
-        assert note.end - note.start == (duration if duration > 0 else cp.GRID_TICKS // 2)
+        assert note.start >= 0 and note.start % cp.TICKS_PER_POSITION == 0
+        assert note.end - note.start == (duration if duration > 0 else cp.TICKS_PER_POSITION // 2)
     for item in (*midi.markers, *midi.tempo_changes):
-        assert item.time >= 0 and item.time % cp.GRID_TICKS == 0
+        assert item.time >= 0 and item.time % cp.TICKS_PER_POSITION == 0
     # The file always holds the piano track, even with no notes (miditoolkit's reader
     # skips note-less tracks, but the track, its name and program are there).
     buffer = io.BytesIO()
@@ -107,7 +105,7 @@ def test_generation_writer_only_pulls_notes_back_by_whole_bars(words):
     assert [(n.pitch, n.velocity, n.end - n.start) for n in closed] == \
         [(n.pitch, n.velocity, n.end - n.start) for n in plain]
     for a, b in zip(plain, closed):
-        assert a.start >= b.start and (a.start - b.start) % cp.BAR_TICKS == 0
+        assert a.start >= b.start and (a.start - b.start) % cp.TICKS_PER_BAR == 0
 
 
 @SETTINGS
@@ -154,16 +152,16 @@ def test_encoder_invariants_on_random_notes(raw_notes, ticks_per_beat, emotion, 
             after_position = event[2] != "Bar"
         else:
             assert event[3] == "Note" and after_position, "a note needs a position in its bar"
-            duration = number_after(event[5], "Note_Duration_")
-            assert 0 <= duration <= cp.MAX_DURATION and duration % cp.GRID_TICKS == 0
-            assert number_after(event[6], "Note_Velocity_") in set(cp.VELOCITY_BINS[cp.VELOCITY_BINS >= 40])
-            assert number_after(event[4], "Note_Pitch_") in pitches
+            duration = token_number(event[5], "Note_Duration_")
+            assert 0 <= duration <= cp.MAX_DURATION and duration % cp.TICKS_PER_POSITION == 0
+            assert token_number(event[6], "Note_Velocity_") in set(cp.VELOCITY_BINS[cp.VELOCITY_BINS >= 40])
+            assert token_number(event[4], "Note_Pitch_") in pitches
         tempo = event[0]
-        assert tempo in (0, cp.CONTI) or number_after(tempo, "Tempo_") in set(cp.TEMPO_BINS)
+        assert tempo in (0, cp.CONTI) or token_number(tempo, "Tempo_") in set(cp.TEMPO_BINS)
     assert sum(e[3] == "Note" for e in events) <= sum(d >= 0 for *_, d, _ in raw_notes)
     assert cp.encode_midi(midi, emotion, max_events=cut).events == events[:cut]
     # The words decode back to as many notes.
-    event2word, word2event = cp.build_dictionary(cp.collect_values(events))
+    event2word, word2event = cp.build_dictionary(collect_values(events))
     decoded = cp.words_to_midi(cp.events_to_words(events, event2word), word2event)
     assert len(decoded.instruments[0].notes) == sum(e[3] == "Note" for e in events)
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import SAMPLE_MIDI_DIR
+from music.chords import CHORD_QUALITIES
+from music.midi_io import TICKS_PER_BEAT
 from music.piece import piece_from_midi
 from evaluation import metrics as M
 
@@ -99,7 +101,7 @@ def test_element_values_of_a_piece():
     piece = M.Piece(notes=notes, tempos=np.array([120.0, 90.0]), chords=["C_M", "A_m", "N_N"])
     values = M.element_values(piece)
     assert values["tempo"].tolist() == [120, 90]
-    assert values["chord"].tolist() == [M.CHORD_QUALITIES.index("M"), M.CHORD_QUALITIES.index("m")]
+    assert values["chord"].tolist() == [CHORD_QUALITIES.index("M"), CHORD_QUALITIES.index("m")]
     assert values["beat"].tolist() == [0, 3]
     assert values["pitch"].tolist() == [60, 64]
     assert values["duration"].tolist() == [480, 120]
@@ -119,7 +121,7 @@ def test_piece_from_midi_rescales_to_480(tmp_path):
     piece = piece_from_midi(path, emotion=2)
     assert piece.notes.tolist() == [[60, 480, 960, 70]]
     assert piece.emotion == 2 and piece.name == "x.mid"
-    assert M.element_values(piece)["chord"].tolist() == [M.CHORD_QUALITIES.index("m7")]
+    assert M.element_values(piece)["chord"].tolist() == [CHORD_QUALITIES.index("m7")]
     assert M.element_values(piece)["tempo"].tolist() == pytest.approx([100])
 
 
@@ -127,7 +129,7 @@ def test_piece_from_midi_rescales_to_480(tmp_path):
 # muspy (requirements-dev.txt) is the reference the song-level metrics re-code. Floats are
 # compared with ==: both divide the same two integers, so they agree to the last bit.
 
-def _muspy_music(notes, resolution=M.TICKS_PER_BEAT):
+def _muspy_music(notes, resolution=TICKS_PER_BEAT):
     import muspy
 
     track = muspy.Track(notes=[muspy.Note(time=int(s), pitch=int(p), duration=int(e - s))
@@ -197,7 +199,7 @@ def _muspy_disagreements(name: str, data: bytes) -> list[str]:
     if not _same(_ours_song(native), reference):
         problems.append(f"{name}: same notes: ours {_ours_song(native)}, muspy {reference}")
     ours = _ours_song(piece_from_midi(midi).notes)
-    reference["polyphony"] = muspy.polyphony(music.adjust_resolution(M.TICKS_PER_BEAT))
+    reference["polyphony"] = muspy.polyphony(music.adjust_resolution(TICKS_PER_BEAT))
     if not _same(ours, reference):
         problems.append(f"{name}: at 480 ticks per beat: ours {ours}, muspy {reference}")
     return problems
@@ -302,7 +304,7 @@ def test_compute_metrics_leaves_empty_pieces_out_and_counts_them(tmp_path, capsy
     folder = tmp_path / "generated"
     folder.mkdir()
     for i, notes in enumerate([[(60, 0, 480), (67, 0, 960)], []]):
-        midi = miditoolkit.MidiFile(ticks_per_beat=M.TICKS_PER_BEAT)
+        midi = miditoolkit.MidiFile(ticks_per_beat=TICKS_PER_BEAT)
         inst = miditoolkit.Instrument(program=0)
         inst.notes = [miditoolkit.Note(velocity=80, pitch=p, start=s, end=e) for p, s, e in notes]
         midi.instruments = [inst]

@@ -21,6 +21,11 @@ VARIANTS = [("TRANS", "CA", "GE"), ("MEAN", "CA", "GE"), ("TRANS", "CONCAT", "GE
             ("TRANS", "NONE", "E"), ("MEAN", "NONE", "E")]
 
 
+def slice_of(config, element: int) -> slice:
+    """Latent dimensions of element `element` (its word column)."""
+    return slice(element * config.slice_dim, (element + 1) * config.slice_dim)
+
+
 def tiny(reduction="TRANS", conditioning="CA", decoding="GE", **kw):
     config = MusERConfig(VOCAB, reduction=reduction, conditioning=conditioning,
                          decoding=decoding, type_ids=TYPE_IDS)
@@ -192,16 +197,16 @@ def test_dr_reduces_each_slice_independently():
     latent = torch.randn(2, config.max_len, config.latent_dim)
     reduced = model.reduce_latent(latent)
     changed = latent.clone()
-    changed[..., config.slice_of(4)] += 1.0
+    changed[..., slice_of(config, 4)] += 1.0
     reduced2 = model.reduce_latent(changed)
     for k in range(7):
         assert torch.allclose(reduced[k], reduced2[k]) == (k != 4)
     # Reference: one element at a time, as the authors write it.
-    s = latent[..., config.slice_of(2)].transpose(1, 2)
+    s = latent[..., slice_of(config, 2)].transpose(1, 2)
     alone = model.dr(model.dr_position(s))[:, 0]
     assert torch.allclose(reduced[2], alone, atol=1e-5)
     mean = MusER(tiny("MEAN")).reduce_latent(latent)
-    assert torch.allclose(mean[6], latent[..., config.slice_of(6)].mean(-1))
+    assert torch.allclose(mean[6], latent[..., slice_of(config, 6)].mean(-1))
 
 
 def test_element_decoders_read_only_their_slice_without_global_decoder():
@@ -212,7 +217,7 @@ def test_element_decoders_read_only_their_slice_without_global_decoder():
     latent = torch.randn(3, config.max_len, config.latent_dim)
     base = model.element_log_probs(x, y, latent)
     changed = latent.clone()
-    changed[..., config.slice_of(5)] += 1.0
+    changed[..., slice_of(config, 5)] += 1.0
     moved = model.element_log_probs(x, y, changed)
     for k in range(7):
         assert torch.allclose(base[k], moved[k]) == (k != 5)

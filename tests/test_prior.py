@@ -4,7 +4,7 @@ import dataclasses
 import torch
 
 from models.config import PriorConfig, apply_preset
-from models.prior import Prior
+from models.prior import Prior, training_sequences
 
 
 def tiny(**kw):
@@ -20,6 +20,14 @@ def test_forward_is_log_softmax_at_temperature():
     assert torch.allclose(out.exp().sum(-1), torch.ones(2, 17), atol=1e-5)
     assert torch.allclose(out, torch.log_softmax(prior.logits(inp) / 0.3, -1))
     assert prior.embedding.num_embeddings == 45 and prior.emotion_token(4) == 44
+
+
+def test_training_sequences_put_the_emotion_first_and_shift_the_codes():
+    codes = torch.tensor([[3, 1, 4], [1, 5, 9]])
+    seq = training_sequences(codes, torch.tensor([2, 4]), n_codes=40)
+    assert seq["inp"].tolist() == [[42, 3, 1, 4], [44, 1, 5, 9]]
+    assert seq["target"].tolist() == [[3, 1, 4, 0], [1, 5, 9, 0]]
+    assert Prior(tiny()).emotion_token(torch.tensor([2, 4])).tolist() == [42, 44]
 
 
 def test_prior_is_causal():
