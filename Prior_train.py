@@ -23,9 +23,10 @@ from run.cli import add_common_args, add_training_args, run_main
 from music.data import load_cp_dataset
 from run.distributed import shutdown
 from music.errors import UserError
-from run.pipeline import (add_config_flags, check_prior_codes, codebook_fingerprint,
-                            compact_codes, config_from_args, dataset_tensors, encode_pieces, load_vq_dict,
-                            model_name, plain_args, report_pieces, run_dir)
+from run.codes import (check_prior_codes, codebook_fingerprint, compact_codes, load_vq_dict,
+                       vq_dict_for_checkpoint)
+from run.pipeline import (add_config_flags, config_from_args, dataset_tensors, encode_pieces, model_name,
+                          plain_args, report_pieces, run_dir)
 from run.training import fit, open_run, split_tensors, start_training
 
 
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     meta = {"kind": "prior", "config": config.to_dict(), "args": plain_args(args),
             "vocab_sizes": vq_ckpt["vocab_sizes"], "dictionary_path": vq_ckpt["dictionary_path"],
             "vq_vae_path": str(vq_path.resolve()), "vq_vae": fingerprint,
-            "vq_dict": {0: dict(vq_dict[0]), 1: dict(vq_dict[1])}}
+            "vq_dict": vq_dict_for_checkpoint(vq_dict)}
     code = fit(model=model, step_fn=prior_step, train=train, val=val, args=args, out_dir=out_dir,
                device=device, logger=logger, checkpoint_meta=meta, dist=dist, resume=resume)
     if code == 0 and dist.is_main:

@@ -25,8 +25,8 @@ from music.data import load_cp_dataset
 from music.errors import UserError
 from evaluation.latent_space import (PERPLEXITY, POOLS, TSNE_ITERATIONS, latent_features, silhouette_markdown,
                                 silhouette_table)
-from run.pipeline import (codebook_fingerprint, dataset_tensors, encode_pieces, make_vq_dict, model_name,
-                            save_vq_dict)
+from run.codes import codebook_fingerprint, make_vq_dict, save_vq_dict
+from run.pipeline import dataset_tensors, encode_pieces, model_name
 
 
 def build_parser() -> argparse.ArgumentParser:

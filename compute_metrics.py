@@ -24,6 +24,7 @@ from evaluation import evaluator as E
 from evaluation import metrics as M
 from music.atomic import write_csv, write_text
 from run.cli import add_audio_args, run_main
+from music.elements import QUADRANT_NAMES, QUADRANTS
 from music.errors import UserError
 from music.piece_io import load_dataset_pieces, load_generated
 from evaluation.plotting import plot_element_violins, plot_piano_roll
@@ -64,7 +65,7 @@ def listening_midis(args, sources, dataset, out_dir: Path) -> dict[str, dict[int
         words = (data["words"], words_pickle_word2event(args.generated, data, args.dictionary))
     out: dict[str, dict[int, list[Path]]] = {}
     for source, pieces in sources.items():
-        for q in range(1, 5):
+        for q in QUADRANTS:
             chosen = [i for i, p in enumerate(pieces) if p.emotion == q][:max(args.listen, 0)]
             for i in chosen:
                 midi = out_dir / "pieces" / source / (Path(pieces[i].name).stem + ".mid")
@@ -168,15 +169,15 @@ def main(argv=None) -> int:
                                    out_dir / "violins.png",
                                    title="element distributions per quadrant")
     rolls = []
-    for q in range(1, 5):
+    for q in QUADRANTS:
         chosen = [p for p in sources.get("generated", []) if p.emotion == q][:max(args.piano_rolls, 0)]
         for piece in chosen:
             stem = Path(piece.name).stem or f"emotion{q}"
             rolls.append(plot_piano_roll(piece, out_dir / "piano_rolls" / f"{stem}.png",
                                          title=f"generated, asked Q{q}: {piece.name}"))
     counts = ", ".join(f"{s}: {len(p)} pieces ("
-                       + "/".join(str(sum(x.emotion == q for x in p)) for q in range(1, 5))
-                       + " in Q1/Q2/Q3/Q4"
+                       + "/".join(str(sum(x.emotion == q for x in p)) for q in QUADRANTS)
+                       + f" in {'/'.join(QUADRANT_NAMES)}"
                        # Empty pieces give NaN metrics and leave the means: say how many.
                        + f"; {sum(len(x.notes) == 0 for x in p)} empty)"
                        for s, p in sources.items())

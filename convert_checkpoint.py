@@ -28,7 +28,8 @@ from run.checkpoint import load_muser, save_checkpoint
 from run.cli import run_main
 from music.cp import load_dictionary, type_index, vocab_sizes
 from music.errors import UserError
-from run.pipeline import codebook_fingerprint, load_vq_dict, plain_args
+from run.codes import codebook_fingerprint, load_vq_dict, vq_dict_for_checkpoint
+from run.pipeline import plain_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +78,7 @@ def convert_prior_file(args) -> dict:
             "epoch": epoch, "batch": 0, "best_loss": None, "history": [], "args": plain_args(args),
             "vocab_sizes": vq_ckpt["vocab_sizes"], "dictionary_path": vq_ckpt["dictionary_path"],
             "vq_vae_path": str(vq_path.resolve()), "vq_vae": fingerprint,
-            "vq_dict": {0: dict(vq_dict[0]), 1: dict(vq_dict[1])},
+            "vq_dict": vq_dict_for_checkpoint(vq_dict),
             "converted_from": str(Path(args.authors).resolve())}
 
 

@@ -21,10 +21,10 @@ from tqdm import tqdm
 from music.atomic import atomic_write
 from run.checkpoint import build_prior, load_checkpoint, load_muser
 from music.cp import words_to_midi
-from music.elements import IDENTIFIERS, TYPE_FIELD
+from music.elements import IDENTIFIERS, QUADRANTS, TYPE_FIELD
 from music.errors import UserError
 from run.cli import add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main, str2bool
-from run.pipeline import check_prior_codes, codebook_fingerprint
+from run.codes import check_prior_codes, codebook_fingerprint, expand_codes
 from run.threads import adapt_threads
 from models.packed import GENERATION_DTYPES, cast_for_generation
 from models.sampling import FieldSampling, SamplingParams
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--VQ_VAE", default="MusER_TRANS_CA_GE_emopia")
     parser.add_argument("--music_file", default="generated", help="name of the output folder and files")
     parser.add_argument("--out_root", default="generate_midi")
-    parser.add_argument("--emotion", type=int, nargs="+", default=[1, 2, 3, 4], help="quadrants 1..4")
+    parser.add_argument("--emotion", type=int, nargs="+", default=list(QUADRANTS), help="quadrants 1..4")
     parser.add_argument("--n_per_emotion", type=int, default=100)
     parser.add_argument("--batch_size", type=int, default=100, help="pieces decoded at once")
     parser.add_argument("--max_steps", type=int, default=None, help="words per piece (default: model length)")
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    bad = [q for q in args.emotion if q not in (1, 2, 3, 4)]
+    bad = [q for q in args.emotion if q not in QUADRANTS]
     if bad:
         raise UserError(f"--emotion {' '.join(map(str, bad))}: quadrants are 1, 2, 3 or 4")
     if args.n_per_emotion <= 0:
@@ -110,8 +110,6 @@ def main(argv=None) -> int:
     from evaluation.evaluator import EmotionEvaluator
     evaluator = EmotionEvaluator.load(args.evaluator) if args.evaluator else None
     word2event = vq_ckpt["dictionary"]["word2event"]
-    compact_to_code = torch.tensor([prior_ckpt["vq_dict"][1][i] for i in range(len(prior_ckpt["vq_dict"][1]))],
-                                   device=device)
     n_steps = args.max_steps or vq_vae.config.max_len
     sampling = sampling_from_args(args)
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -129,7 +127,7 @@ def main(argv=None) -> int:
         compact = prior.generate(emotion, vq_vae.config.max_len, temperature=args.prior_temperature,
                                  top_p=args.prior_top_p, generator=generator,
                                  recurrent=not args.full_recompute, on_step=adapt_threads)
-        latent = vq_vae.latent_from_codes(compact_to_code[compact])
+        latent = vq_vae.latent_from_codes(expand_codes(compact, prior_ckpt["vq_dict"]))
         pieces = vq_vae.generate(latent, emotion, sampling, generator=generator, max_steps=n_steps,
                                  recurrent=not args.full_recompute, on_step=adapt_threads)
         for i, words in enumerate(pieces):

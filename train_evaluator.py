@@ -20,6 +20,7 @@ import numpy as np
 
 from evaluation import evaluator as E
 from run.cli import run_main
+from music.elements import QUADRANTS
 from music.errors import UserError
 from music.piece_io import load_dataset_pieces, load_midi_folder
 
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
         raise UserError(f"--test_size must be between 0 and 1, got {args.test_size}")
     pieces, source = load_pieces(args)
     quadrants = np.asarray([p.emotion for p in pieces])
-    unknown = int(np.sum(~np.isin(quadrants, (1, 2, 3, 4))))
+    unknown = int(np.sum(~np.isin(quadrants, QUADRANTS)))
     if unknown:
         raise UserError(f"{source}: {unknown} pieces have no quadrant 1..4 "
                         f"(MIDI names must start with Q1_..Q4_)")

@@ -19,7 +19,7 @@ from run.checkpoint import build_muser, build_prior, load_checkpoint
 from run.cli import run_main
 from music.cp import save_dictionary
 from music.errors import UserError
-from run.pipeline import check_prior_codes, codebook_fingerprint
+from run.codes import check_prior_codes, codebook_fingerprint
 
 TYPE_IDS = {"EOS": 0, "Emotion": 1, "Metrical": 2, "Note": 3}
 EMOPIA_SIZES = [56, 135, 18, 4, 87, 18, 42, 5]          # FIELDS order (tempo first)

@@ -33,6 +33,14 @@ def respellings(tree):
             names = [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in NAMES]
             if len(set(names)) >= 4:
                 yield node.lineno, f"spells the elements {names}"
+        # the quadrants spelled again: (1, 2, 3, 4), range(1, 5), or a pattern reading Q[1-4]
+        if isinstance(node, (ast.Tuple, ast.List)) and [getattr(e, "value", None) for e in node.elts] == [1, 2, 3, 4]:
+            yield node.lineno, "spells the quadrants (1, 2, 3, 4)"
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "range"
+                and [getattr(a, "value", None) for a in node.args] == [1, 5]):
+            yield node.lineno, "range(1, 5) over the quadrants"
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "[1-4]" in node.value:
+            yield node.lineno, "reads a quadrant with its own pattern"
         # N_ELEMENTS = 7, N_FIELDS = 8, ... : a count written as a number
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
             for target in node.targets:
@@ -78,6 +86,10 @@ def test_no_module_but_the_home_spells_the_element_list():
     ('T = per_element({"tempo": 1, "chord": 2, "pitch": 3, "velocity": 4})', False),
     ('T = el.per_field({"tempo": 1, "chord": 2, "pitch": 3, "velocity": 4})', False),
     ("from music.elements import ELEMENTS", False),
+    ("for q in (1, 2, 3, 4): pass", True),
+    ("for q in range(1, 5): pass", True),
+    ('PATTERN = r"^Q([1-4])_"', True),
+    ("for q in QUADRANTS: pass", False),
 ])
 def test_the_check_catches_a_respelling(source, caught):
     assert bool(list(respellings(ast.parse(source)))) == caught

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from music.errors import UserError
-from run.pipeline import compact_codes, load_vq_dict, make_vq_dict, save_vq_dict
+from run.codes import compact_codes, expand_codes, load_vq_dict, make_vq_dict, save_vq_dict
 
 
 def test_vq_dict_maps_used_codes_both_ways(tmp_path):
@@ -38,3 +38,11 @@ def test_known_codes_map_without_warning(caplog):
     with caplog.at_level(logging.WARNING):
         compact = compact_codes(torch.tensor([[1, 4, 5, 5]]), vq_dict, codebook, logging.getLogger("t"), "d")
     assert compact.tolist() == [[0, 1, 2, 2]] and caplog.text == ""
+
+
+def test_expand_codes_inverts_compaction_on_used_codes():
+    codes = torch.tensor([[7, 3, 7, 12], [3, 3, 12, 7]])
+    vq_dict = make_vq_dict(codes, "fp")
+    compact = compact_codes(codes, vq_dict, torch.randn(16, 4), logging.getLogger("t"), "test")
+    assert compact.max().item() == 2
+    assert torch.equal(expand_codes(compact, vq_dict), codes)
