@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--midi_dir", help="folder of MIDI clips named Q{1-4}_*.mid (e.g. all of EMOPIA)")
     source.add_argument("--data_path", help="an EMOPIA-format compound-word npz (dictionary.pkl beside it)")
+    p.add_argument("--sync", choices=("beats", "none"), default="beats",
+                   help="with --midi_dir: beat-synchronise the clips first, as EMOPIA's release (default), "
+                        "or encode them as given (prepare_data.py --sync)")
     p.add_argument("--out", required=True, help="report folder (created; reused to resume)")
     p.add_argument("--preset", default="paper", choices=sorted(S.STUDY_PRESETS),
                    help="study size: paper (GPU), small (2-core CPU, about an hour), tiny (tests)")
@@ -85,7 +88,8 @@ def prepare(args, out: Path) -> Path:
     midis = sorted(Path(args.midi_dir).glob("*.mid*"))
     if not midis:
         raise UserError(f"{args.midi_dir}: no MIDI files")
-    command = ["prepare_data.py", "--midi_dir", args.midi_dir, "--out_dir", out / "data", "--name", "study"]
+    command = ["prepare_data.py", "--midi_dir", args.midi_dir, "--out_dir", out / "data", "--name", "study",
+               "--sync", args.sync]
     fp = S.fingerprint(command, midis)
     stages.run("prepare", fp, lambda _: S.run_script(command[0], command[1:], out / "logs" / "prepare.log", 2))
     return (out / "data" / "study_data.npz").resolve()

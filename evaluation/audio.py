@@ -18,21 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from music.atomic import atomic_write
+from music.synth import SAMPLE_RATE, default_soundfont
 
-SAMPLE_RATE = 44100
 # libsndfile's MP3 compression level 0..1 picks LAME's VBR quality; 0.6 keeps a GM piano
 # clean at about 70-90 kbit/s.
 MP3_COMPRESSION = 0.6
-
-
-def default_soundfont() -> Path | None:
-    """The General MIDI SoundFont inside the installed pretty_midi package (None if absent)."""
-    try:
-        import pretty_midi
-    except ImportError:
-        return None
-    path = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
-    return path if path.is_file() else None
 
 
 def audio_format() -> str:

@@ -103,9 +103,9 @@ def test_dictionary_must_match_the_model_vocabulary(copy):
     folder, _ = copy
     sizes = cp.vocab_sizes(cp.load_dictionary(folder / "dictionary.pkl")[0])
     wanted = list(sizes)
-    wanted[0] = 56
-    with pytest.raises(UserError, match=r"dictionary\.pkl: vocabulary sizes \[.*\] do not match the model's "
-                                        r"\[56, .*\] \(tempo 3 vs 56\)"):
+    wanted[0] = sizes[0] + 7
+    with pytest.raises(UserError, match=rf"dictionary\.pkl: vocabulary sizes \[.*\] do not match the model's "
+                                        rf"\[{sizes[0] + 7}, .*\] \(tempo {sizes[0]} vs {sizes[0] + 7}\)"):
         load_cp_dataset(folder / "emopia_data.npz", vocab_sizes=wanted)
 
 

