@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation import metrics as M
+from evaluation.key import key_correlations
 from music.atomic import write_text
 from music.chords import CHORD_QUALITIES
 from music.elements import HIGH_AROUSAL, POSITIVE_VALENCE, QUADRANTS, song_of_name
@@ -33,9 +34,6 @@ FORMAT = "muser-emotion-evaluator"
 FORMAT_VERSION = 1   # bump whenever a feature's definition changes
 HEADS = ("quadrant", "arousal", "valence")
 
-# Krumhansl-Kessler key profiles (tonic first), for a transposition-invariant mode cue.
-_MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-_MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 _REGISTER_EDGES = np.arange(24, 109, 12)            # octave bins C1..C8
 _DURATION_EDGES = np.array([0, 121, 241, 481, 961, 10**9])  # <=16th, 8th, quarter, half, longer
 _VELOCITY_EDGES = np.array([0, 50, 60, 70, 80, 90, 128])
@@ -115,13 +113,11 @@ def piece_features(piece: M.Piece) -> np.ndarray:
     # Mode: correlate the duration-weighted pitch-class profile with every major and
     # minor key; keep the best of each and the profile rotated to the best key's tonic.
     profile = np.bincount((pitch % 12).astype(int), weights=duration, minlength=12)
-    if profile.sum() > 0 and profile.std() > 0:
-        rotations = np.stack([np.roll(profile, -k) for k in range(12)])
-        major = np.array([np.corrcoef(r, _MAJOR_PROFILE)[0, 1] for r in rotations])
-        minor = np.array([np.corrcoef(r, _MINOR_PROFILE)[0, 1] for r in rotations])
+    major, minor = key_correlations(profile)
+    if not np.isnan(major).all():
         tonic = int(np.argmax(np.maximum(major, minor)))
         f += [major.max(), minor.max(), major.max() - minor.max()]
-        f += list(rotations[tonic] / profile.sum())
+        f += list(np.roll(profile, -tonic) / profile.sum())
     else:
         f += [0.0] * 15
 
