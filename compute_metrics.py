@@ -16,17 +16,22 @@ evaluator comes from train_evaluator.py.
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from evaluation import evaluator as E
 from evaluation import metrics as M
+from evaluation.audio import render_all
+from evaluation.pages import describe, write_metrics_page
 from music.atomic import write_csv, write_text
 from run.cli import add_audio_args, run_main
 from music.elements import QUADRANT_NAMES, QUADRANTS
 from music.errors import UserError
-from music.piece_io import load_dataset_pieces, load_generated
+from music.cp import words_to_midi
+from music.piece_io import (dataset_words, load_dataset_pieces, load_generated, read_words_pickle,
+                            words_pickle_word2event)
 from evaluation.plotting import plot_element_violins, plot_piano_roll
 
 GROUPS = ("Q1", "Q2", "Q3", "Q4", "all")
@@ -54,11 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
 def listening_midis(args, sources, dataset, out_dir: Path) -> dict[str, dict[int, list[Path]]]:
     """MIDI and piano roll of the first --listen pieces per quadrant and source, written
     under out_dir/pieces/ so that the page links only inside its folder."""
-    import shutil
-
-    from music.cp import words_to_midi
-    from music.piece_io import dataset_words, read_words_pickle, words_pickle_word2event
-
     words = None
     if args.generated and not Path(args.generated).is_dir():
         data = read_words_pickle(args.generated)
@@ -200,8 +200,6 @@ def main(argv=None) -> int:
     print(markdown)
     print(f"wrote {out_dir / 'metrics.md'}, {out_dir / 'metrics.csv'}, "
           f"{out_dir / 'per_piece.csv'}, {violins}")
-    from evaluation.audio import render_all
-    from evaluation.pages import describe, write_metrics_page
     listen = listening_midis(args, sources, dataset, out_dir)
     audio = render_all([m for groups in listen.values() for ms in groups.values() for m in ms],
                        args.soundfont, enabled=args.audio)

@@ -26,12 +26,15 @@ import torch
 
 from evaluation import evaluator as E
 from evaluation import metrics as M
+from evaluation.audio import render_all
+from evaluation.pages import describe, pair_midis, write_transfer_page
 from run.checkpoint import load_muser, model_vocabulary
 from run.cli import add_audio_args, add_common_args, resolve_device, run_main
 from run.threads import adapt_threads
 from music.chords import CHORD_QUALITIES
 from music.cp import words_to_midi
 from music.atomic import write_text
+from music.data import load_class_indices, load_cp_dataset
 from music.errors import UserError
 from music.midi_io import TICKS_PER_BEAT
 from music.piece import piece_from_midi
@@ -146,8 +149,6 @@ def class_indices(dataset, path=None) -> dict:
     """{quadrant: rows in order}: from a {name}_idx.npz, or the dataset's rows of each quadrant."""
     if path is None:
         return quadrant_rows(dataset.emotion)
-    from music.data import load_class_indices
-
     indices = load_class_indices(path)
     for q, rows in indices.items():
         if len(rows) and (rows.min() < 0 or rows.max() >= len(dataset)):
@@ -244,7 +245,6 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     model, checkpoint, ckpt_path = load_muser(args.VQ_VAE)
     model = model.to(device).eval()
-    from music.data import load_cp_dataset
     dataset = load_cp_dataset(args.data_path, args.dictionary, **model_vocabulary(checkpoint))
     word2event = dataset.word2event
     evaluator = E.EmotionEvaluator.load(args.evaluator) if args.evaluator else None
@@ -268,8 +268,6 @@ def main(argv=None) -> int:
     report_path.parent.mkdir(parents=True, exist_ok=True)
     write_text(report_path, "\n".join(sections) + "\n")
     print(f"wrote {report_path}")
-    from evaluation.audio import render_all
-    from evaluation.pages import describe, pair_midis, write_transfer_page
     pairs = {t.name: pair_midis(out_root / t.name)[:args.n_pieces] for t in plan}
     audio = render_all([m for ps in pairs.values() for pair in ps for m in pair], args.soundfont,
                        enabled=args.audio)

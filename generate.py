@@ -18,6 +18,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from evaluation.audio import render_all
+from evaluation.evaluator import EmotionEvaluator
+from evaluation.pages import describe, write_generation_page
 from music.atomic import atomic_write
 from run.checkpoint import build_prior, load_checkpoint, load_muser
 from music.cp import words_to_midi
@@ -107,7 +110,6 @@ def main(argv=None) -> int:
     check_args(args)
     device = resolve_device(args.device)
     vq_vae, prior, vq_ckpt, prior_ckpt = load_models(args, device)
-    from evaluation.evaluator import EmotionEvaluator
     evaluator = EmotionEvaluator.load(args.evaluator) if args.evaluator else None
     word2event = vq_ckpt["dictionary"]["word2event"]
     n_steps = args.max_steps or vq_vae.config.max_len
@@ -146,12 +148,11 @@ def main(argv=None) -> int:
     atomic_write(root / f"{args.music_file}_index.data", lambda h: pickle.dump(indices, h))
     midis = [out_dir / f"{name}.mid" for name in results["names"]]
     if args.piano_rolls:
+        # Imported here: it loads matplotlib, slow to import, and piano rolls are optional.
         from evaluation.plotting import plot_piano_roll
         for midi, q in zip(midis, results["emotion"]):
             plot_piano_roll(midi, midi.with_suffix(".png"),
                             title=f"{args.music_file}: emotion Q{q}, {midi.stem}")
-    from evaluation.audio import render_all
-    from evaluation.pages import describe, write_generation_page
     audio = render_all(midis, args.soundfont, enabled=args.audio)
     entries = describe(midis, asked=results["emotion"], audio=audio, evaluator=evaluator)
     page = write_generation_page(out_dir, f"Generated: {args.music_file}", entries, results["emotion"],

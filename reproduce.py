@@ -17,17 +17,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import os
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from run.cli import run_main
-from run.threads import apply_thread_policy
+from models.config import PRESETS
+from music.data import load_cp_dataset
 from music.errors import UserError
 from run import study as S
+from run.cli import run_main
+from run.study_report import write_report
+from run.threads import apply_thread_policy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +105,6 @@ def evaluator_stage(ctx: Context, length: int) -> None:
     fp = S.fingerprint(["evaluator", length, ctx.seed], [ctx.data_path])
 
     def work(_):
-        from music.data import load_cp_dataset
         data = load_cp_dataset(ctx.data_path)
         pieces = S.data_pieces(data, length)
         info = S.train_window_evaluator(data, pieces, ctx.seed, ctx.out / "evaluator.json")
@@ -141,7 +145,6 @@ def model_chain(spec: S.ModelSpec, ctx: Context) -> str:
         "--figure_dir", out / "figures" / spec.name, *p.tsne_flags, *common], [ctx.data_path, best])
 
     def probe(_):
-        from music.data import load_cp_dataset
         result = S.probe_model(best, load_cp_dataset(ctx.data_path), ctx.seed)
         S.write_json(out / "measures" / f"probe_{spec.name}.json", result)
     stages.run(f"probe_{spec.name}", S.fingerprint(["probe", ctx.seed], [ctx.data_path, best]), probe)
@@ -164,7 +167,6 @@ def model_chain(spec: S.ModelSpec, ctx: Context) -> str:
     stages.run(f"measure_{spec.name}", S.fingerprint(["measure"], [words, out / "evaluator.json"]), measure)
 
     def transfer(_):
-        from music.data import load_cp_dataset
         data = load_cp_dataset(ctx.data_path)
         model, _ = S.load_model(best)
         scale = S.statistics_scale(data, model.config.max_len)
@@ -177,7 +179,6 @@ def model_chain(spec: S.ModelSpec, ctx: Context) -> str:
 
 def window_length(preset: S.StudyPreset, model_flags) -> int:
     """The models' sequence length, from the preset and any --max_len flag."""
-    from models.config import PRESETS
     flags = [*preset.model_flags, *model_flags]
     if "--max_len" in flags:
         return int(flags[flags.index("--max_len") + 1])
@@ -211,18 +212,15 @@ def main(argv=None) -> int:
         for spec in specs:
             model_chain(spec, ctx)
     else:
-        import multiprocessing
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for future in [pool.submit(model_chain, spec, ctx) for spec in specs]:
                 future.result()
-    from run.study_report import write_report
     report = write_report(ctx, specs, argv_line=_command_line(argv))
     log_line(out, f"study: finished in {(time.time() - began) / 60:.1f} min this run; report {report}")
     return 0
 
 
 def _command_line(argv) -> str:
-    import shlex
     return "python reproduce.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
 

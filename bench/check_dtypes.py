@@ -18,14 +18,15 @@ from bench.common import load, machine  # noqa: E402
 
 import torch  # noqa: E402
 
-from models.generation import teacher_forced_distributions  # noqa: E402
 from models.packed import cast_for_generation  # noqa: E402
-from models.prior import teacher_forced_distributions as prior_distributions  # noqa: E402
 from music.data import load_cp_dataset  # noqa: E402
 from music.elements import IDENTIFIERS  # noqa: E402
 from run.checkpoint import build_prior, load_checkpoint, load_muser  # noqa: E402
 from run.cli import resolve_checkpoint  # noqa: E402
 from run.threads import apply_thread_policy  # noqa: E402
+# The measurement tests/test_generation.py makes on a tiny model, shared rather than copied.
+from tests.stepping import prior_teacher_forced_distributions as prior_distributions  # noqa: E402
+from tests.stepping import teacher_forced_distributions  # noqa: E402
 
 
 def compare(reference, narrow):

@@ -25,6 +25,7 @@ import inspect
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from music.atomic import atomic_write, write_csv
 from music.elements import ELEMENTS, QUADRANT_PAIRS, QUADRANTS  # noqa: F401
@@ -130,7 +131,6 @@ def silhouette_table(features: dict[str, np.ndarray], labels, *, perplexity: flo
     labels = labels[order].astype(int)
     names = list(features)
     if progress:
-        from tqdm import tqdm
         names = tqdm(names, desc="t-SNE", leave=False)
     rows = []
     for name in names:
@@ -144,6 +144,8 @@ def silhouette_table(features: dict[str, np.ndarray], labels, *, perplexity: flo
         row.update({f"latent {pair_name(p)}": pair_silhouette(values, labels, p) for p in QUADRANT_PAIRS})
         rows.append(row)
         if figure_dir is not None:
+            # Imported here: it loads matplotlib, slow to import, and every script that
+            # encodes a dataset imports this module whether it draws or not.
             from evaluation.plotting import plot_tsne_pairs
             plot_tsne_pairs(points, labels, f"{title}: {name} latent" if title else f"{name} latent",
                             Path(figure_dir) / f"tsne_{name}.png")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import miditoolkit
+
 from evaluation import metrics as M
 from music.atomic import atomic_write
 from music.piece import piece_from_midi
@@ -95,9 +97,6 @@ def describe(midis, titles=None, asked=None, evaluator=None, audio=None) -> list
 
     asked: the quadrant each piece was asked for (marks the prediction as a match or not).
     """
-    import miditoolkit
-
-
     midis = [Path(m) for m in midis]
     audio = audio or {}
     entries, pieces = [], []

@@ -6,6 +6,8 @@ piece A's slice of an element with piece B's should move that element of the dec
 """
 from __future__ import annotations
 
+import numpy as np
+
 from music.elements import ELEMENTS, QUADRANTS, element_slice
 
 
@@ -37,8 +39,6 @@ PAPER_TRANSFERS = ((("velocity",), 4, 1), (("tempo",), 4, 1), (("pitch",), 3, 1)
 def quadrant_rows(emotion) -> dict:
     """{quadrant 1..4: its rows in data order} from per-piece labels (e.g. CPDataset.emotion);
     the same as the cls_{q}_idx arrays prepare_data.py writes to {name}_idx.npz."""
-    import numpy as np
-
     emotion = np.asarray(emotion)
     return {q: np.flatnonzero(emotion == q) for q in QUADRANTS}
 
@@ -54,8 +54,6 @@ def transfer_pairs(class_indices, source: int, target: int, n: int, mode: str = 
     drawn with numpy's default_rng(seed), A first, without replacement unless the quadrant
     has fewer than n. Returns two int64 arrays of length n.
     """
-    import numpy as np
-
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     if mode not in PAIR_MODES:

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from models.sampling import SamplingParams, row_settings, sample_tokens
 from models.packed import PackedLinear, int8_weights, packed_stacks, step_stacks
-from models.transformer import select_state
 from music.elements import CONDITIONED, EMOTION_FIELD, N_FIELDS, TYPE_FIELD
 
 
@@ -79,17 +78,15 @@ def generate_words(model, latent, emotion, sampling: SamplingParams | None = Non
 class RecurrentDecoder:
     """Step-by-step decoding with recurrent attention state: constant work per step.
 
-    packed=True (used by generate) steps the global decoder and the seven element decoders
-    through PackedStacks (stacked weights, one batched matmul per projection for all seven
-    element decoders); packed=False uses each module's own step (the plain reference form).
-    Both equal the parallel decoder up to floating-point rounding.
+    Steps the global decoder and the seven element decoders through PackedStacks (stacked
+    weights, one batched matmul per projection for all seven element decoders, traced
+    steps); equal to the parallel decoder up to floating-point rounding.
     """
 
-    def __init__(self, model, latent, packed: bool = True):
+    def __init__(self, model, latent):
         self.model = m = model
         c = m.config
         batch = latent.shape[0]
-        self.packed = packed
         self.latent = latent
         self.z = m._slice_inputs(latent)                              # [B, T, 7, d]
         args = (batch, latent.device, latent.dtype)
@@ -97,46 +94,38 @@ class RecurrentDecoder:
         self.global_state = self.memory = self.element_states = None
         # Traced steps while every piece is still running (a shrinking batch would need a
         # trace per batch size): see TracedStep.
-        self.traced = packed
+        self.traced = True
         self.global_traces = self.element_traces = None
         if m.global_decoder is not None:
-            if packed:
-                self.global_stack, self.global_traces = packed_stacks(m, "global", [m.global_decoder])
-            else:
-                self.global_stack = m.global_decoder
+            self.global_stack, self.global_traces = packed_stacks(m, "global", [m.global_decoder])
             self.global_state = self.global_stack.init_state(*args)
             if c.conditioning == "CA":
                 self.memory = self.global_stack.summarize_memory(m.memory_projection(latent))
         if m.element_decoders is not None:
-            if packed:
-                self.element_stack, self.element_traces = packed_stacks(m, "element", m.element_decoders)
-                self.element_states = self.element_stack.init_state(*args)
-            else:
-                self.element_states = [dec.init_state(*args) for dec in m.element_decoders]
-        if packed:
-            self.input_table, self.input_offsets = _fused_input_table(m)
-            self.positions = m.decoder_position.pe.to(latent.dtype)
+            self.element_stack, self.element_traces = packed_stacks(m, "element", m.element_decoders)
+            self.element_states = self.element_stack.init_state(*args)
+        self.input_table, self.input_offsets = _fused_input_table(m)
+        self.positions = m.decoder_position.pe.to(latent.dtype)     # eval mode: no dropout
         self.global_output = None   # last global decoder output, kept for inspection
 
     def _embed(self, word):
-        """decoder_input(embeddings(word)): [b, 8] -> [b, d]."""
-        m = self.model
-        if self.packed:
-            return self.input_table[word + self.input_offsets].sum(1) + m.decoder_input.bias
-        return m.decoder_input(m.embeddings(word, range(N_FIELDS)))
+        """decoder_input(embeddings(word)): [b, 8] -> [b, d], as rows of one table."""
+        return self.input_table[word + self.input_offsets].sum(1) + self.model.decoder_input.bias
 
     def _position(self, h, t: int):
-        if self.packed:         # eval mode: no dropout
-            return h + self.positions[t]
-        return self.model.decoder_position.step(h, t)
+        return h + self.positions[t]
 
     def _global_step(self, h):
-        if self.packed:
-            h, self.global_state = step_stacks(self.global_stack, self.global_traces, h.unsqueeze(0),
-                                               self.global_state, self.memory, self.traced)
-            return h[0]
-        h, self.global_state = self.global_stack.step(h, self.global_state, self.memory)
-        return h
+        h, self.global_state = step_stacks(self.global_stack, self.global_traces, h.unsqueeze(0),
+                                           self.global_state, self.memory, self.traced)
+        return h[0]
+
+    def _element_step(self, inputs):
+        """The seven element decoders' step: inputs [b, 7, d] -> outputs [b, 7, d]."""
+        states, self.element_states = step_stacks(self.element_stack, self.element_traces,
+                                                  inputs.transpose(0, 1), self.element_states,
+                                                  traced=self.traced)
+        return states.transpose(0, 1)
 
     def step(self, word, t: int):
         """word [b, 8] at position t -> (element states for position t, slices [b, 7, d])."""
@@ -151,34 +140,19 @@ class RecurrentDecoder:
         self.global_output = h
         if c.decoding == "G":
             return h, z
-        inputs = self._position(h.unsqueeze(1) + z, t)                  # [b, 7, d]
-        if self.packed:
-            states, self.element_states = step_stacks(self.element_stack, self.element_traces,
-                                                      inputs.transpose(0, 1), self.element_states,
-                                                      traced=self.traced)
-            return states.transpose(0, 1), z
-        states = []
-        for k, decoder in enumerate(m.element_decoders):
-            e, self.element_states[k] = decoder.step(inputs[:, k], self.element_states[k])
-            states.append(e)
-        return torch.stack(states, dim=-2), z
+        return self._element_step(self._position(h.unsqueeze(1) + z, t)), z
 
     def select(self, index):
         """Keep only batch rows `index` (pieces still being generated)."""
         self.traced = False
         self.latent = self.latent[index]
         self.z = self.z[index]
-        if self.packed:
-            if self.global_stack is not None:
-                self.global_state = self.global_stack.select(self.global_state, index)
-                if self.memory is not None:
-                    self.memory = self.global_stack.select(self.memory, index)
-            if self.element_stack is not None:
-                self.element_states = self.element_stack.select(self.element_states, index)
-        else:
-            self.global_state = select_state(self.global_state, index)
-            self.memory = select_state(self.memory, index)
-            self.element_states = select_state(self.element_states, index)
+        if self.global_stack is not None:
+            self.global_state = self.global_stack.select(self.global_state, index)
+            if self.memory is not None:
+                self.memory = self.global_stack.select(self.memory, index)
+        if self.element_stack is not None:
+            self.element_states = self.element_stack.select(self.element_states, index)
 
 
 @torch.no_grad()
@@ -288,23 +262,3 @@ class FullRecomputeDecoder:
     def select(self, index):
         self.latent = self.latent[index]
 
-
-@torch.inference_mode()
-def teacher_forced_distributions(model, x, y, codes, sampling: SamplingParams | None = None):
-    """What generation would draw from at each step of real pieces: x [B, L, 8] fed word
-    by word through RecurrentDecoder (as generation steps it), latents from codes [B, T],
-    the conditioned fields given the true next type y[..., type]. Returns {field: [B, L, V]}
-    float64 softmax(logits / the field's temperature), for comparing dtypes."""
-    sampling = sampling or SamplingParams()
-    decoder = RecurrentDecoder(model, model.latent_from_codes(codes))
-    heads = GenerationHeads(model, sampling)
-    out = {k: [] for k in [TYPE_FIELD, *CONDITIONED]}
-    for t in range(x.shape[1]):
-        states, z = decoder.step(x[:, t], t)
-        logits = {TYPE_FIELD: model.type_logits(states, z)}
-        conditioned = heads.logits(states, z, y[:, t, TYPE_FIELD])
-        for i, k in enumerate(CONDITIONED):
-            logits[k] = conditioned[i, :, : heads.vocab[i]]
-        for k, value in logits.items():
-            out[k].append(torch.softmax(value.double() / sampling.for_element(k).temperature, -1))
-    return {k: torch.stack(v, 1) for k, v in out.items()}

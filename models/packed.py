@@ -341,8 +341,8 @@ class TracedStep:
     apply or tracing fails (the caller then steps eagerly).
     """
 
-    def __init__(self, fn, shape, dtype):
-        self.fn, self.shape, self.dtype = fn, shape, dtype
+    def __init__(self, fn):
+        self.fn = fn
 
     @classmethod
     @torch.no_grad()
@@ -368,10 +368,7 @@ class TracedStep:
         except Exception as exc:                        # e.g. a torch without TorchScript
             warnings.warn(f"stepping without a trace ({type(exc).__name__}: {exc})")
             return None
-        return cls(fn, tuple(x.shape), x.dtype)
-
-    def fits(self, x) -> bool:
-        return tuple(x.shape) == self.shape and x.dtype == self.dtype
+        return cls(fn)
 
     def __call__(self, x, state: list, memory: list | None = None):
         """Same as PackedStacks.step(x, state, memory) (state updated in place)."""

@@ -139,12 +139,3 @@ class RecurrentPrior:
                                     (self.inputs[token] + self.positions[t]).unsqueeze(0), self.state)
         return self.head(h)[0]
 
-
-@torch.inference_mode()
-def teacher_forced_distributions(prior: Prior, inp, temperature: float = 0.3):
-    """What generation would draw from at each step of real code sequences inp [B, L]
-    (emotion token first), through RecurrentPrior: float64 softmax(logits / temperature)
-    [B, L, n_codes], for comparing dtypes."""
-    stepper = RecurrentPrior(prior, inp.shape[0])
-    return torch.stack([torch.softmax(stepper.step(inp[:, t], t).double() / temperature, -1)
-                        for t in range(inp.shape[1])], 1)

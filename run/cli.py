@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from music.errors import UserError
 from run.threads import apply_thread_policy, recommended_wait, threads_from_argv
@@ -124,7 +125,6 @@ class _ProgressBarSafeHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from tqdm import tqdm
             tqdm.write(self.format(record), file=self.stream)
             self.flush()
         except Exception:

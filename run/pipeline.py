@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from evaluation.latent_space import latent_features
 from models.config import apply_preset
-from run.cli import SAVED_MODELS
+from run.cli import SAVED_MODELS, str2bool
 from music.elements import QUADRANTS
 from music.errors import UserError
 
@@ -34,7 +35,6 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, title: str) ->
             group.add_argument(f"--{field.name}", type=field.metadata["flag_type"], default=None,
                                help=f"(default {field.metadata.get('flag_default', 'set by the other flags')})")
         elif isinstance(default, bool):
-            from run.cli import str2bool
             group.add_argument(f"--{field.name}", type=str2bool, default=None, help=f"(default {default})")
         elif isinstance(default, (int, float, str)):
             group.add_argument(f"--{field.name}", type=type(default), default=None, help=f"(default {default})")
@@ -135,8 +135,6 @@ def plain_args(args: argparse.Namespace) -> dict[str, Any]:
 def encode_pieces(model, y: torch.Tensor, batch_size: int, device: torch.device,
                   desc: str = "encoding") -> tuple[torch.Tensor, torch.Tensor]:
     """Quantised latents [N, T, D] (float32, CPU) and code indices [N, T] of every piece, in eval mode."""
-    from tqdm import tqdm
-
     model.eval()
     latents, codes = [], []
     for start in tqdm(range(0, len(y), batch_size), desc=desc, leave=False):

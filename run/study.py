@@ -23,12 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from evaluation import evaluator as E
+from evaluation import metrics as M
+from evaluation import probe as P
+from evaluation.transfer import PAPER_TRANSFERS, quadrant_rows, swap_elements, transfer_pairs
+from models.sampling import SamplingParams
 from music.atomic import atomic_write
-from evaluation.probe import piece_statistics
-from evaluation.transfer import PAPER_TRANSFERS, quadrant_rows, transfer_pairs
 from music.elements import ELEMENTS, QUADRANTS, song_of_name
 from music.errors import UserError
+from music.piece import piece_from_words
+from music.piece_io import load_words_pickle
+from run.checkpoint import build_muser, load_checkpoint
+from run.pipeline import dataset_tensors, encode_pieces
 from run.threads import with_recommended_wait
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,13 +205,11 @@ def song_ids(names) -> np.ndarray:
 
 
 def data_pieces(data, length: int):
-    from music.piece import piece_from_words
     return [piece_from_words(window_words(data, i, length), data.word2event, emotion=int(data.emotion[i]),
                              name=str(data.names[i])) for i in range(len(data.x))]
 
 
 def piece_metric_rows(pieces) -> list[dict]:
-    from evaluation import metrics as M
     return [M.song_metrics(p.notes) for p in pieces]
 
 
@@ -211,8 +217,6 @@ def train_window_evaluator(data, pieces, seed: int, out_path: Path) -> dict:
     """The emotion evaluator of evaluation/evaluator.py, fitted on the data as the models see it
     (their window), held out by whole songs; returns its accuracy and the data's own match
     rates on the held-out songs."""
-    from evaluation import evaluator as E
-
     features = E.feature_matrix(pieces)
     train, test = E.held_out_split(data.emotion, data.names, seed=seed, by="song")
     evaluator = E.fit_evaluator(features[train], data.emotion[train], seed=seed,
@@ -225,15 +229,11 @@ def train_window_evaluator(data, pieces, seed: int, out_path: Path) -> dict:
 
 
 def metric_summary(rows, quadrants) -> dict:
-    from evaluation import metrics as M
     return M.summarize(rows, quadrants, metrics=M.SONG_METRICS)
 
 
 def generated_measures(words_pickle: Path, evaluator_path: Path) -> dict:
     """Song metrics per quadrant and the evaluator's match rates of generated pieces."""
-    from evaluation import evaluator as E
-    from music.piece_io import load_words_pickle
-
     pieces = load_words_pickle(words_pickle)
     quadrants = [p.emotion for p in pieces]
     evaluator = E.EmotionEvaluator.load(evaluator_path)
@@ -243,18 +243,12 @@ def generated_measures(words_pickle: Path, evaluator_path: Path) -> dict:
 
 
 def load_model(checkpoint_path: Path):
-    from run.checkpoint import build_muser, load_checkpoint
     checkpoint = load_checkpoint(checkpoint_path, "muser", "VQ-VAE")
     return build_muser(checkpoint, checkpoint_path).eval(), checkpoint
 
 
 def probe_model(checkpoint_path: Path, data, seed: int) -> dict:
     """Both probe matrices and their diagonal shares for one trained VQ-VAE."""
-    import torch
-
-    from evaluation import probe as P
-    from run.pipeline import dataset_tensors, encode_pieces
-
     model, _ = load_model(checkpoint_path)
     length = model.config.max_len
     tensors = dataset_tensors(data, length)
@@ -288,13 +282,6 @@ def moved_fraction(start, moved, goal, scale) -> float:
 def transfer_model(checkpoint_path: Path, data, evaluator_path: Path, pairs: int, mode: str,
                    seed: int, scale: dict[str, np.ndarray]) -> list[dict]:
     """The paper's six transfers on one trained VQ-VAE, measured over `pairs` pairs each."""
-    import torch
-
-    from evaluation import evaluator as E
-    from music.piece import piece_from_words
-    from models.sampling import SamplingParams
-    from evaluation.transfer import swap_elements
-
     model, _ = load_model(checkpoint_path)
     evaluator = E.EmotionEvaluator.load(evaluator_path)
     length = model.config.max_len
@@ -315,7 +302,7 @@ def transfer_model(checkpoint_path: Path, data, evaluator_path: Path, pairs: int
                                  generator=generator)
         roles = {"A reconstructed": decoded[:pairs], "B reconstructed": decoded[pairs:2 * pairs],
                  "transferred": decoded[2 * pairs:]}
-        stats = {role: [piece_statistics(w, data.word2event) for w in words] for role, words in roles.items()}
+        stats = {role: [P.piece_statistics(w, data.word2event) for w in words] for role, words in roles.items()}
         moved = {}
         for element in ELEMENTS:
             columns = {role: np.stack([s[element] for s in stats[role]]) for role in roles}
@@ -334,8 +321,7 @@ def transfer_model(checkpoint_path: Path, data, evaluator_path: Path, pairs: int
 
 def statistics_scale(data, length: int) -> dict[str, np.ndarray]:
     """Per element, the spread of each statistic over the data (for standardising)."""
-    from evaluation.probe import statistics_table
-    table = statistics_table([window_words(data, i, length) for i in range(len(data.x))], data.word2event)
+    table = P.statistics_table([window_words(data, i, length) for i in range(len(data.x))], data.word2event)
     out = {}
     for element, values in table.items():
         spread = np.nanstd(values, axis=0)

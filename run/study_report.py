@@ -12,7 +12,9 @@ from music.atomic import atomic_write
 from music.elements import ELEMENTS, N_ELEMENTS, QUADRANT_PAIRS, QUADRANTS
 from evaluation.latent_space import pair_name
 from evaluation.metrics import SONG_METRICS
+from evaluation.pages import write_study_page
 from evaluation.probe import format_matrix
+from run.checkpoint import load_checkpoint
 from run.study import ROOT, read_json
 
 PAIRS = tuple(pair_name(pair) for pair in QUADRANT_PAIRS)
@@ -131,7 +133,6 @@ def write_report(ctx, specs, argv_line: str) -> Path:
     # -- configuration and wall time
     checkpoints = {}
     for name in names:
-        from run.checkpoint import load_checkpoint
         path = out / "models" / name / "best.pt"
         checkpoints[name] = load_checkpoint(path, "muser", "VQ-VAE")
     config = checkpoints[names[0]]["config"]
@@ -261,11 +262,7 @@ def write_report(ctx, specs, argv_line: str) -> Path:
     text = "\n".join(lines) + "\n"
     report = out / "REPORT.md"
     atomic_write(report, lambda h: h.write(text.encode()))
-    try:
-        from evaluation.pages import write_study_page
-        write_study_page(out, report)
-    except ImportError:
-        pass
+    write_study_page(out, report)
     return report
 
 

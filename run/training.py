@@ -19,6 +19,7 @@ import random
 import signal
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -213,6 +214,7 @@ def evaluate(model: torch.nn.Module, step_fn: StepFn, data: dict[str, torch.Tens
 
 def _plot_history(csv_path: Path, logger: logging.Logger) -> None:
     try:
+        # Imported here: it loads matplotlib, slow to import and needed only to draw.
         from evaluation.plotting import plot_loss_curves
         plot_loss_curves(csv_path, csv_path.with_name("loss_curves.png"))
     except ImportError:
@@ -233,121 +235,207 @@ def fit(*, model: torch.nn.Module, step_fn: StepFn, train: dict[str, torch.Tenso
     """
     out_dir = Path(out_dir)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    state = {"epoch": 0, "batch": 0, "best_loss": math.inf, "history": [], "running": None}
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        state.update({k: resume[k] for k in ("epoch", "batch", "best_loss", "history")})
-        state["running"] = resume.get("running")
-        _set_rng_state(resume["rng"])
-        where = f"epoch {state['epoch']}" + (f", batch {state['batch']}" if state["batch"] else "")
-        logger.info(f"resumed from {out_dir / 'last.pt'} at {where}")
-        if state["epoch"] >= args.Epoch:
-            logger.info(f"nothing to do: the run has trained {state['epoch']} epochs and --Epoch is {args.Epoch}")
+    state = _initial_state(model, optimizer, resume, args.Epoch, out_dir, logger)
+    loop = _TrainingLoop(model=model, forward_model=_forward_model(model, args, dist, device, logger),
+                         optimizer=optimizer, step_fn=step_fn, train=train, val=val, args=args,
+                         out_dir=out_dir, device=device, logger=logger, checkpoint_meta=checkpoint_meta,
+                         dist=dist, n_codes=n_codes, state=state, autocast=_autocast(args, device),
+                         sampler=_sampler(train, args.seed, dist))
+    return loop.run()
 
+
+def _initial_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, resume: dict[str, Any] | None,
+                   epochs: int, out_dir: Path, logger: logging.Logger) -> dict[str, Any]:
+    """Where the run starts: epoch and batch, best monitored loss, history and the running sums
+    of an interrupted epoch. Resuming also restores the weights, the optimizer and the RNGs."""
+    state = {"epoch": 0, "batch": 0, "best_loss": math.inf, "history": [], "running": None}
+    if resume is None:
+        return state
+    model.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    state.update({k: resume[k] for k in ("epoch", "batch", "best_loss", "history")})
+    state["running"] = resume.get("running")
+    _set_rng_state(resume["rng"])
+    where = f"epoch {state['epoch']}" + (f", batch {state['batch']}" if state["batch"] else "")
+    logger.info(f"resumed from {out_dir / 'last.pt'} at {where}")
+    if state["epoch"] >= epochs:
+        logger.info(f"nothing to do: the run has trained {state['epoch']} epochs and --Epoch is {epochs}")
+    return state
+
+
+def _forward_model(model: torch.nn.Module, args, dist: DistInfo, device: torch.device,
+                   logger: logging.Logger) -> torch.nn.Module:
+    """What the steps call: `model`, inside DistributedDataParallel under torchrun, compiled
+    with --compile True."""
     forward_model = model
     if dist.enabled:
         ddp_device = [device.index] if device.type == "cuda" else None
         forward_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_device)
     if getattr(args, "compile", False):
         # Compilation happens at the first forward; a failure there (no C++ compiler, an
-        # unsupported op) must fall back to eager instead of ending the run.
+        # unsupported op) must fall back to eager instead of ending the run. Imported here:
+        # dynamo is slow to import and only --compile needs it.
         import torch._dynamo as dynamo
         dynamo.config.suppress_errors = True
         try:
             forward_model = torch.compile(forward_model)
         except Exception as exc:
             logger.warning(f"torch.compile unavailable here ({exc}); running eagerly")
-    use_amp = bool(getattr(args, "amp", False))
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+    return forward_model
 
+
+def _autocast(args, device: torch.device) -> Callable[[], Any]:
+    """A context for each forward pass: bf16 autocast with --amp True, else none."""
+    if getattr(args, "amp", False):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def _sampler(train: dict[str, torch.Tensor], seed: int, dist: DistInfo) -> DistributedSampler:
+    """A seeded shuffle per epoch, the same with one process as with many."""
     n_train = len(next(iter(train.values())))
-    sampler = DistributedSampler(range(n_train), num_replicas=dist.world_size, rank=dist.rank,
-                                 shuffle=True, seed=args.seed, drop_last=False)
+    return DistributedSampler(range(n_train), num_replicas=dist.world_size, rank=dist.rank,
+                              shuffle=True, seed=seed, drop_last=False)
 
-    def checkpoint(epoch: int, batch: int, running: dict | None) -> dict[str, Any]:
-        return {**checkpoint_meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch, "batch": batch, "running": running, "best_loss": state["best_loss"],
-                "history": state["history"], "rng": _rng_state()}
 
-    model.train()
-    last_plot = time.time()
-    with StopFlag(logger) as stop:
-        for epoch in range(state["epoch"], args.Epoch):
-            sampler.set_epoch(epoch)
-            batches = epoch_batches(list(sampler), args.batch_size)
-            start = state["batch"] if epoch == state["epoch"] else 0
-            sums = MetricSums(n_codes, state["running"] if start else None)
-            began = time.time()
-            bar = tqdm(range(start, len(batches)), initial=start, total=len(batches),
-                       desc=f"epoch {epoch + 1}/{args.Epoch}", disable=not dist.is_main, leave=False)
-            for b in bar:
-                adapt_threads()
-                batch = _gather(train, batches[b], device)
-                with autocast():
-                    out = step_fn(forward_model, batch)
-                loss = out["loss"]
-                flags = torch.tensor([float(not torch.isfinite(loss)), float(stop.requested)])
-                flags = all_reduce_sum(flags, dist)
-                if flags[0] > 0:
-                    return _diverged(logger, f"loss became {loss.item()}", _at_step(epoch, b), out_dir)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-                # A finite loss can still give inf/NaN gradients; stepping on them would
-                # poison the weights that the end of the epoch then saves as last.pt.
-                # (DDP averages gradients first, so every rank sees the same norm.)
-                if not torch.isfinite(grad_norm):
-                    return _diverged(logger, f"gradient norm became {grad_norm.item()}", _at_step(epoch, b),
-                                     out_dir)
-                optimizer.step()
-                sums.add({k: v.detach() for k, v in out.items()}, len(batches[b]))
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                if flags[1] > 0 and b + 1 < len(batches):
-                    if (bad := _nonfinite_weights(model)) is not None:
-                        return _diverged(logger, f"weight {bad} became non-finite", _at_step(epoch, b), out_dir)
-                    if dist.is_main:
-                        save_checkpoint(out_dir / "last.pt", checkpoint(epoch, b + 1, sums.state()))
-                    logger.info(f"stopped at epoch {epoch + 1}, batch {b + 1}/{len(batches)}; "
-                                f"saved {out_dir / 'last.pt'}; continue with --resume")
-                    return 0
-            bar.close()
+@dataclass
+class _TrainingLoop:
+    """The loop of `fit`, one method per level: epochs, an epoch's steps, one step, the end of
+    an epoch. A method that returns an exit code ends the run with it."""
+    model: torch.nn.Module
+    forward_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step_fn: StepFn
+    train: dict[str, torch.Tensor]
+    val: dict[str, torch.Tensor] | None
+    args: Any
+    out_dir: Path
+    device: torch.device
+    logger: logging.Logger
+    checkpoint_meta: dict[str, Any]
+    dist: DistInfo
+    n_codes: int | None
+    state: dict[str, Any]
+    autocast: Callable[[], Any]
+    sampler: DistributedSampler
+    stop: StopFlag | None = None
+    last_plot: float = 0.0
 
-            row = {"epoch": epoch + 1, "split": "train", **sums.reduce(dist)}
-            rows = [row]
-            if val is not None:
-                rows.append({"epoch": epoch + 1, "split": "val",
-                             **evaluate(model, step_fn, val, args.batch_size, device, autocast, n_codes)})
-            monitored = monitored_loss(rows[-1])       # validation when there is some
-            at_end = f"the end of epoch {epoch + 1}"
-            if not (math.isfinite(monitored) and math.isfinite(rows[-1]["loss"])):
-                return _diverged(logger, f"the {'validation' if val is not None else 'training'} loss became {rows[-1]['loss']} "
-                                 f"(monitored {monitored})", at_end, out_dir)
-            if (bad := _nonfinite_weights(model)) is not None:
-                return _diverged(logger, f"weight {bad} became non-finite", at_end, out_dir)
-            state["history"] = state["history"] + rows
-            improved = monitored < state["best_loss"]
-            if improved:
-                state["best_loss"] = monitored
-            if dist.is_main:
-                ckpt = checkpoint(epoch + 1, 0, None)
-                save_checkpoint(out_dir / "last.pt", ckpt)
-                if improved:
-                    save_checkpoint(out_dir / "best.pt", ckpt)
-                write_csv(out_dir / "metrics.csv", state["history"])
-                # Drawing costs seconds: redraw at most once a minute, and at the end.
-                if epoch + 1 == args.Epoch or stop.requested or time.time() - last_plot > 60:
-                    _plot_history(out_dir / "metrics.csv", logger)
-                    last_plot = time.time()
-            logger.info(f"epoch {epoch + 1}/{args.Epoch} " + " | ".join(_summary(r) for r in rows)
-                        + f" | {time.time() - began:.1f}s"
-                        + (f" | best ({'recon' if 'recon' in rows[-1] else 'loss'} {monitored:.4f}, "
-                           f"total {rows[-1]['loss']:.4f})" if improved else ""))
-            barrier(dist)
-            if stop.requested:
-                logger.info(f"stopped after epoch {epoch + 1}; continue with --resume")
-                return 0
-    return 0
+    def run(self) -> int:
+        self.model.train()
+        self.last_plot = time.time()
+        with StopFlag(self.logger) as self.stop:
+            for epoch in range(self.state["epoch"], self.args.Epoch):
+                began = time.time()
+                sums, code = self.train_epoch(epoch)
+                if code is None:
+                    code = self.end_epoch(epoch, sums, began)
+                if code is not None:
+                    return code
+        return 0
+
+    def train_epoch(self, epoch: int) -> tuple[MetricSums, int | None]:
+        """The steps of one epoch, from the saved batch when resuming within it: the epoch's
+        metric sums, and an exit code when the run ended during the epoch."""
+        self.sampler.set_epoch(epoch)
+        batches = epoch_batches(list(self.sampler), self.args.batch_size)
+        start = self.state["batch"] if epoch == self.state["epoch"] else 0
+        sums = MetricSums(self.n_codes, self.state["running"] if start else None)
+        bar = tqdm(range(start, len(batches)), initial=start, total=len(batches),
+                   desc=f"epoch {epoch + 1}/{self.args.Epoch}", disable=not self.dist.is_main, leave=False)
+        for b in bar:
+            code = self.step(epoch, b, batches, sums, bar)
+            if code is not None:
+                return sums, code
+        bar.close()
+        return sums, None
+
+    def step(self, epoch: int, b: int, batches: list[list[int]], sums: MetricSums, bar) -> int | None:
+        """One optimiser step on batch b; an exit code when the run ends here: a loss or
+        gradient that is not finite, or a stop request with batches of the epoch left."""
+        adapt_threads()
+        batch = _gather(self.train, batches[b], self.device)
+        with self.autocast():
+            out = self.step_fn(self.forward_model, batch)
+        loss = out["loss"]
+        flags = torch.tensor([float(not torch.isfinite(loss)), float(self.stop.requested)])
+        flags = all_reduce_sum(flags, self.dist)
+        if flags[0] > 0:
+            return _diverged(self.logger, f"loss became {loss.item()}", _at_step(epoch, b), self.out_dir)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip)
+        # A finite loss can still give inf/NaN gradients; stepping on them would
+        # poison the weights that the end of the epoch then saves as last.pt.
+        # (DDP averages gradients first, so every rank sees the same norm.)
+        if not torch.isfinite(grad_norm):
+            return _diverged(self.logger, f"gradient norm became {grad_norm.item()}", _at_step(epoch, b),
+                             self.out_dir)
+        self.optimizer.step()
+        sums.add({k: v.detach() for k, v in out.items()}, len(batches[b]))
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if flags[1] > 0 and b + 1 < len(batches):
+            return self.stop_within_epoch(epoch, b, len(batches), sums)
+        return None
+
+    def stop_within_epoch(self, epoch: int, b: int, n_batches: int, sums: MetricSums) -> int:
+        """Save last.pt after batch b, running sums included, for --resume; exit code 0."""
+        if (bad := _nonfinite_weights(self.model)) is not None:
+            return _diverged(self.logger, f"weight {bad} became non-finite", _at_step(epoch, b), self.out_dir)
+        if self.dist.is_main:
+            save_checkpoint(self.out_dir / "last.pt", self.checkpoint(epoch, b + 1, sums.state()))
+        self.logger.info(f"stopped at epoch {epoch + 1}, batch {b + 1}/{n_batches}; "
+                         f"saved {self.out_dir / 'last.pt'}; continue with --resume")
+        return 0
+
+    def end_epoch(self, epoch: int, sums: MetricSums, began: float) -> int | None:
+        """Validate, check that the losses and weights are finite, record, save and log the
+        epoch; an exit code when the run ends here."""
+        rows = [{"epoch": epoch + 1, "split": "train", **sums.reduce(self.dist)}]
+        if self.val is not None:
+            rows.append({"epoch": epoch + 1, "split": "val",
+                         **evaluate(self.model, self.step_fn, self.val, self.args.batch_size, self.device,
+                                    self.autocast, self.n_codes)})
+        monitored = monitored_loss(rows[-1])       # validation when there is some
+        at_end = f"the end of epoch {epoch + 1}"
+        if not (math.isfinite(monitored) and math.isfinite(rows[-1]["loss"])):
+            split = "validation" if self.val is not None else "training"
+            return _diverged(self.logger, f"the {split} loss became {rows[-1]['loss']} (monitored {monitored})",
+                             at_end, self.out_dir)
+        if (bad := _nonfinite_weights(self.model)) is not None:
+            return _diverged(self.logger, f"weight {bad} became non-finite", at_end, self.out_dir)
+        self.state["history"] = self.state["history"] + rows
+        improved = monitored < self.state["best_loss"]
+        if improved:
+            self.state["best_loss"] = monitored
+        if self.dist.is_main:
+            self.save_epoch(epoch, improved)
+        self.logger.info(f"epoch {epoch + 1}/{self.args.Epoch} " + " | ".join(_summary(r) for r in rows)
+                         + f" | {time.time() - began:.1f}s"
+                         + (f" | best ({'recon' if 'recon' in rows[-1] else 'loss'} {monitored:.4f}, "
+                            f"total {rows[-1]['loss']:.4f})" if improved else ""))
+        barrier(self.dist)
+        if self.stop.requested:
+            self.logger.info(f"stopped after epoch {epoch + 1}; continue with --resume")
+            return 0
+        return None
+
+    def save_epoch(self, epoch: int, improved: bool) -> None:
+        """last.pt, best.pt when the monitored loss improved, metrics.csv and the loss curves."""
+        ckpt = self.checkpoint(epoch + 1, 0, None)
+        save_checkpoint(self.out_dir / "last.pt", ckpt)
+        if improved:
+            save_checkpoint(self.out_dir / "best.pt", ckpt)
+        write_csv(self.out_dir / "metrics.csv", self.state["history"])
+        # Drawing costs seconds: redraw at most once a minute, and at the end.
+        if epoch + 1 == self.args.Epoch or self.stop.requested or time.time() - self.last_plot > 60:
+            _plot_history(self.out_dir / "metrics.csv", self.logger)
+            self.last_plot = time.time()
+
+    def checkpoint(self, epoch: int, batch: int, running: dict | None) -> dict[str, Any]:
+        return {**self.checkpoint_meta, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": epoch, "batch": batch, "running": running, "best_loss": self.state["best_loss"],
+                "history": self.state["history"], "rng": _rng_state()}
 
 
 def _nonfinite_weights(model: torch.nn.Module) -> str | None:

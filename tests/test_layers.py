@@ -62,3 +62,37 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     path = tmp_path / "bad.py"
     path.write_text("def f():\n    from run.cli import run_main\n")
     assert list(imported_packages(path)) == [(2, "run")]
+
+
+# Project imports that stay inside a function, each for the reason given beside it: evaluation.plotting
+# loads matplotlib, slow to import, and these callers draw only on request or must not fail on it.
+LATE_IMPORTS = {("generate.py", "evaluation.plotting"), ("evaluation/latent_space.py", "evaluation.plotting"),
+                ("run/training.py", "evaluation.plotting")}
+
+
+def late_project_imports(path):
+    """Project modules (packages and scripts) a file imports inside a function."""
+    project = PACKAGES | {p.stem for p in ROOT.glob("*.py")}
+    for function in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                yield from (name for name in names if name.split(".")[0] in project)
+
+
+def test_project_imports_stand_at_the_top_of_their_module():
+    """An import inside a function hides a dependency that the layers allow at the top."""
+    paths = [*ROOT.glob("*.py"), *(p for package in ALLOWED for p in (ROOT / package).rglob("*.py"))]
+    late = {(str(path.relative_to(ROOT)), name) for path in paths for name in late_project_imports(path)}
+    assert late <= LATE_IMPORTS, f"imports to move to the top: {sorted(late - LATE_IMPORTS)}"
+
+
+def test_the_late_import_check_sees_one(tmp_path):
+    path = tmp_path / "lazy.py"
+    path.write_text("import numpy\n\ndef f():\n    import numpy\n    from music.cp import load_dictionary\n")
+    assert list(late_project_imports(path)) == ["music.cp"]

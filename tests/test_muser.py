@@ -13,6 +13,7 @@ from models.losses import (element_regularization, element_regularization_refere
                            reconstruction_losses, value_tables)
 from models.muser import MusER
 from tests.conftest import shared_path
+from tests.stepping import ModuleStepDecoder
 
 VOCAB = [56, 135, 18, 4, 87, 18, 42, 5]
 TYPE_IDS = {"EOS": 0, "Emotion": 1, "Metrical": 2, "Note": 3}
@@ -276,7 +277,7 @@ def check_recurrent_equals_parallel(config, packed):
     global_parallel = model.global_decode(x, latent)
     states, z = model.decode(x, latent)
     log_probs = model.element_log_probs(x, y, latent)
-    decoder = RecurrentDecoder(model, latent, packed=packed)
+    decoder = RecurrentDecoder(model, latent) if packed else ModuleStepDecoder(model, latent)
     for t in range(config.max_len):
         step_states, step_z = decoder.step(x[:, t], t)
         assert torch.allclose(decoder.global_output, global_parallel[:, t], atol=1e-9), t

@@ -325,7 +325,7 @@ def test_generation_and_training_loops_call_on_step():
     calls.clear()
     model.generate(latent, torch.tensor([1]), max_steps=6, on_step=lambda: calls.append("word"))
     assert calls == ["word"] * 6
-    assert "adapt_threads()" in inspect.getsource(run.training.fit)
+    assert "adapt_threads()" in inspect.getsource(run.training._TrainingLoop.step)
 
 
 def test_governor_and_start_choice_agree_on_a_restricted_cpu_set(monkeypatch):
