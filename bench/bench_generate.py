@@ -53,7 +53,7 @@ import statistics  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models.config import MusERConfig, PriorConfig  # noqa: E402
+from models.config import MusERConfig, PriorConfig, apply_preset  # noqa: E402
 from models.muser import MusER  # noqa: E402
 from models.prior import Prior  # noqa: E402
 from models.packed import GENERATION_DTYPES, ONE_ROW_LAYOUTS, cast_for_generation, one_row_layout_choices  # noqa: E402
@@ -64,14 +64,15 @@ N_CODES = 512
 SUFFIX = {"float32": "", "bfloat16": "_bf16", "float16": "_fp16", "int8": "_int8"}
 
 
-def build_models(device):
+def build_models(device, preset="paper"):
     torch.manual_seed(0)
-    vq_vae = MusER(MusERConfig(EMOPIA_VOCAB, type_ids=TYPE_IDS)).to(device).eval()
+    vq_vae = MusER(apply_preset(MusERConfig(EMOPIA_VOCAB, type_ids=TYPE_IDS), preset)).to(device).eval()
     with torch.no_grad():
         vq_vae.heads[3].bias[TYPE_IDS["EOS"]] = float("-inf")   # EOS never sampled
-    prior = Prior(PriorConfig(n_codes=N_CODES)).to(device).eval()
+    n_codes = min(N_CODES, vq_vae.config.codebook_size)
+    prior = Prior(apply_preset(PriorConfig(n_codes=n_codes), preset)).to(device).eval()
     # Compact prior codes -> codebook entries, as generate.py maps them.
-    compact_to_code = torch.randperm(vq_vae.config.codebook_size, device=device)[:N_CODES]
+    compact_to_code = torch.randperm(vq_vae.config.codebook_size, device=device)[:n_codes]
     return vq_vae, prior, compact_to_code
 
 

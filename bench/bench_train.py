@@ -49,7 +49,7 @@ from bench.common import (EMOPIA_VOCAB, TYPE_IDS, alternating, load, machine, me
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from models.attention import causal_linear_attention, feature_map  # noqa: E402
-from models.config import MusERConfig  # noqa: E402
+from models.config import MusERConfig, apply_preset  # noqa: E402
 from models.losses import element_regularization, reconstruction_losses  # noqa: E402
 from models.muser import MusER  # noqa: E402
 from music.elements import N_ELEMENTS  # noqa: E402
@@ -89,9 +89,9 @@ def seconds(fn, repeat, device=torch.device("cpu"), runs=None):
 
 # -- the training step ------------------------------------------------------------------
 
-def time_training_step(batch, repeat, amp, device, runs=None):
+def time_training_step(batch, repeat, amp, device, runs=None, preset="paper"):
     torch.manual_seed(0)
-    model = MusER(MusERConfig(EMOPIA_VOCAB, type_ids=TYPE_IDS)).to(device).train()
+    model = MusER(apply_preset(MusERConfig(EMOPIA_VOCAB, type_ids=TYPE_IDS), preset)).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     x, y, mask, seq_len = (t.to(device) for t in random_batch(
         batch, model.config.max_len, torch.Generator().manual_seed(1)))
