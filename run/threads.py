@@ -80,7 +80,7 @@ class ThreadGovernor:
 
     A machine that becomes busy after a script started meets the threads chosen for an
     idle one, and each parallel region then waits for the thread that shares its core
-    with the other process (bench/RESULTS.md: 3x slower generation). Every `interval`
+    with the other process (bench/RESULTS.md measures the cost). Every `interval`
     seconds `tick` reads /proc/stat and this process's CPU time, without sleeping: the
     cores in use minus this process's own use is what the others hold. Fewer threads are
     set at once; more only when two readings in a row agree, so that a short burst of
