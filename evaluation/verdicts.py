@@ -1,0 +1,79 @@
+"""Verdicts by rule: each claim of the study is judged from an interval by a rule written
+down before the run, and the report prints the verdict the rule gives; prose may explain a
+verdict, never change it.
+
+A rule compares an interval (over seeds, or over songs within a seed) with a threshold:
+- shown: the whole interval lies above the threshold;
+- not shown: the whole interval lies at or below it (the data speak against the claim);
+- inconclusive: the interval contains the threshold, or is missing.
+A claim made per element is shown when it is shown for most elements (more than half),
+not shown when it is not shown for most, and inconclusive otherwise.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SHOWN, NOT_SHOWN, INCONCLUSIVE = "shown", "not shown", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Rule:
+    claim: str              # what the study claims, in one sentence
+    measure: str            # the interval it reads (a key of the study's measures)
+    threshold: float = 0.0  # the value the interval must clear
+    per_element: bool = False
+
+    def describe(self) -> str:
+        scope = "for most elements, " if self.per_element else ""
+        return (f"{self.claim}: {SHOWN} when {scope}the interval of `{self.measure}` lies above "
+                f"{self.threshold:g}; {NOT_SHOWN} when it lies at or below; otherwise {INCONCLUSIVE}")
+
+
+def judge_interval(low, high, threshold: float = 0.0) -> str:
+    """The verdict of one interval against a threshold."""
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return INCONCLUSIVE
+    if low > threshold:
+        return SHOWN
+    if high <= threshold:
+        return NOT_SHOWN
+    return INCONCLUSIVE
+
+
+def judge(rule: Rule, interval) -> dict:
+    """{verdict, per_element (when the rule is per element)} for an interval (low, high), or a
+    list of them, one per element."""
+    if not rule.per_element:
+        low, high = interval
+        return {"verdict": judge_interval(low, high, rule.threshold)}
+    each = [judge_interval(low, high, rule.threshold) for low, high in interval]
+    half = len(each) / 2
+    if sum(v == SHOWN for v in each) > half:
+        verdict = SHOWN
+    elif sum(v == NOT_SHOWN for v in each) > half:
+        verdict = NOT_SHOWN
+    else:
+        verdict = INCONCLUSIVE
+    return {"verdict": verdict, "per_element": each}
+
+
+# The study's claims and their rules, fixed before the runs that test them. Differences are
+# MusER minus the plain VQ-VAE baseline (same data, settings and seeds) unless said otherwise;
+# intervals are over seeds (or songs, for a single seed).
+STUDY_RULES = (
+    Rule("The regulariser makes each slice order its own element",
+         "ordering_gap_difference", 0.0, per_element=True),
+    Rule("MusER's slices are more exclusive than the baseline's (DCI disentanglement)",
+         "dci_disentanglement_difference", 0.0),
+    Rule("Each element is read from one slice more in MusER than in the baseline (DCI completeness)",
+         "dci_completeness_difference", 0.0),
+    Rule("Swapping a slice changes its own element more than the others, more so in MusER",
+         "swap_own_share_difference", 0.0, per_element=True),
+    Rule("Element transfer moves the evaluator's emotion beyond the control "
+         "(A's own latent decoded with B's emotion tag)", "transfer_emotion_shift_over_control", 0.0),
+    Rule("Generated pieces carry the quadrant asked for more often than chance",
+         "quadrant_match", 0.25),
+    Rule("Generated pieces carry the valence asked for more often than chance", "valence_match", 0.5),
+    Rule("Generated pieces carry the arousal asked for more often than chance", "arousal_match", 0.5),
+)

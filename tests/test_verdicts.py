@@ -1,0 +1,33 @@
+"""evaluation.verdicts: each verdict follows its rule from the interval alone."""
+import math
+
+import pytest
+
+from evaluation.verdicts import INCONCLUSIVE, NOT_SHOWN, SHOWN, STUDY_RULES, Rule, judge, judge_interval
+
+
+@pytest.mark.parametrize("low, high, threshold, verdict", [
+    (0.1, 0.3, 0.0, SHOWN), (-0.3, -0.1, 0.0, NOT_SHOWN), (-0.1, 0.2, 0.0, INCONCLUSIVE),
+    (0.0, 0.2, 0.0, INCONCLUSIVE), (-0.2, 0.0, 0.0, NOT_SHOWN), (0.3, 0.4, 0.25, SHOWN),
+    (0.2, 0.24, 0.25, NOT_SHOWN), (math.nan, 1.0, 0.0, INCONCLUSIVE), (None, None, 0.0, INCONCLUSIVE),
+])
+def test_an_interval_is_judged_against_the_threshold(low, high, threshold, verdict):
+    assert judge_interval(low, high, threshold) == verdict
+
+
+def test_per_element_claims_need_most_elements():
+    rule = Rule("claim", "m", 0.0, per_element=True)
+    up, down, wide = (0.1, 0.2), (-0.2, -0.1), (-0.1, 0.1)
+    assert judge(rule, [up] * 4 + [wide] * 3)["verdict"] == SHOWN
+    assert judge(rule, [up] * 3 + [wide] * 4)["verdict"] == INCONCLUSIVE
+    assert judge(rule, [down] * 4 + [up] * 3)["verdict"] == NOT_SHOWN
+    assert judge(rule, [up, down, wide, wide])["per_element"] == [SHOWN, NOT_SHOWN, INCONCLUSIVE, INCONCLUSIVE]
+
+
+def test_the_study_rules_are_written_down_and_distinct():
+    assert len({r.measure for r in STUDY_RULES}) == len(STUDY_RULES)
+    for rule in STUDY_RULES:
+        text = rule.describe()
+        assert rule.measure in text and SHOWN in text and INCONCLUSIVE in text
+    chance = {r.measure: r.threshold for r in STUDY_RULES}
+    assert chance["quadrant_match"] == 0.25 and chance["valence_match"] == chance["arousal_match"] == 0.5
