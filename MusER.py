@@ -54,7 +54,7 @@ def muser_step(model, batch):
     for k, element in enumerate(ELEMENTS):
         metrics[f"loss_{element}"] = out["element_losses"][k]
         metrics[f"acc_{element}"] = out["element_acc"][k]
-    metrics["codes"] = out["codes"]
+    metrics["codes"] = out["code_slots"]       # one number per code of every codebook
     return metrics
 
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             "data_path": str(data.npz_path.resolve())}
     code = fit(model=model, step_fn=muser_step, train=train, val=val, args=args, out_dir=out_dir,
                device=device, logger=logger, checkpoint_meta=meta, dist=dist,
-               n_codes=config.codebook_size, resume=resume)
+               n_codes=config.code_slots, resume=resume)
     if code == 0 and dist.is_main:
         logger.info(f"checkpoints in {out_dir} (best.pt, last.pt); log {out_dir / 'metrics.csv'}")
     shutdown(dist)

@@ -24,7 +24,7 @@ from music.data import load_cp_dataset
 from run.distributed import shutdown
 from music.errors import UserError
 from run.codes import (check_prior_codes, codebook_fingerprint, compact_codes, load_vq_dict,
-                       vq_dict_for_checkpoint)
+                       require_joint_codes, vq_dict_for_checkpoint)
 from run.pipeline import (add_config_flags, config_from_args, dataset_tensors, encode_pieces, model_name,
                           plain_args, report_pieces, run_dir)
 from run.training import fit, open_run, split_tensors, start_training
@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     device, dist = start_training(args)
 
     vq_vae, vq_ckpt, vq_path = load_muser(args.VQ_VAE)
+    require_joint_codes(vq_vae, vq_path)
     vq_vae = vq_vae.to(device)
     name = model_name(args.VQ_VAE, vq_path)
     fingerprint = codebook_fingerprint(vq_vae)

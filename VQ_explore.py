@@ -25,7 +25,7 @@ from music.data import load_cp_dataset
 from music.errors import UserError
 from evaluation.latent_space import (PERPLEXITY, POOLS, TSNE_ITERATIONS, latent_features, silhouette_markdown,
                                 silhouette_table)
-from run.codes import codebook_fingerprint, make_vq_dict, save_vq_dict
+from run.codes import codebook_fingerprint, make_vq_dict, require_joint_codes, save_vq_dict
 from run.pipeline import dataset_tensors, encode_pieces, model_name
 
 
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     seed_everything(args.seed)
     model, checkpoint, ckpt_path = load_muser(args.VQ_VAE)
+    require_joint_codes(model, ckpt_path)
     model = model.to(device)
     data = load_cp_dataset(args.data_path, args.dictionary, **model_vocabulary(checkpoint))
     name = model_name(args.VQ_VAE, ckpt_path)

@@ -27,7 +27,7 @@ from music.cp import words_to_midi
 from music.elements import IDENTIFIERS, QUADRANTS, TYPE_FIELD
 from music.errors import UserError
 from run.cli import add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main, str2bool
-from run.codes import check_prior_codes, codebook_fingerprint, expand_codes
+from run.codes import check_prior_codes, codebook_fingerprint, expand_codes, require_joint_codes
 from run.threads import adapt_threads
 from models.packed import GENERATION_DTYPES, cast_for_generation
 from models.sampling import FieldSampling, SamplingParams
@@ -95,6 +95,7 @@ def sampling_from_args(args) -> SamplingParams:
 
 def load_models(args, device):
     vq_vae, vq_ckpt, vq_path = load_muser(args.VQ_VAE)
+    require_joint_codes(vq_vae, vq_path)
     prior_path = resolve_checkpoint(args.VQ_prior, "--VQ_prior")
     prior_ckpt = load_checkpoint(prior_path, "prior", "--VQ_prior")
     vq_vae = vq_vae.to(device).eval()

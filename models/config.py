@@ -21,6 +21,7 @@ REDUCTIONS = ("TRANS", "MEAN")
 CONDITIONINGS = ("CA", "CONCAT", "NONE")
 DECODINGS = ("GE", "G", "E")
 REG_TARGETS = ("index", "value")
+QUANTIZERS = ("joint", "product")
 # Global decoder depth when dec_layers is left unset: the authors' MusER_TRANS_CA_G (global
 # decoding only) has 8 layers, the encoder's count; their two-level models have 4.
 GLOBAL_DECODER_LAYERS = {"GE": 4, "G": 8, "E": 0}
@@ -58,6 +59,11 @@ class MusERConfig(_ConfigDict):
     # Beyond the paper (0 = off): in training, a code whose moving-average count falls
     # below this is re-seeded with a random encoder output (a remedy for codebook collapse).
     dead_code_threshold: float = 0.0
+    # Beyond the paper: "product" quantises each element slice with a codebook of its own,
+    # slice_codebook_size codes each (models.quantizer.ProductQuantizer); "joint" is the
+    # paper's one codebook of codebook_size codes over the whole latent.
+    quantizer: str = "joint"
+    slice_codebook_size: int = 64
     dr_layers: int = 4
     dr_heads: int = 4
     dec_d_model: int = 256
@@ -93,6 +99,7 @@ class MusERConfig(_ConfigDict):
                                      ("conditioning", self.conditioning, CONDITIONINGS),
                                      ("decoding", self.decoding, DECODINGS),
                                      ("reg_target", self.reg_target, REG_TARGETS),
+                                     ("quantizer", self.quantizer, QUANTIZERS),
                                      ("attention", self.attention, ENCODER_KINDS),
                                      ("decoder_attention", self.decoder_attention,
                                       DECODER_KINDS)):
@@ -128,9 +135,16 @@ class MusERConfig(_ConfigDict):
 
     @property
     def name(self) -> str:
-        """Model name in the authors' style, e.g. MusER_TRANS_CA_GE; VQVAE_* without L_reg."""
+        """Model name in the authors' style, e.g. MusER_TRANS_CA_GE; VQVAE_* without L_reg;
+        _PQ at the end with one codebook per slice."""
         prefix = "MusER" if self.reg_weight > 0 else "VQVAE"
-        return f"{prefix}_{self.reduction}_{self.conditioning}_{self.decoding}"
+        suffix = "_PQ" if self.quantizer == "product" else ""     # one codebook per slice
+        return f"{prefix}_{self.reduction}_{self.conditioning}_{self.decoding}{suffix}"
+
+    @property
+    def code_slots(self) -> int:
+        """Codes in all: the codebook, or every slice's codebook."""
+        return self.codebook_size if self.quantizer == "joint" else N_ELEMENTS * self.slice_codebook_size
 
     @property
     def global_layers(self) -> int:

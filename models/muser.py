@@ -33,7 +33,7 @@ from torch import nn
 from models.config import MusERConfig
 from models.generation import generate_words
 from models.losses import element_regularization, reconstruction_losses
-from models.quantizer import EMAVectorQuantizer
+from models.quantizer import EMAVectorQuantizer, ProductQuantizer
 from models.sampling import SamplingParams
 from models.transformer import PositionalEncoding, TransformerStack
 from music.elements import CONDITIONED, N_ELEMENTS, N_FIELDS, TYPE_FIELD
@@ -72,8 +72,12 @@ class MusER(nn.Module):
         self.encoder = TransformerStack(c.enc_d_model, c.enc_layers, c.enc_heads, c.attention,
                                         dropout=c.dropout, chunk_size=c.chunk_size)
         self.to_latent = nn.Linear(c.enc_d_model, c.latent_dim)
-        self.quantizer = EMAVectorQuantizer(c.codebook_size, c.latent_dim, c.commitment,
-                                            c.ema_decay, c.ema_eps, c.dead_code_threshold)
+        if c.quantizer == "product":
+            self.quantizer = ProductQuantizer(c.slice_codebook_size, N_ELEMENTS, c.slice_dim, c.commitment,
+                                              c.ema_decay, c.ema_eps, c.dead_code_threshold)
+        else:
+            self.quantizer = EMAVectorQuantizer(c.codebook_size, c.latent_dim, c.commitment,
+                                                c.ema_decay, c.ema_eps, c.dead_code_threshold)
 
         # DR module: the 16 dims of a slice are the tokens, the sequence is the width.
         if c.reduction == "TRANS" and c.reg_weight > 0:
@@ -134,13 +138,15 @@ class MusER(nn.Module):
         return self.to_latent(h)
 
     def encode(self, y):
-        """Quantised latent [B, T, latent_dim] and codes [B, T]; never moves the codebook."""
+        """Quantised latent [B, T, latent_dim] and codes ([B, T], or [B, T, 7] with one codebook
+        per slice); never moves the codebook."""
         z = self._encoder_output(y)
-        codes = self.quantizer.code_indices(z.reshape(-1, z.shape[-1]).float()).view(z.shape[:-1])
+        codes = self.quantizer.code_indices(z.reshape(-1, z.shape[-1]).float())
+        codes = codes.view(*z.shape[:-1], *codes.shape[1:])
         return self.latent_from_codes(codes).to(z.dtype), codes
 
     def latent_from_codes(self, codes):
-        """Codebook vectors for codes [B, T] -> [B, T, latent_dim]."""
+        """Codebook vectors for codes [B, T] (or [B, T, 7]) -> [B, T, latent_dim]."""
         return self.quantizer.lookup(codes)
 
     # -- regularisation ------------------------------------------------------------------
@@ -246,6 +252,7 @@ class MusER(nn.Module):
         loss = recon + vq_loss + self.config.reg_weight * reg
         return {"loss": loss, "recon": recon, "element_losses": element_losses,
                 "element_acc": element_acc, "vq": vq_loss, "reg": reg, "codes": codes,
+                "code_slots": self.quantizer.slot_indices(codes),
                 "perplexity": perplexity, "log_probs": log_probs}
 
     # -- generation ----------------------------------------------------------------------

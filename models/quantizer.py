@@ -101,6 +101,15 @@ class EMAVectorQuantizer(nn.Module):
                                                 self.ema_count_hidden))
         return dead.unsqueeze(1), rows
 
+    @property
+    def slots(self) -> int:
+        """Codes in all."""
+        return self.num_codes
+
+    def slot_indices(self, codes):
+        """One number per code, 0..slots-1 (for a single codebook, the codes themselves)."""
+        return codes
+
     def forward(self, x):
         """x [..., dim] -> (quantised with straight-through gradient, commitment loss,
         codes [...], perplexity of this batch's code usage)."""
@@ -117,3 +126,57 @@ class EMAVectorQuantizer(nn.Module):
             usage = torch.bincount(codes, minlength=self.num_codes).to(x.dtype) / codes.numel()
             perplexity = torch.exp(-(usage * torch.log(usage + 1e-10)).sum())
         return quantized, loss, codes.view(x.shape[:-1]), perplexity
+
+
+class ProductQuantizer(nn.Module):
+    """One EMA codebook per latent slice (product quantisation; beyond the paper).
+
+    The latent [..., slices * slice_dim] is cut into its element slices and slice k is
+    quantised by codebook k alone: each has its own commitment term, moving averages and
+    dead-code restart, and nothing mixes the slices, so slice k's code says nothing about
+    slice j's input. Codes are [..., slices]. The commitment loss is the mean of the slices'
+    terms, which equals the joint quantiser's loss on the same quantised vectors.
+    """
+
+    def __init__(self, num_codes: int, slices: int, slice_dim: int, commitment: float = 0.25,
+                 decay: float = 0.99, eps: float = 1e-5, dead_code_threshold: float = 0.0):
+        super().__init__()
+        self.num_codes, self.slices, self.slice_dim = num_codes, slices, slice_dim
+        self.dim = slices * slice_dim
+        self.books = nn.ModuleList(EMAVectorQuantizer(num_codes, slice_dim, commitment, decay, eps,
+                                                      dead_code_threshold) for _ in range(slices))
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """[slices, num_codes, slice_dim]: every codebook (what identifies a trained model)."""
+        return torch.stack([book.codebook for book in self.books])
+
+    def _split(self, x):
+        return x.reshape(*x.shape[:-1], self.slices, self.slice_dim).unbind(-2)
+
+    def code_indices(self, flat):
+        """Nearest code of each slice for each row of flat [N, dim] -> [N, slices]."""
+        return torch.stack([book.code_indices(part) for book, part in zip(self.books, self._split(flat))], -1)
+
+    def lookup(self, codes):
+        """Vectors [..., dim] of codes [..., slices]."""
+        return torch.cat([book.lookup(codes[..., k]) for k, book in enumerate(self.books)], -1)
+
+    @property
+    def slots(self) -> int:
+        """Codes in all: every (slice, code) pair."""
+        return self.slices * self.num_codes
+
+    def slot_indices(self, codes):
+        """One number per (slice, code) pair, 0..slots-1, for counting code usage: [..., slices]."""
+        return codes + self.num_codes * torch.arange(self.slices, device=codes.device)
+
+    def forward(self, x):
+        """x [..., dim] -> (quantised with straight-through gradient, commitment loss,
+        codes [..., slices], perplexity of this batch's code usage, the mean over slices)."""
+        outputs = [book(part) for book, part in zip(self.books, self._split(x))]
+        quantized = torch.cat([out[0] for out in outputs], -1)
+        loss = torch.stack([out[1] for out in outputs]).mean()
+        codes = torch.stack([out[2] for out in outputs], -1)
+        perplexity = torch.stack([out[3] for out in outputs]).mean()
+        return quantized, loss, codes, perplexity

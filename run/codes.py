@@ -28,6 +28,15 @@ def codebook_fingerprint(model) -> str:
     return hashlib.sha1(codebook.tobytes()).hexdigest()[:16]
 
 
+def require_joint_codes(model, path) -> None:
+    """VQ_dicts and the prior are defined for one joint codebook; a model with one codebook
+    per slice (--quantizer product) has seven codes per step, which they do not take yet."""
+    if model.config.quantizer != "joint":
+        raise UserError(f"{path}: this VQ-VAE has one codebook per slice (--quantizer "
+                        f"{model.config.quantizer}); VQ_explore.py, Prior_train.py and generate.py take a "
+                        f"joint codebook only (element_transfer.py reads either)")
+
+
 def make_vq_dict(codes: torch.Tensor, fingerprint: str) -> dict:
     """The authors' format {0: {code: compact}, 1: {compact: code}}, plus the model's fingerprint."""
     used = sorted(int(c) for c in torch.unique(codes))
