@@ -33,5 +33,17 @@ def reference_cp() -> Path:
     return shared_path("reference_cp")
 
 
-# The shipped sample encoded once per session (a fixture shared by several test files).
-from tests.sample_cp import sample_npz  # noqa: E402,F401
+# The long shared runs start in the background as the session begins (tests/long_runs.py).
+from tests.long_runs import long_runs  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def sample_npz(long_runs):
+    """The shipped sample encoded by prepare_data.py, once per session (read-only)."""
+    return long_runs.result("sample")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(long_runs):
+    """A tiny MusER and prior trained once per session by the authors' README commands."""
+    return long_runs.result("tiny_run")

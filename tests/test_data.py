@@ -5,18 +5,16 @@ import shutil
 import numpy as np
 import pytest
 
-import prepare_data
-from tests.conftest import SAMPLE_MIDI_DIR
 from music import cp
 from music.data import CPDataset, default_dictionary_path, load_class_indices, load_cp_dataset
 from music.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """The shipped sample prepared once (in process, one worker)."""
-    out = tmp_path_factory.mktemp("prepared")
-    assert prepare_data.main(["--midi_dir", str(SAMPLE_MIDI_DIR), "--out_dir", str(out), "--workers", "1"]) == 0
+def prepared(sample_npz, tmp_path_factory):
+    """The shipped sample as prepare_data.py writes it (the session's, copied)."""
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    shutil.copytree(sample_npz.parent, out)
     return out
 
 

@@ -3,16 +3,45 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from tests.conftest import ROOT
-from tests.test_pipeline import prepare_sample
 from run.checkpoint import build_muser, load_checkpoint
 
+# MusER.py as torchrun starts it, except that each rank also saves its own weights and
+# buffers when training ends (only rank 0 writes checkpoints, and what must be shown is
+# that the replicas stayed the same model), and no loss curves are drawn (tested elsewhere).
+EACH_RANK_SAVES = """
+import os, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import MusER
+import run.training
+from run.cli import run_main
 
-def test_two_process_ddp_training(tmp_path):
-    npz = prepare_sample(tmp_path / "data")
+run.training._plot_history = lambda *args: None
+
+out, trained = sys.argv[2], MusER.fit
+
+def fit(**kwargs):
+    code = trained(**kwargs)
+    torch.save(kwargs["model"].state_dict(), os.path.join(out, f"rank{os.environ['RANK']}.pt"))
+    return code
+
+MusER.fit = fit
+run_main(MusER.main, sys.argv[3:])
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training(sample_npz, tmp_path):
     out = tmp_path / "ddp"
+    driver = tmp_path / "muser_each_rank_saves.py"
+    driver.write_text(EACH_RANK_SAVES)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(ROOT / "MusER.py"), "--data_path", str(npz), "--preset", "tiny", "--Epoch", "2",
+               str(driver), str(ROOT), str(tmp_path),
+               "--data_path", str(sample_npz), "--preset", "tiny", "--Epoch", "2",
                "--batch_size", "4", "--model_path", str(out), "--device", "cpu"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
@@ -26,3 +55,14 @@ def test_two_process_ddp_training(tmp_path):
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3
     assert all(not name.startswith("module.") for name in checkpoint["model"])
+
+    # The ranks trained on different halves of each batch, from different seeds: they end as
+    # one model only if every step averaged the gradients (the weights) and pooled the
+    # quantiser's code statistics (its EMA buffers and codebook; DDP broadcasts buffers only
+    # before a forward pass, so the last step's update is each rank's own).
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() == checkpoint["model"].keys()
+    differ = [k for k in ranks[0] if not torch.equal(ranks[0][k], ranks[1][k])]
+    assert not differ, f"the ranks' {differ[:5]} differ after training"
+    assert all(torch.equal(ranks[0][k], checkpoint["model"][k]) for k in ranks[0])
+    assert int(ranks[0]["quantizer.ema_steps"]) > 0

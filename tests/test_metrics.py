@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SAMPLE_MIDI_DIR
+from tests.sample_cp import short_pieces
 from music.chords import CHORD_QUALITIES
 from music.midi_io import TICKS_PER_BEAT
 from music.piece import piece_from_midi
@@ -212,6 +213,7 @@ def test_sample_clips_match_muspy():
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_all_emopia_clips_match_muspy(emopia_zip):
     # About 20 s on one core: the files are read from the zip in memory.
     with zipfile.ZipFile(emopia_zip) as archive:
@@ -255,10 +257,14 @@ def test_compute_metrics_script(sample_npz, tmp_path, capsys):
     import compute_metrics
     from music.errors import UserError
 
+    sample_npz = short_pieces(sample_npz, tmp_path / "data")     # quicker piano rolls
     folder, pickle_path = _generated_like(sample_npz, tmp_path)
     out = tmp_path / "m1"
+    # The listening page and its audio have their own tests (test_pages.py): one piece per
+    # quadrant and source still takes every path here, without audio.
+    quick = ["--listen", "1", "--audio", "False"]
     assert compute_metrics.main(["--generated", str(folder), "--data_path", str(sample_npz),
-                                 "--out_dir", str(out)]) == 0
+                                 "--out_dir", str(out), *quick]) == 0
     assert "| pitch range | all |" in capsys.readouterr().out
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert {r["source"] for r in rows} == {"generated", "data"}
@@ -270,7 +276,7 @@ def test_compute_metrics_script(sample_npz, tmp_path, capsys):
     # The words pickle gives the same numbers as the MIDI files written from it.
     out2 = tmp_path / "m2"
     assert compute_metrics.main(["--generated", str(pickle_path), "--out_dir", str(out2),
-                                 "--piano_rolls", "0"]) == 0
+                                 "--piano_rolls", "0", *quick]) == 0
     from_pickle = [r for r in csv.DictReader(open(out2 / "metrics.csv"))]
     from_midi = [r for r in rows if r["source"] == "generated"]
     assert from_pickle == from_midi
@@ -291,7 +297,7 @@ def test_compute_metrics_with_evaluator(sample_npz, tmp_path, capsys):
     ev = tmp_path / "ev.json"
     train_evaluator.main(["--data_path", str(sample_npz), "--out", str(ev), "--split", "clip"])
     assert compute_metrics.main(["--generated", str(folder), "--evaluator", str(ev),
-                                 "--out_dir", str(tmp_path / "m"), "--piano_rolls", "0"]) == 0
+                                 "--out_dir", str(tmp_path / "m"), "--piano_rolls", "0", "--audio", "False"]) == 0
     text = (tmp_path / "m" / "metrics.md").read_text()
     assert "## Emotion evaluator" in text and "| generated | all | 4 |" in text
 
@@ -311,7 +317,7 @@ def test_compute_metrics_leaves_empty_pieces_out_and_counts_them(tmp_path, capsy
         midi.dump(str(folder / f"emotion1_{i}.mid"))
     out = tmp_path / "m"
     assert compute_metrics.main(["--generated", str(folder), "--out_dir", str(out),
-                                 "--piano_rolls", "0"]) == 0
+                                 "--piano_rolls", "0", "--audio", "False"]) == 0
     assert "generated: 2 pieces (2/0/0/0 in Q1/Q2/Q3/Q4; 1 empty)" in capsys.readouterr().out
     rows = {(r["quadrant"], r["metric"]): r for r in csv.DictReader(open(out / "metrics.csv"))}
     assert rows["Q1", "pitch_range"]["n"] == "1" and float(rows["Q1", "pitch_range"]["mean"]) == 7

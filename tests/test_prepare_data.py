@@ -23,7 +23,7 @@ KEYS = {"x", "y", "mask", "seq_len", "num_groups", "names"}
 
 def run_prepare(*args, cwd=ROOT):
     return subprocess.run([sys.executable, str(ROOT / "prepare_data.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd)
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def write_midi(path, notes, drums=False, extra=None):
@@ -330,6 +330,7 @@ def full_corpus(tmp_path_factory):
     return work / "out", reference, result
 
 
+@pytest.mark.slow
 def test_full_corpus_dictionary_equals_the_reference(full_corpus):
     out, reference, result = full_corpus
     assert "wrote 1078 clips" in result.stdout and "Q1 250, Q2 265, Q3 253, Q4 310" in result.stdout
@@ -343,6 +344,7 @@ def test_full_corpus_dictionary_equals_the_reference(full_corpus):
             assert list(mine[name].items()) == list(ref[name].items()), name
 
 
+@pytest.mark.slow
 def test_full_corpus_rows_equal_the_reference_subset(full_corpus):
     out, reference, _ = full_corpus
     with np.load(out / "emopia_data.npz") as ours, np.load(reference / "reference_subset.npz") as ref:

@@ -2,22 +2,23 @@
 a second run, redone stages when an input changes, and a killed study that resumes."""
 import json
 import math
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from run.checkpoint import load_checkpoint
 from tests.conftest import ROOT
+from tests.long_runs import STUDY, STUDY_EPOCHS
 
+
+pytestmark = pytest.mark.slow    # each test starts reproduce.py; the study fixture runs a whole study
 
 
 def run_study(npz, out, *extra, check=True):
-    result = subprocess.run([sys.executable, "reproduce.py", "--preset", "tiny", "--data_path", str(npz),
-                             "--out", str(out), *extra], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "reproduce.py", *STUDY, "--data_path", str(npz),
+                             "--out", str(out), *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
@@ -42,21 +43,22 @@ def finite(cell: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def study(sample_npz, tmp_path_factory):
-    out = tmp_path_factory.mktemp("study")
-    first = run_study(sample_npz, out)
-    return sample_npz, out, first
+def study(long_runs):
+    """The session's study (tests/long_runs.py), killed while MusER trained and run again to
+    the end: the report tests below read a resumed study."""
+    run = long_runs.result("study")
+    return run.npz, run.out, run.resumed, run.after_kill
 
 
 def test_study_writes_a_report_with_finite_tables(study):
-    _, out, first = study
+    _, out, resumed, after_kill = study
     text = (out / "REPORT.md").read_text()
     for heading in ("Codes in use per epoch", "## Latent space", "diagonal share, per piece",
                     "Song-level metrics", "How often a piece is classified", "## Element transfer"):
         rows = table_after(text, heading)
         assert rows, heading
     usage = table_after(text, "Codes in use per epoch")
-    assert len(usage) == 2 and all(finite(c) for row in usage for c in row)
+    assert len(usage) == STUDY_EPOCHS and all(finite(c) for row in usage for c in row)   # a row per epoch
     shares = table_after(text, "diagonal share, per piece")
     assert [r[0] for r in shares] == ["MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE"]
     assert all(finite(c) for r in shares for c in r[1:])
@@ -71,20 +73,21 @@ def test_study_writes_a_report_with_finite_tables(study):
         assert len(probe["piece_r2"]) == 7 and len(probe["step_skill"][0]) == 7
         assert (out / "figures" / model / "tsne_all.png").exists()
     assert "## What holds at this scale" in text
-    assert first.stdout.count("] done in") == 15       # the evaluator, then 7 stages per model
+    # The evaluator, then 7 stages per model: each done once over the killed and the resumed run.
+    assert after_kill.output.count("] done in") + resumed.stdout.count("] done in") == 15
 
 
 def test_second_run_skips_every_finished_stage(study):
-    npz, out, _ = study
+    npz, out, *_ = study
     markers = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
-    second = run_study(npz, out)
+    second = run_study(npz, out, "--jobs", "1")        # the stages in process (the next test: in workers)
     assert "started" not in second.stdout and "continuing" not in second.stdout
     assert second.stdout.count("skipped") == len(markers)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")} == markers
 
 
 def test_changed_input_redoes_only_the_stages_it_feeds(study):
-    npz, out, _ = study
+    npz, out, *_ = study
     third = run_study(npz, out, "--pairs", "1")
     redone = set(re.findall(r"\[(\w+)\] started", third.stdout))
     assert redone == {"transfer_MusER_TRANS_CA_GE", "transfer_VQVAE_TRANS_CA_GE"}
@@ -92,32 +95,27 @@ def test_changed_input_redoes_only_the_stages_it_feeds(study):
     assert transfer[0]["pairs"] == 1
 
 
-def test_killed_study_resumes(sample_npz, tmp_path):
-    out = tmp_path / "killed"
-    command = [sys.executable, "reproduce.py", "--preset", "tiny", "--data_path", str(sample_npz),
-               "--out", str(out), "--jobs", "1", "--epochs", "4"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    last = out / "models" / "MusER_TRANS_CA_GE" / "last.pt"
-    deadline = time.time() + 240
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert proc.poll() is None, "the study ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert (out / "stages" / "train_MusER_TRANS_CA_GE.started").exists()
-    assert not (out / "stages" / "train_MusER_TRANS_CA_GE.json").exists()
-    resumed = run_study(sample_npz, out, "--jobs", "1", "--epochs", "4")
+def test_killed_study_resumes(study):
+    """The study fixture was killed while MusER trained: the stage was marked started, not
+    finished; the next run continued it from last.pt (--resume) and finished the study, whose
+    report the test above reads."""
+    _, out, resumed, after_kill = study
+    assert after_kill.started and not after_kill.finished
+    assert "[evaluator] done in" in after_kill.output
+    assert "[evaluator] finished earlier" in resumed.stdout
     assert "[train_MusER_TRANS_CA_GE] continuing" in resumed.stdout
-    assert (out / "REPORT.md").exists()
     log = (out / "logs" / "train_MusER_TRANS_CA_GE.log").read_text()
     assert "--resume" in log and "resumed from" in log
+    trained = load_checkpoint(out / "models" / "MusER_TRANS_CA_GE" / "last.pt", "muser")
+    assert [row["epoch"] for row in trained["history"]] == list(range(1, STUDY_EPOCHS + 1))
+    assert (out / "stages" / "train_MusER_TRANS_CA_GE.json").exists()
+    assert not list((out / "stages").glob("*.started"))
 
 
 def test_bad_input_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "reproduce.py", "--preset", "tiny", "--data_path",
                              str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o")],
-                            cwd=ROOT, capture_output=True, text=True)
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "missing.npz" in result.stderr
 
@@ -125,10 +123,9 @@ def test_bad_input_is_one_line(tmp_path):
 def test_export_pretrained_is_small_and_generates(study, tmp_path):
     import torch
 
-    from run.checkpoint import load_checkpoint
     from run.pretrained import export
 
-    _, out, _ = study
+    _, out, *_ = study
     written = export(out, "MusER_TRANS_CA_GE", tmp_path / "pretrained")
     small = load_checkpoint(tmp_path / "pretrained" / "muser.pt", "muser")
     full = load_checkpoint(out / "models" / "MusER_TRANS_CA_GE" / "best.pt", "muser")
@@ -143,6 +140,6 @@ def test_export_pretrained_is_small_and_generates(study, tmp_path):
         (out / "models" / m / "best.pt").stat().st_size for m in ("MusER_TRANS_CA_GE", "Prior_MusER_TRANS_CA_GE"))
     result = subprocess.run([sys.executable, "generate.py", "--VQ_prior", str(written[1]), "--VQ_VAE", str(written[0]),
                              "--music_file", "p", "--out_root", str(tmp_path / "gen"), "--n_per_emotion", "1",
-                             "--audio", "False"], cwd=ROOT, capture_output=True, text=True)
+                             "--audio", "False"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-1500:]
     assert len(list((tmp_path / "gen" / "p").glob("*.mid"))) == 4

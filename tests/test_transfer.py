@@ -198,26 +198,27 @@ def test_demo_defaults_to_the_authors_first_20():
 
 
 
-def test_element_transfer_script(sample_npz, tmp_path, capsys):
-    """End to end on a tiny untrained checkpoint: files are written and the report printed."""
-    import element_transfer
-    from music import cp
-    from run.checkpoint import save_checkpoint
-    from music.errors import UserError
+def midi_notes(path):
+    import miditoolkit
 
-    event2word, _ = cp.load_dictionary(sample_npz.parent / "dictionary.pkl")
-    config = apply_preset(MusERConfig(vocab_sizes=cp.vocab_sizes(event2word),
-                                      type_ids={n: cp.type_index(event2word, n)
-                                                for n in cp.EVENT_TYPES}), "tiny")
-    torch.manual_seed(0)
-    ckpt = tmp_path / "tiny.pt"
-    save_checkpoint(ckpt, {"kind": "muser", "config": config.to_dict(),
-                           "model": MusER(config).state_dict(), "vocab_sizes": config.vocab_sizes})
+    return [(n.pitch, n.start, n.end, n.velocity)
+            for track in miditoolkit.MidiFile(str(path)).instruments for n in track.notes]
+
+
+def test_element_transfer_script(tiny_run, tmp_path, capsys):
+    """End to end on the session's tiny trained checkpoint: the files hold the pieces their
+    names say, and the report is printed."""
+    import element_transfer
+    from music.errors import UserError
+    from tests.sample_cp import short_pieces
+
+    sample_npz, ckpt = short_pieces(tiny_run.npz, tmp_path / "data"), tiny_run.muser / "best.pt"
     out = tmp_path / "transfer"
     args = ["--VQ_VAE", str(ckpt), "--data_path", str(sample_npz), "--source", "Q4",
             "--target", "1", "--elements", "velocity", "bar_beat", "--n_pieces", "2",
             "--max_steps", "24", "--out_dir", str(out)]
     assert element_transfer.main(args) == 0
+    args += ["--audio", "False"]        # audio was rendered above; the runs below need none
     folder = out / "velocity_bar-beat_Q4toQ1"
     for stem in ("A_Q4", "A_Q4_reconstructed", "transferred_tag_Q1", "B_Q1"):
         for i in range(2):
@@ -235,6 +236,29 @@ def test_element_transfer_script(sample_npz, tmp_path, capsys):
     assert f"A = {', '.join(str(data.names[r]) for r in first[0])}; " in report
     assert f"B = {', '.join(str(data.names[r]) for r in first[1])}. " in report
     assert "data order" in report
+    # The files hold what their names say: A and B are those data pieces; the decoded ones
+    # are A's latent under A's tag, and A's latent with B's velocity and bar-beat slices
+    # under the target's tag, sampled in one batch with a generator seeded --seed (13).
+    from music.cp import words_to_midi
+    from music.piece_io import dataset_words
+    from models.sampling import SamplingParams
+    from run.checkpoint import load_muser
+
+    model = load_muser(str(ckpt))[0].eval()
+    rows = np.concatenate(first)
+    with torch.no_grad():
+        latent = model.encode(torch.as_tensor(data.y[rows, :model.config.max_len], dtype=torch.long))[0]
+    mixed = swap_elements(latent[:2], latent[2:], ["velocity", "bar_beat"], model.config.slice_dim)
+    decoded = model.generate(torch.cat([latent[:2], mixed]), torch.tensor([4, 4, 1, 1]), SamplingParams(),
+                             generator=torch.Generator().manual_seed(13), max_steps=24)
+    expected = {"A_Q4": [dataset_words(data, r) for r in first[0]], "A_Q4_reconstructed": decoded[:2],
+                "transferred_tag_Q1": decoded[2:], "B_Q1": [dataset_words(data, r) for r in first[1]]}
+    for stem, pieces in expected.items():
+        for i, words in enumerate(pieces):
+            words_to_midi(words, data.word2event, tmp_path / "expected.mid",
+                          close_empty_bars=stem in ("A_Q4_reconstructed", "transferred_tag_Q1"))
+            notes = midi_notes(folder / f"pair{i}_{stem}.mid")
+            assert notes and notes == midi_notes(tmp_path / "expected.mid"), (stem, i)
     # --class_index: the order of a {name}_idx.npz decides which pieces come first.
     reversed_idx = tmp_path / "reversed_idx.npz"
     np.savez(reversed_idx, **{f"cls_{q}_idx": np.flatnonzero(data.emotion == q)[::-1] for q in (1, 2, 3, 4)})

@@ -1,0 +1,209 @@
+"""The suite's long shared runs, all of them subprocesses: the shipped sample encoded, a tiny
+MusER and prior trained by the four commands of the authors' README, and a reproduction
+study killed while it trains and then resumed.
+
+They start in a background thread as soon as the session does, so that they run on the
+second core while the in-process tests run on the first; each fixture waits for its run.
+Only the runs that the selected tests need are started, and the session's end stops any
+that are still going.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.sample_cp import encode_sample
+
+# ---------------------------------------------------------------- the README's commands
+
+# The four commands of the authors' README (reference/MusER-README.md), as written there.
+README_COMMANDS = [
+    "python MusER.py --data_path ./data/co-representation/emopia_data.npz --dataset emopia "
+    "--model_path your_model_saving_path --log_path your_log_path",
+    "python VQ_explore.py --data_path ./data/co-representation/emopia_data.npz "
+    "--VQ_VAE MusER_TRANS_CA_GE_emopia --plot_flag True",
+    "python Prior_train.py --data_path ./data/co-representation/emopia_data.npz --dataset emopia "
+    "--VQ_VAE MusER_TRANS_CA_GE_emopia --model_path your_prior_model_saving_path --log_path your_log_path",
+    "python generate.py --VQ_prior Prior_TRANS_CA_ER_emopia --VQ_VAE MusER_TRANS_CA_GE_emopia "
+    "--music_file your_music_file_name",
+]
+PLACEHOLDERS = {"your_model_saving_path": "MusER_TRANS_CA_GE_emopia",
+                "your_prior_model_saving_path": "Prior_TRANS_CA_ER_emopia",
+                "your_log_path": "logs/run.log", "your_music_file_name": "readme_music"}
+
+MUSER_EPOCHS, PRIOR_EPOCHS = 12, 6
+# Appended to each command: the tiny preset, and a high learning rate that gets the tiny
+# model far enough in seconds to write notes; 250 t-SNE iterations (scikit-learn's least)
+# draw the same figures sooner (the authors' 3000 are checked in test_vq_explore).
+FAST = ["--lr", "3e-3", "--batch_size", "8"]
+README_EXTRA = {"MusER.py": ["--preset", "tiny", "--Epoch", str(MUSER_EPOCHS), *FAST],
+                "VQ_explore.py": ["--tsne_iter", "250"],
+                "Prior_train.py": ["--preset", "tiny", "--Epoch", str(PRIOR_EPOCHS), *FAST],
+                "generate.py": ["--n_per_emotion", "2", "--max_steps", "48"]}
+
+
+def readme_argv(command: str) -> list[str]:
+    """A README command with its placeholders filled: ['python', 'SCRIPT.py', args...]."""
+    for placeholder, value in PLACEHOLDERS.items():
+        command = command.replace(placeholder, value)
+    return shlex.split(command)
+
+
+def readme_run(runs: LongRuns, work: Path) -> SimpleNamespace:
+    """The README's commands, each a process started in a folder laid out as the README's
+    (data in data/co-representation/)."""
+    shutil.copytree(runs.result("sample").parent, work / "data" / "co-representation")
+    for command in README_COMMANDS:
+        argv = readme_argv(command)
+        result = runs.run([sys.executable, str(ROOT / argv[1]), *argv[2:], *README_EXTRA[argv[1]],
+                           "--device", "cpu"], cwd=work)
+        assert result.returncode == 0, f"{command}\n{result.stderr[-2000:]}"
+    return SimpleNamespace(
+        work=work, npz=work / "data" / "co-representation" / "emopia_data.npz",
+        muser=work / "saved_models" / PLACEHOLDERS["your_model_saving_path"],
+        prior=work / "saved_models" / PLACEHOLDERS["your_prior_model_saving_path"],
+        vq_dict=work / "data" / "MusER_TRANS_CA_GE_emopia_VQ_dict.data",
+        figures=work / "figures" / "MusER_TRANS_CA_GE_emopia", generated=work / "generate_midi",
+        music_file=PLACEHOLDERS["your_music_file_name"], log=work / PLACEHOLDERS["your_log_path"])
+
+
+# ---------------------------------------------------------------- the reproduction study
+
+# The tiny preset with one more VQ-VAE epoch: training then outlasts its first last.pt by
+# two epochs, time enough for the study to be killed while it trains.
+STUDY_EPOCHS = 3
+STUDY = ["--preset", "tiny", "--epochs", str(STUDY_EPOCHS)]
+
+
+def killed_study(runs: LongRuns, out: Path) -> SimpleNamespace:
+    """One study, killed (SIGKILL to its process group) once MusER's first last.pt is
+    written, then run again to the end. One model at a time (--jobs 1): the kill finds MusER
+    training and the baseline not started."""
+    npz = runs.result("sample")
+    command = [sys.executable, "reproduce.py", *STUDY, "--data_path", str(npz), "--out", str(out), "--jobs", "1"]
+    killed_log = out.parent / f"{out.name}_killed.out"
+    with open(killed_log, "w") as log:
+        proc = runs.popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            last = out / "models" / "MusER_TRANS_CA_GE" / "last.pt"
+            deadline = time.monotonic() + 300
+            while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            running = proc.poll() is None
+        finally:
+            runs.kill(proc)
+    assert running, ("the study ended (or never wrote last.pt) before it could be killed:\n"
+                     + killed_log.read_text()[-2000:])
+    stages = out / "stages"
+    after_kill = SimpleNamespace(started=(stages / "train_MusER_TRANS_CA_GE.started").exists(),
+                                 finished=(stages / "train_MusER_TRANS_CA_GE.json").exists(),
+                                 output=killed_log.read_text())
+    resumed = runs.run(command, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    return SimpleNamespace(npz=npz, out=out, resumed=resumed, after_kill=after_kill)
+
+
+# ---------------------------------------------------------------- the runner
+
+# Fixture name -> (run, runs it needs first); in the order the background thread runs them.
+RUNS = {"sample_npz": ("sample", ()), "tiny_run": ("tiny_run", ("sample",)),
+        "study": ("study", ("sample",))}
+BUILDERS = {"sample": lambda runs, folder: encode_sample(folder), "tiny_run": readme_run, "study": killed_study}
+
+
+class LongRuns:
+    """Runs the long runs one after another in a background thread; result(name) waits for
+    one and returns it, or raises what it raised (a skip included)."""
+
+    def __init__(self, tmp_path_factory, fixture_names):
+        plan = []
+        for fixture, (name, needs) in RUNS.items():
+            if fixture in fixture_names:
+                plan += [n for n in (*needs, name) if n not in plan]
+        self.plan = plan
+        self._folders = {name: tmp_path_factory.mktemp(name) for name in plan}
+        self._done = {name: threading.Event() for name in plan}
+        self._results: dict[str, tuple[bool, object]] = {}
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run_all, name="long runs", daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)       # also when the session ends without its teardown
+
+    def _run_all(self) -> None:
+        for name in self.plan:
+            try:
+                self._results[name] = (True, BUILDERS[name](self, self._folders[name]))
+            except BaseException as exc:          # a skip or a failure, raised where it is needed
+                self._results[name] = (False, exc)
+            self._done[name].set()
+
+    def result(self, name: str):
+        if name not in self._done:
+            raise LookupError(f"{name} was not planned for this session")
+        self._done[name].wait()
+        ok, value = self._results[name]
+        if not ok:
+            raise value
+        return value
+
+    def popen(self, command, **kwargs) -> subprocess.Popen:
+        """A process in a process group of its own (so that kill reaches the scripts it
+        starts), stopped with the session."""
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("the test session has ended")
+            proc = subprocess.Popen(command, start_new_session=True, **kwargs)
+            self._procs.add(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL to the process and everything it started."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        with self._lock:
+            self._procs.discard(proc)
+
+    def run(self, command, cwd, timeout=600) -> subprocess.CompletedProcess:
+        proc = self.popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(proc)
+            raise AssertionError(f"{' '.join(map(str, command))} ran past {timeout} s") from None
+        with self._lock:
+            self._procs.discard(proc)
+        return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+    def stop(self) -> None:
+        """Kill what still runs and wait for the thread to notice."""
+        with self._lock:
+            self._stopping = True
+            procs = list(self._procs)
+        for proc in procs:
+            self.kill(proc)
+        self._thread.join(timeout=60)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def long_runs(request, tmp_path_factory):
+    """Starts the runs that the session's selected tests need, before the first test."""
+    names = set().union(*(getattr(item, "fixturenames", ()) for item in request.session.items))
+    runs = LongRuns(tmp_path_factory, names)
+    yield runs
+    runs.stop()
