@@ -155,10 +155,25 @@ def test_stack_is_causal_and_post_norm():
     changed[:, 9:] += 1.0
     a, b = stack(x, memory), stack(changed, memory)
     assert torch.allclose(a[:, :9], b[:, :9], atol=1e-12)
-    # Post-norm with a final LayerNorm (default affine): every output row is normalised.
-    assert torch.allclose(a.mean(-1), torch.zeros(2, 15, dtype=a.dtype), atol=1e-10)
     layer = stack.layers[0]
     assert layer.linear1.out_features == 4 * 16 and layer.cross_attention is not None
+    # Post-norm: each sub-block's LayerNorm takes the residual sum, x = norm(x + f(x)); a
+    # pre-norm layer (x = x + f(norm(x))) under the same final LayerNorm gives other values.
+    # Random affine parameters make every norm's place show in the output.
+    with torch.no_grad():
+        for name, p in stack.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn_like(p))
+
+    def post_norm_layer(layer, h):
+        h = layer.norm_attention(h + layer.attention(h, h, h))
+        h = layer.norm_cross(h + layer.cross_attention(h, memory, memory))
+        return layer.norm_ff(h + layer.linear2(torch.nn.functional.gelu(layer.linear1(h))))
+
+    h = x
+    for layer in stack.layers:
+        h = post_norm_layer(layer, h)
+    assert torch.allclose(stack(x, memory), stack.norm(h), atol=1e-12)
 
 
 def test_select_state_keeps_rows():

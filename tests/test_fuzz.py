@@ -188,7 +188,7 @@ def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
 
 def run_prepare(*args):
     return subprocess.run([sys.executable, str(ROOT / "prepare_data.py"), *map(str, args)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_corrupted_midi_batch_reports_every_bad_file_and_keeps_the_rest(tmp_path):

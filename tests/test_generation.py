@@ -281,8 +281,10 @@ def sample_pieces(model, prior, n, seed):
 def test_narrow_weights_sample_pieces_with_float32_metrics(trained, dtype):
     model, prior = trained["model"], trained["prior"]
     n = 48
+    # Other seeds for each: the standard error below is that of two independent samples
+    # (with one seed the draws are coupled, and most pieces come out identical).
     reference = piece_metrics(sample_pieces(model, prior, n, 5))
-    narrow = piece_metrics(sample_pieces(narrow_copy(model, dtype), narrow_copy(prior, dtype), n, 5))
+    narrow = piece_metrics(sample_pieces(narrow_copy(model, dtype), narrow_copy(prior, dtype), n, 6))
     for k in range(reference.shape[1]):
         a, b = reference[:, k], narrow[:, k]
         a, b = a[~np.isnan(a)], b[~np.isnan(b)]
