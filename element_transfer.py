@@ -2,9 +2,11 @@
 
 Encodes pieces of a source quadrant A and a target quadrant B, replaces the latent
 slices of the chosen elements of each A piece with those of a B piece, decodes with an
-emotion tag (B by default), and writes the originals, A's plain reconstruction and the
-result as MIDI with piano rolls. Reports how the element statistics, the metrics and,
-with --evaluator, the predicted emotion moved.
+emotion tag (B by default), and writes the originals, A's plain reconstruction, the
+result and a control (A's own latent decoded with the same tag as the result) as MIDI with
+piano rolls. Reports how the element statistics, the metrics and, with --evaluator, the
+predicted emotion moved, and per element how far the transferred pieces moved from A towards
+B (0 = like A, 1 = like B) next to the control's move, which is the tag's alone.
 
     python element_transfer.py --VQ_VAE MusER_TRANS_CA_GE_emopia \
         --data_path data/co-representation/emopia_data.npz --source Q4 --target Q1 --elements velocity
@@ -18,6 +20,7 @@ fewer pieces starts again from its first); --pairs random draws N of each with -
 from __future__ import annotations
 
 import argparse
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +40,23 @@ from music.atomic import write_text
 from music.data import load_class_indices, load_cp_dataset
 from music.errors import UserError
 from music.midi_io import TICKS_PER_BEAT
-from music.piece import piece_from_midi
+from music.piece import piece_from_midi, piece_from_words
 from music.piece_io import dataset_words
 from evaluation.plotting import plot_piano_roll
 from models.sampling import SamplingParams
-from evaluation.transfer import PAIR_MODES, PAPER_TRANSFERS, quadrant_rows, swap_elements, transfer_pairs
+from evaluation.probe import piece_statistics
+from evaluation.transfer import (PAIR_MODES, PAPER_TRANSFERS, decode_transfer, emotion_shift,
+                                 moved_fraction, quadrant_rows, transfer_pairs)
 from music.elements import ELEMENTS, element_index, parse_quadrant, per_element
 
 DEMO = PAPER_TRANSFERS
 ROLES = ("A original", "A reconstructed", "transferred", "B original")
+# Written and listened to: ROLES, then the control.
+WRITTEN = ROLES + ("control",)
+# Rows of the report table, and the decode_transfer role behind each decoded one.
+TABLE = ("A original", "A reconstructed", "control", "transferred", "B reconstructed", "B original")
+DECODED = {"A reconstructed": "A", "B reconstructed": "B", "transferred": "transferred",
+           "control": "control"}
 
 
 def quadrant(text) -> int:
@@ -171,31 +182,63 @@ def run_transfer(model, dataset, word2event, transfer: Transfer, args, device, o
     y = torch.as_tensor(dataset.y[np.concatenate([rows_a, rows_b]), :length], dtype=torch.long)
     with torch.no_grad():
         latent, _ = model.encode(y.to(device))
-    latent_a, latent_b = latent[:n], latent[n:]
-    mixed = swap_elements(latent_a, latent_b, transfer.elements, model.config.slice_dim)
-    emotion = torch.tensor([transfer.source] * n + [transfer.tag] * n, device=device)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    decoded = model.generate(torch.cat([latent_a, mixed]), emotion, SamplingParams(),
-                             generator=generator, max_steps=args.max_steps, on_step=adapt_threads)
+    # B is decoded with the transferred piece's tag, so that B, the result and the control
+    # differ from one another only in their latents.
+    decoded = decode_transfer(model, latent[:n], latent[n:], transfer.elements, transfer.source,
+                              transfer.tag, args.seed, SamplingParams(), args.max_steps,
+                              on_step=adapt_threads)
 
     words = {"A original": [dataset_words(dataset, int(r)) for r in rows_a],
-             "A reconstructed": decoded[:n], "transferred": decoded[n:],
-             "B original": [dataset_words(dataset, int(r)) for r in rows_b]}
+             "B original": [dataset_words(dataset, int(r)) for r in rows_b],
+             **{row: decoded[role] for row, role in DECODED.items()}}
     stems = {"A original": "A_Q{a}", "A reconstructed": "A_Q{a}_reconstructed",
-             "transferred": "transferred_tag_Q{t}", "B original": "B_Q{b}"}
+             "transferred": "transferred_tag_Q{t}", "B original": "B_Q{b}",
+             "control": "control_tag_Q{t}"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    pieces = {role: [] for role in ROLES}
-    for role in ROLES:
-        generated = role in ("A reconstructed", "transferred")
+    # B's reconstruction is measured in the report but not written.
+    pieces = {"B reconstructed": [piece_from_words(w, word2event, close_empty_bars=True)
+                                  for w in words["B reconstructed"]]}
+    for role in WRITTEN:
+        pieces[role] = []
         for i, piece_words in enumerate(words[role]):
             stem = f"pair{i}_" + stems[role].format(a=transfer.source, b=transfer.target,
                                                     t=transfer.tag)
             midi = words_to_midi(piece_words, word2event, path=out_dir / f"{stem}.mid",
-                                 close_empty_bars=generated)
+                                 close_empty_bars=role in DECODED)
             piece = piece_from_midi(midi, name=f"{stem}.mid")
             plot_piano_roll(piece, out_dir / f"{stem}.png", title=f"{transfer.name}, pair {i}: {role}")
             pieces[role].append(piece)
-    return report(transfer, pieces, rows_a, rows_b, dataset, evaluator)
+    text = report(transfer, pieces, rows_a, rows_b, dataset, evaluator)
+    return text + "\n\n" + moved_table(transfer, decoded, word2event)
+
+
+def moved_table(transfer: Transfer, decoded: dict, word2event) -> str:
+    """Per element, how far the transferred pieces and the controls moved from A towards B
+    (evaluation.transfer.moved_fraction of evaluation.probe.piece_statistics)."""
+    stats = {role: [piece_statistics(w, word2event) for w in words] for role, words in decoded.items()}
+    header = ["moved A -> B"] + [f"**{e}**" if e in transfer.elements else e for e in ELEMENTS]
+    rows = {"transferred": [], "control": []}
+    for element in ELEMENTS:
+        columns = {role: np.stack([s[element] for s in stats[role]]) for role in stats}
+        # Standardised by the spread of the four reference decodes, which mixes columns of
+        # different units (chord shares, pitch mean and range) on one scale.
+        with warnings.catch_warnings():     # a column undefined in every piece: NaN spread
+            warnings.simplefilter("ignore", RuntimeWarning)
+            spread = np.nanstd(np.concatenate([columns[r] for r in ("A", "A again", "B", "B again")]),
+                               axis=0)
+        scale = np.where(np.isfinite(spread) & (spread > 1e-12), spread, 1.0)
+        for role in rows:
+            value = moved_fraction(columns["A"], columns["A again"], columns["B"], columns["B again"],
+                                   columns[role], scale)
+            rows[role].append("n/a" if np.isnan(value) else f"{value:.2f}")
+    names = {"transferred": "transferred", "control": f"control (A's latent, tag Q{transfer.tag})"}
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [f"| {names[role]} | " + " | ".join(cells) + " |" for role, cells in rows.items()]
+    return ("Moved fraction per element (piece statistics of evaluation/probe.py; 0 = distributed "
+            f"like A's reconstruction, 1 = like B's under tag Q{transfer.tag}; A and B each decoded "
+            "twice so that sampling noise alone reads 0; n/a = B not told from A; "
+            f"{len(decoded['A'])} pairs, noisy when few):"
+            "\n\n" + "\n".join(lines))
 
 
 def report(transfer: Transfer, pieces, rows_a, rows_b, dataset, evaluator) -> str:
@@ -211,7 +254,7 @@ def report(transfer: Transfer, pieces, rows_a, rows_b, dataset, evaluator) -> st
              f"B = {', '.join(str(dataset.names[r]) for r in rows_b)}. "
              f"Means over {len(rows_a)} pairs; bold = transferred element.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for role in ROLES:
+    for role in TABLE:
         summaries = [element_summary(p) for p in pieces[role]]
         cells = []
         for column in columns:
@@ -224,7 +267,22 @@ def report(transfer: Transfer, pieces, rows_a, rows_b, dataset, evaluator) -> st
             cells += ["/".join(map(str, match["predicted"])), f"{match['arousal']:.2f}",
                       f"{match['valence']:.2f}"]
         lines.append(f"| {role} | " + " | ".join(cells) + " |")
+    if evaluator is not None:
+        predicted = {role: evaluator.predict(pieces[role])["quadrant"] for role in ("transferred", "control")}
+        lines += ["", f"Emotion shift: share of transferred pieces predicted Q{transfer.target} minus "
+                      f"the control's (same tag Q{transfer.tag}, A's own latent): "
+                      f"{emotion_shift(predicted['transferred'], predicted['control'], transfer.target):+.2f}"]
     return "\n".join(lines)
+
+
+def with_controls(pairs, transfer: Transfer) -> list[list[Path]]:
+    """pages.pair_midis' four files per pair, and the pair's control file when written."""
+    out = []
+    for pair in pairs:
+        number = pair[0].name.split("_", 1)[0]
+        control = pair[0].parent / f"{number}_control_tag_Q{transfer.tag}.mid"
+        out.append(pair + [control] if control.is_file() else pair)
+    return out
 
 
 def resolve_pair_defaults(args) -> None:
@@ -254,8 +312,10 @@ def main(argv=None) -> int:
     sections = [f"# Element transfer with {ckpt_path}", "",
                 "Each A piece keeps its latent except the transferred elements' slices, "
                 "which come from its paired B piece. 'A reconstructed' decodes A's own latent "
-                "with A's emotion tag: compare 'transferred' with it (both are sampled), and "
-                "with B for the direction of the move.", "",
+                "with A's emotion tag, 'B reconstructed' B's with the transferred piece's tag, and "
+                "'control' A's own latent with that tag: what the tag does alone. Compare "
+                "'transferred' with the control (same tag, all sampled) for what the swapped "
+                "slices did, and with B for the direction of the move.", "",
                 ("Pairs: the first pieces of each quadrant in data order, paired in order (the authors')."
                  if args.pairs == "first" else f"Pairs: drawn at random (seed {args.seed}).")]
     for transfer in plan:
@@ -268,10 +328,10 @@ def main(argv=None) -> int:
     report_path.parent.mkdir(parents=True, exist_ok=True)
     write_text(report_path, "\n".join(sections) + "\n")
     print(f"wrote {report_path}")
-    pairs = {t.name: pair_midis(out_root / t.name)[:args.n_pieces] for t in plan}
+    pairs = {t.name: with_controls(pair_midis(out_root / t.name)[:args.n_pieces], t) for t in plan}
     audio = render_all([m for ps in pairs.values() for pair in ps for m in pair], args.soundfont,
                        enabled=args.audio)
-    listen = {name: [describe(pair, titles=[f"{role}: {m.stem}" for role, m in zip(ROLES, pair)],
+    listen = {name: [describe(pair, titles=[f"{role}: {m.stem}" for role, m in zip(WRITTEN, pair)],
                               audio=audio, evaluator=evaluator) for pair in ps]
               for name, ps in pairs.items()}
     print(f"listening page: {write_transfer_page(out_root, report_path, listen)}")
