@@ -1,17 +1,20 @@
 """The reproduction study in one command: MusER against its plain VQ-VAE baseline.
 
-    python reproduce.py --preset small --midi_dir path/to/EMOPIA/midis --out results/run
-    python reproduce.py --preset small --data_path data/co-representation/emopia_data.npz --out results/run
+    python reproduce.py --preset small --midi_dir path/to/EMOPIA/midis --out study_run --seed 13
+    python reproduce.py --preset small --midi_dir path/to/EMOPIA/midis --out study_run --seed 14 15
+    python reproduce.py --report_only --out results/emopia_small
 
-Stages, per model (MusER_TRANS_CA_GE, VQVAE_TRANS_CA_GE = --reg_weight 0, and any
---variants): train (MusER.py), latent space (VQ_explore.py: silhouettes, t-SNE), the
-disentanglement probe, the prior (Prior_train.py), generation (generate.py), generated
-against data metrics and the emotion evaluator's match rates, and the paper's six element
-transfers. Then OUT/REPORT.md with its figures, and OUT/index.html.
+The clips are beat-synchronised and encoded (prepare_data.py), about 15% of the songs are held
+out (the same songs for every seed), the emotion evaluator is fitted on the training songs,
+then per seed and model (MusER_TRANS_CA_GE, VQVAE_TRANS_CA_GE = --reg_weight 0, and any
+--variants) the stages of run/study_plan.py run in order: train, codes, silhouettes, the
+latent measures, the prior, generation and its measures, and the interventions. Then
+OUT/REPORT.md with its figures and OUT/index.html, from the measure files alone.
 
-Running the command again skips finished stages, continues an interrupted one (training
-resumes from last.pt) and redoes a stage whose inputs changed. Each stage's own output is
-in OUT/logs/; one progress line per stage here and in OUT/study.log.
+Running the command again skips finished stages (same settings, inputs and code), continues
+an interrupted one (training resumes from last.pt) and redoes a stage whose inputs or code
+changed. Each stage's own output is in OUT/seeds/SEED/logs/; one progress line per stage here
+and in OUT/study.log. `--export DIR` copies what a study commits (run/study.py COMMITTED).
 """
 from __future__ import annotations
 
@@ -20,24 +23,24 @@ import dataclasses
 import multiprocessing
 import os
 import shlex
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from models.config import PRESETS
-from music.data import load_cp_dataset
 from music.errors import UserError
 from run import study as S
 from run.cli import run_main
+from run.study_plan import STAGES, Context, sections, stage_fingerprint
 from run.study_report import write_report
 from run.threads import apply_thread_policy
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Run the MusER reproduction study end to end.")
-    source = p.add_mutually_exclusive_group(required=True)
+    source = p.add_mutually_exclusive_group()
     source.add_argument("--midi_dir", help="folder of MIDI clips named Q{1-4}_*.mid (e.g. all of EMOPIA)")
     source.add_argument("--data_path", help="an EMOPIA-format compound-word npz (dictionary.pkl beside it)")
     p.add_argument("--sync", choices=("beats", "none"), default="beats",
@@ -45,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "or encode them as given (prepare_data.py --sync)")
     p.add_argument("--out", required=True, help="report folder (created; reused to resume)")
     p.add_argument("--preset", default="paper", choices=sorted(S.STUDY_PRESETS),
-                   help="study size: paper (GPU), small (2-core CPU, about an hour), tiny (tests)")
+                   help="study size: paper (GPU), small (2-core CPU, about an hour per seed), tiny (tests)")
+    p.add_argument("--seed", type=int, nargs="+", default=[13],
+                   help="seeds to run, one after another (each in OUT/seeds/SEED; the report reads all there)")
+    p.add_argument("--split_seed", type=int, default=13, help="seed of the held-out song split (fixed per study)")
     p.add_argument("--variants", nargs="*", default=[],
                    help="further MusER variants, e.g. MEAN_CA_GE TRANS_CONCAT_GE")
     p.add_argument("--model_flags", default="",
@@ -53,26 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the preset's VQ-VAE epochs")
     p.add_argument("--prior_epochs", type=int, default=None, help="override the preset's prior epochs")
     p.add_argument("--n_per_quadrant", type=int, default=None, help="generated pieces per quadrant")
-    p.add_argument("--pairs", type=int, default=None, help="pairs per element transfer")
-    p.add_argument("--pair_choice", choices=("first", "random"), default="first",
-                   help="transfer pairs: the first of each quadrant in data order (the authors'), or random")
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--pairs", type=int, default=None, help="pairs per transfer and for the swap-effect matrix")
     p.add_argument("--jobs", type=int, default=2, help="models trained side by side (one process each)")
     p.add_argument("--device", default="cpu", help="device of the training and generation scripts")
+    p.add_argument("--report_only", action="store_true",
+                   help="rebuild REPORT.md and its figures from OUT's measure files; run nothing")
+    p.add_argument("--export", default=None, help="after the run, copy what a study commits to this folder")
     return p
-
-
-@dataclass(frozen=True)
-class Context:
-    out: Path
-    data_path: Path
-    preset: S.StudyPreset
-    preset_name: str
-    model_flags: tuple
-    pair_choice: str
-    seed: int
-    threads: int
-    device: str
 
 
 def log_line(out: Path, text: str) -> None:
@@ -84,7 +77,6 @@ def log_line(out: Path, text: str) -> None:
 
 
 def prepare(args, out: Path) -> Path:
-    stages = S.Stages(out, lambda t: log_line(out, t))
     if args.data_path:
         path = Path(args.data_path)
         if not path.is_file():
@@ -93,87 +85,28 @@ def prepare(args, out: Path) -> Path:
     midis = sorted(Path(args.midi_dir).glob("*.mid*"))
     if not midis:
         raise UserError(f"{args.midi_dir}: no MIDI files")
+    stages = S.Stages(out, lambda t: log_line(out, t))
     command = ["prepare_data.py", "--midi_dir", args.midi_dir, "--out_dir", out / "data", "--name", "study",
                "--sync", args.sync]
-    fp = S.fingerprint(command, midis)
+    fp = S.fingerprint(command, midis, code=("prepare_data.py",))
     stages.run("prepare", fp, lambda _: S.run_script(command[0], command[1:], out / "logs" / "prepare.log", 2))
     return (out / "data" / "study_data.npz").resolve()
 
 
-def evaluator_stage(ctx: Context, length: int) -> None:
-    stages = S.Stages(ctx.out, lambda t: log_line(ctx.out, t))
-    fp = S.fingerprint(["evaluator", length, ctx.seed], [ctx.data_path])
-
-    def work(_):
-        data = load_cp_dataset(ctx.data_path)
-        pieces = S.data_pieces(data, length)
-        info = S.train_window_evaluator(data, pieces, ctx.seed, ctx.out / "evaluator.json")
-        info["data_metrics"] = S.metric_summary(S.piece_metric_rows(pieces), data.emotion)
-        info["data_counts"] = {f"Q{q}": int((data.emotion == q).sum()) for q in S.QUADRANTS}
-        S.write_json(ctx.out / "measures" / "data.json", info)
-    stages.run("evaluator", fp, work)
+def run_stage(stage, ctx: Context, spec=None) -> None:
+    folder = ctx.paths.out if stage.scope == "study" else ctx.paths.seed_dir
+    prefix = "" if spec is None else f"seed {ctx.seed} {spec.name}: "
+    stages = S.Stages(folder, lambda t: log_line(ctx.paths.out, prefix + t))
+    stages.run(stage.marker(spec), stage_fingerprint(stage, ctx, spec),
+               lambda continuing: stage.work(ctx, spec, continuing))
 
 
 def model_chain(spec: S.ModelSpec, ctx: Context) -> str:
-    """Every stage of one model, in order."""
+    """Every stage of one model and seed, in order."""
     apply_thread_policy(ctx.threads)        # this job's share of the cores, fixed
-    out, p = ctx.out, ctx.preset
-    stages = S.Stages(out, lambda t: log_line(out, f"{spec.name}: {t}"))
-    logs = out / "logs"
-    model_dir, prior_dir = out / "models" / spec.name, out / "models" / f"Prior_{spec.name}"
-    vq_dict = model_dir / "VQ_dict.data"
-    common = ["--seed", ctx.seed, "--device", ctx.device]
-
-    def script_stage(name, script, args, inputs, resumable=False):
-        fp = S.fingerprint([script, *args], inputs)
-
-        def work(continuing):
-            extra = []
-            if resumable:
-                extra = ["--resume"] if continuing and (Path(args[args.index("--model_path") + 1]) / "last.pt").exists() \
-                    else ["--overwrite"]
-            S.run_script(script, [*args, *extra], logs / f"{name}_{spec.name}.log", ctx.threads)
-        stages.run(f"{name}_{spec.name}", fp, work)
-
-    script_stage("train", "MusER.py", [
-        "--data_path", ctx.data_path, "--model_path", model_dir, "--preset", p.model_preset,
-        *p.model_flags, *ctx.model_flags, *spec.flags, "--Epoch", p.epochs, "--batch_size", p.batch_size,
-        "--lr", p.lr, *common], [ctx.data_path], resumable=True)
-    best = model_dir / "best.pt"
-    script_stage("explore", "VQ_explore.py", [
-        "--data_path", ctx.data_path, "--VQ_VAE", best, "--vq_dict_path", vq_dict, "--plot_flag", "True",
-        "--figure_dir", out / "figures" / spec.name, *p.tsne_flags, *common], [ctx.data_path, best])
-
-    def probe(_):
-        result = S.probe_model(best, load_cp_dataset(ctx.data_path), ctx.seed)
-        S.write_json(out / "measures" / f"probe_{spec.name}.json", result)
-    stages.run(f"probe_{spec.name}", S.fingerprint(["probe", ctx.seed], [ctx.data_path, best]), probe)
-
-    script_stage("prior", "Prior_train.py", [
-        "--data_path", ctx.data_path, "--VQ_VAE", best, "--vq_dict_path", vq_dict, "--model_path", prior_dir,
-        "--preset", p.model_preset, *p.prior_flags, "--Epoch", p.prior_epochs, "--batch_size", p.batch_size,
-        "--lr", p.prior_lr, *common], [ctx.data_path, best, vq_dict], resumable=True)
-    prior_best = prior_dir / "best.pt"
-    gen_root = out / "generated"
-    script_stage("generate", "generate.py", [
-        "--VQ_prior", prior_best, "--VQ_VAE", best, "--music_file", spec.name, "--out_root", gen_root,
-        "--n_per_emotion", p.n_per_quadrant, "--batch_size", min(p.n_per_quadrant, 50),
-        "--evaluator", out / "evaluator.json", *common], [best, prior_best, out / "evaluator.json"])
-    words = gen_root / f"{spec.name}_data.data"
-
-    def measure(_):
-        S.write_json(out / "measures" / f"generated_{spec.name}.json",
-                     S.generated_measures(words, out / "evaluator.json"))
-    stages.run(f"measure_{spec.name}", S.fingerprint(["measure"], [words, out / "evaluator.json"]), measure)
-
-    def transfer(_):
-        data = load_cp_dataset(ctx.data_path)
-        model, _ = S.load_model(best)
-        scale = S.statistics_scale(data, model.config.max_len)
-        result = S.transfer_model(best, data, out / "evaluator.json", p.pairs, ctx.pair_choice, ctx.seed, scale)
-        S.write_json(out / "measures" / f"transfer_{spec.name}.json", result)
-    stages.run(f"transfer_{spec.name}", S.fingerprint(
-        ["transfer", p.pairs, ctx.pair_choice, ctx.seed], [ctx.data_path, best, out / "evaluator.json"]), transfer)
+    for stage in STAGES:
+        if stage.scope == "model":
+            run_stage(stage, ctx, spec)
     return spec.name
 
 
@@ -185,8 +118,37 @@ def window_length(preset: S.StudyPreset, model_flags) -> int:
     return int(PRESETS[preset.model_preset]["muser"].get("max_len", 1024))
 
 
+def record_study(out: Path, args, preset, specs, source: Path, argv) -> None:
+    """measures/study.json: what the report says about the study (the commands of every seed kept)."""
+    path = out / "measures" / "study.json"
+    previous = S.read_json(path) if path.exists() else {}
+    commands = dict(previous.get("commands", {}))
+    line = "python reproduce.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    commands.update({str(seed): line for seed in args.seed})
+    data_note = ("beat-synchronised" if args.sync == "beats" else "as given, unsynchronised") \
+        if args.midi_dir else "a given compound-word npz"
+    S.write_json(path, {"preset_name": args.preset, "preset": dataclasses.asdict(preset),
+                        "models": [s.name for s in specs], "data": source.name, "data_note": data_note,
+                        "out_name": out.name, "commands": commands})
+
+
+def export(out: Path, destination: Path) -> None:
+    for path in S.committed_files(out):
+        target = destination / path.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if args.report_only:
+        if not (out / "measures" / "study.json").exists():
+            raise UserError(f"{out}: no study measures (measures/study.json) to report from")
+        print(f"wrote {write_report(out, sections())}")
+        return 0
+    if not (args.midi_dir or args.data_path):
+        raise UserError("give --midi_dir or --data_path (or --report_only)")
     preset = S.STUDY_PRESETS[args.preset]
     overrides = {k: v for k, v in (("epochs", args.epochs), ("prior_epochs", args.prior_epochs),
                                    ("n_per_quadrant", args.n_per_quadrant), ("pairs", args.pairs))
@@ -197,31 +159,35 @@ def main(argv=None) -> int:
     preset = dataclasses.replace(preset, **overrides)
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.time()
-    log_line(out, f"study: preset {args.preset} ({preset.note}), out {out}")
-    data_path = prepare(args, out)
+    log_line(out, f"study: preset {args.preset} ({preset.note}), seeds {args.seed}, out {out}")
+    source = prepare(args, out)
     specs = S.model_specs(args.variants)
+    record_study(out, args, preset, specs, source, argv)
     jobs = min(args.jobs, len(specs))
-    ctx = Context(out=out.resolve(), data_path=data_path, preset=preset, preset_name=args.preset,
-                  model_flags=tuple(args.model_flags.split()), pair_choice=args.pair_choice, seed=args.seed,
-                  threads=max(1, (os.cpu_count() or 1) // jobs), device=args.device)
-    evaluator_stage(ctx, window_length(preset, ctx.model_flags))
-    if jobs == 1:
-        for spec in specs:
-            model_chain(spec, ctx)
-    else:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for future in [pool.submit(model_chain, spec, ctx) for spec in specs]:
-                future.result()
-    report = write_report(ctx, specs, argv_line=_command_line(argv))
+    for seed in args.seed:
+        ctx = Context(paths=S.StudyPaths(out.resolve(), seed), source=source, preset=preset,
+                      preset_name=args.preset, model_flags=tuple(args.model_flags.split()), seed=seed,
+                      split_seed=args.split_seed, threads=max(1, (os.cpu_count() or 1) // jobs),
+                      device=args.device, length=window_length(preset, tuple(args.model_flags.split())))
+        for stage in STAGES:
+            if stage.scope == "study":
+                run_stage(stage, ctx)
+        if jobs == 1:
+            for spec in specs:
+                model_chain(spec, ctx)
+        else:
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for future in [pool.submit(model_chain, spec, ctx) for spec in specs]:
+                    future.result()
+        log_line(out, f"study: seed {seed} finished")
+    report = write_report(out, sections())
+    if args.export:
+        export(out, Path(args.export))
+        write_report(Path(args.export), sections())
     log_line(out, f"study: finished in {(time.time() - began) / 60:.1f} min this run; report {report}")
     return 0
-
-
-def _command_line(argv) -> str:
-    return "python reproduce.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

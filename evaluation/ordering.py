@@ -130,10 +130,11 @@ def bootstrap_ordering(agree, pairs, songs, draws: int = 1000, seed: int = 0, le
 
 
 def fit_linear_readout(slice_values, targets, in_use, group: int = 16, steps: int = 300,
-                       rate: float = 0.5, seed: int = 0) -> np.ndarray:
+                       rate: float = 0.5, seed: int = 0, max_pairs: int = 20000) -> np.ndarray:
     """A readout z = w . s of one slice [N, T, d], fitted to order the pairs of `targets` [N, T]
     (where `in_use` [N, T]) with the regulariser's loss, mean |tanh(z_i - z_j) - sign(x_i - x_j)|,
-    which for signs +-1 is 1 - mean sign * tanh(dz). Returns w [d] (unit scale is learned)."""
+    which for signs +-1 is 1 - mean sign * tanh(dz). At most `max_pairs` step-aligned pairs,
+    drawn at random, are fitted. Returns w [d] (unit scale is learned)."""
     s = np.asarray(slice_values, float)
     x = np.asarray(targets, float)
     diffs, signs = [], []
@@ -145,6 +146,9 @@ def fit_linear_readout(slice_values, targets, in_use, group: int = 16, steps: in
     d = np.concatenate(diffs) if diffs else np.zeros((0, s.shape[-1]))
     sign = np.concatenate(signs) if signs else np.zeros(0)
     rng = np.random.default_rng(seed)
+    if len(sign) > max_pairs:
+        keep = rng.choice(len(sign), size=max_pairs, replace=False)
+        d, sign = d[keep], sign[keep]
     w = rng.standard_normal(s.shape[-1]) * 0.01
     if len(sign) == 0:
         return w

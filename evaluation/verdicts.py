@@ -62,6 +62,8 @@ def judge(rule: Rule, interval) -> dict:
 # MusER minus the plain VQ-VAE baseline (same data, settings and seeds) unless said otherwise;
 # intervals are over seeds (or songs, for a single seed).
 STUDY_RULES = (
+    Rule("MusER's own DR readout orders each element best in that element's slice",
+         "dr_gap", 0.0, per_element=True),
     Rule("The regulariser makes each slice order its own element",
          "ordering_gap_difference", 0.0, per_element=True),
     Rule("MusER's slices are more exclusive than the baseline's (DCI disentanglement)",

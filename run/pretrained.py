@@ -1,6 +1,6 @@
 """Shipped pretrained models: a trained VQ-VAE and its prior, stored small.
 
-    python -m run.pretrained --study OUT --model MusER_TRANS_CA_GE --out pretrained
+    python -m run.pretrained --study OUT --seed 13 --model MusER_TRANS_CA_GE --out pretrained
 
 takes the two best.pt files of a reproduction study and writes `muser.pt` and `prior.pt`:
 the same self-describing checkpoints, without the training state (optimizer, RNG, history)
@@ -37,10 +37,11 @@ def small_checkpoint(checkpoint: dict) -> dict:
     return out
 
 
-def export(study: Path, model: str, out: Path) -> list[Path]:
-    """Write out/muser.pt and out/prior.pt from a study's `models/{model}` and its prior."""
-    sources = {"muser.pt": (study / "models" / model / "best.pt", "muser"),
-               "prior.pt": (study / "models" / f"Prior_{model}" / "best.pt", "prior")}
+def export(study: Path, model: str, out: Path, seed: int = 13) -> list[Path]:
+    """Write out/muser.pt and out/prior.pt from a study's `seeds/{seed}/models/{model}` and its prior."""
+    models = Path(study) / "seeds" / str(seed) / "models"
+    sources = {"muser.pt": (models / model / "best.pt", "muser"),
+               "prior.pt": (models / f"Prior_{model}" / "best.pt", "prior")}
     written = []
     for name, (path, kind) in sources.items():
         checkpoint = small_checkpoint(load_checkpoint(path, kind, "--study"))
@@ -54,13 +55,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Export a study's VQ-VAE and prior as small pretrained files.")
     parser.add_argument("--study", required=True, help="a reproduce.py output folder")
     parser.add_argument("--model", default="MusER_TRANS_CA_GE", help="which of its VQ-VAEs")
+    parser.add_argument("--seed", type=int, default=13, help="which of its seeds")
     parser.add_argument("--out", default="pretrained")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     study = Path(args.study)
     if not study.is_dir():
         raise UserError(f"{study}: no such study folder")
-    for path in export(study, args.model, Path(args.out)):
+    for path in export(study, args.model, Path(args.out), args.seed):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -1,45 +1,39 @@
-"""The reproduction study: every stage of the paper's pipeline for MusER and its baseline.
+"""The reproduction study's sizes, folders and bookkeeping.
 
-`reproduce.py` is the command; this module holds its parts:
-- `StudyPreset`: the sizes of a study (model flags, epochs, pieces, pairs);
-- `Stage` bookkeeping: a stage is skipped when its marker says it finished with the same
-  inputs (command and content hashes of the files it reads), redone when they changed,
-  and continued (training resumes from last.pt) when it was interrupted;
-- the measurements that are not one of the pipeline scripts: data metrics, the emotion
-  evaluator on the model's window, generated-against-data metrics, the disentanglement
-  probe (evaluation/probe.py) and element transfer measured over pairs.
-`run/study_report.py` turns the stage outputs into REPORT.md and its figures.
+- `StudyPreset`: the sizes of a study (model flags, epochs, pieces, pairs, held-out share);
+- `StudyPaths`: where every stage reads and writes; data and the emotion evaluator are shared
+  by the seeds, each seed has its own folder `seeds/SEED/`;
+- `song_split`: the held-out songs, chosen once per study before anything is trained;
+- `Stages`: a stage is skipped when its marker says it finished with the same fingerprint
+  (its settings, the content of the files it reads and the code it runs), redone when that
+  changed, continued (training resumes from last.pt) when it was interrupted; the marker
+  names the commit the stage ran at;
+- `run_script`: one pipeline script as a subprocess with its own log.
+The stages themselves are declared once, in run/study_plan.py.
 """
 from __future__ import annotations
 
+import ast
+import csv
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from evaluation import evaluator as E
-from evaluation import metrics as M
-from evaluation import probe as P
-from evaluation.transfer import PAPER_TRANSFERS, quadrant_rows, swap_elements, transfer_pairs
-from models.sampling import SamplingParams
 from music.atomic import atomic_write
-from music.elements import ELEMENTS, QUADRANTS, song_of_name
+from music.elements import QUADRANTS, song_of_name
 from music.errors import UserError
-from music.piece import piece_from_words
-from music.piece_io import load_words_pickle
-from run.checkpoint import build_muser, load_checkpoint
-from run.pipeline import dataset_tensors, encode_pieces
 from run.threads import with_recommended_wait
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("music", "models", "evaluation", "run")
 
 
 @dataclass(frozen=True)
@@ -53,7 +47,8 @@ class StudyPreset:
     lr: float = 1e-4
     prior_lr: float = 1e-4
     n_per_quadrant: int = 100         # generated pieces per quadrant
-    pairs: int = 20                   # pairs per element transfer
+    pairs: int = 40                   # pairs per transfer and for the swap-effect matrix
+    held_out: float = 0.15            # share of songs no model sees in training
     tsne_flags: tuple = ()            # further VQ_explore.py flags
     note: str = ""
 
@@ -62,17 +57,15 @@ STUDY_PRESETS = {
     # The paper's configuration: a GPU run (see README for its expected time).
     "paper": StudyPreset(model_preset="paper", note="the paper's configuration"),
     # The smallest configuration in which the claims become measurable on a 2-core CPU
-    # in about an hour on all of EMOPIA (see results/emopia_small/REPORT.md for the
-    # reasoning and the calibration runs).
-    # Its VQ-VAEs re-seed dead codes: at this scale and without it, the codebook falls from
-    # 218 to 6 of 512 codes in two epochs (calibration runs in the report).
+    # in about an hour per seed on all of EMOPIA. Its VQ-VAEs re-seed dead codes: at this
+    # scale and without it, the codebook collapses to a few codes within two epochs.
     "small": StudyPreset(model_preset="small", model_flags=("--dead_code_threshold", "1"), epochs=12,
-                         prior_epochs=20, lr=3e-4, prior_lr=3e-4, n_per_quadrant=100, pairs=20,
+                         prior_epochs=20, lr=3e-4, prior_lr=3e-4, n_per_quadrant=100, pairs=40,
                          note="256-step windows, narrow layers, dead-code restart, 12 + 20 epochs"),
     # For tests: the whole study on the shipped sample in about a minute.
     "tiny": StudyPreset(model_preset="tiny", epochs=2, prior_epochs=2, batch_size=8, lr=1e-3,
-                        prior_lr=1e-3, n_per_quadrant=2, pairs=2, tsne_flags=("--tsne_iter", "250"),
-                        note="test size"),
+                        prior_lr=1e-3, n_per_quadrant=2, pairs=3, held_out=0.34,
+                        tsne_flags=("--tsne_iter", "250"), note="test size"),
 }
 
 
@@ -99,6 +92,140 @@ def model_specs(variants) -> list[ModelSpec]:
     return specs
 
 
+# ----------------------------------------------------------------------------- folders
+
+@dataclass(frozen=True)
+class StudyPaths:
+    out: Path
+    seed: int
+
+    @property
+    def data(self) -> Path:             # the prepared corpus (or a link to the given npz)
+        return self.out / "data"
+
+    @property
+    def train_data(self) -> Path:
+        return self.data / "study_train.npz"
+
+    @property
+    def held_out_data(self) -> Path:
+        return self.data / "study_held_out.npz"
+
+    @property
+    def measures(self) -> Path:         # study-wide measures (data, split, evaluator)
+        return self.out / "measures"
+
+    @property
+    def evaluator(self) -> Path:
+        return self.out / "measures" / "evaluator.json"
+
+    @property
+    def seed_dir(self) -> Path:
+        return self.out / "seeds" / str(self.seed)
+
+    @property
+    def seed_measures(self) -> Path:
+        return self.seed_dir / "measures"
+
+    def model(self, name: str) -> Path:
+        return self.seed_dir / "models" / name
+
+    def prior(self, name: str) -> Path:
+        return self.seed_dir / "models" / f"Prior_{name}"
+
+    def generated_words(self, name: str) -> Path:
+        return self.seed_dir / "generated" / f"{name}_data.data"
+
+
+# What a study commits (small, machine-readable, enough for `reproduce.py --report_only`),
+# relative to its folder.
+COMMITTED = ("REPORT.md", "index.html", "*.png", "measures/*.json", "stages/*.json",
+             "seeds/*/measures/*.json", "seeds/*/stages/*.json", "seeds/*/figures/*/*.png")
+
+
+def committed_files(out: Path) -> list[Path]:
+    return sorted({p for pattern in COMMITTED for p in Path(out).glob(pattern) if p.is_file()})
+
+
+# ----------------------------------------------------------------------------- split
+
+def song_split(names, quadrants, share: float, seed: int) -> dict:
+    """Held-out songs: about `share` of the songs, drawn per quadrant (a song goes to the
+    quadrant of its first clip), seeded, at least one song of every quadrant that has two.
+    Returns {"train": rows, "held_out": rows, "songs": held-out song ids}."""
+    songs = np.asarray([song_of_name(n) for n in names])
+    quadrants = np.asarray(quadrants)
+    first_quadrant = {}
+    for song, q in zip(songs, quadrants):
+        first_quadrant.setdefault(song, int(q))
+    rng = np.random.default_rng(seed)
+    held = []
+    for q in QUADRANTS:
+        pool = sorted(s for s, fq in first_quadrant.items() if fq == q)
+        if len(pool) < 2:
+            continue
+        k = min(len(pool) - 1, max(1, int(round(share * len(pool)))))
+        held += list(rng.choice(pool, size=k, replace=False))
+    is_held = np.isin(songs, held)
+    if not is_held.any() or is_held.all():
+        raise UserError(f"cannot hold out {share:.0%} of {len(first_quadrant)} songs and keep some for training")
+    return {"train": np.flatnonzero(~is_held), "held_out": np.flatnonzero(is_held), "songs": sorted(held)}
+
+
+def write_subset(npz_path: Path, rows, out_path: Path) -> None:
+    """The rows of an EMOPIA-format npz as a new npz beside it (same dictionary.pkl)."""
+    with np.load(npz_path, allow_pickle=False) as arrays:
+        n = len(arrays["x"])
+        subset = {k: (arrays[k][rows] if arrays[k].ndim and len(arrays[k]) == n else arrays[k]) for k in arrays}
+    atomic_write(out_path, lambda h: np.savez(h, **subset))
+
+
+# ----------------------------------------------------------------------------- code hashes
+
+def _module_file(name: str) -> Path | None:
+    parts = name.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    base = ROOT.joinpath(*parts)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)   # from run import study
+    return names
+
+
+@lru_cache(maxsize=None)
+def code_files(*entries: str) -> tuple[Path, ...]:
+    """The project files a stage runs: the entries (scripts like 'MusER.py' or modules like
+    'run.study_measures') and every project module they import, transitively."""
+    todo = [ROOT / e if e.endswith(".py") else _module_file(e) for e in entries]
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        todo += [_module_file(name) for name in _imports(path)]
+    return tuple(sorted(seen))
+
+
+def code_hash(entries) -> str:
+    digest = hashlib.sha1()
+    for path in code_files(*entries):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 # ----------------------------------------------------------------------------- stages
 
 def file_hash(path: Path) -> str:
@@ -109,11 +236,11 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(command, inputs) -> str:
-    """Hash of what a stage does (its command or settings) and the content of its inputs."""
-    record = {"command": [str(c) for c in command],
-              "inputs": {str(p): (file_hash(Path(p)) if Path(p).is_file() else "missing")
-                         for p in inputs}}
+def fingerprint(settings, inputs, code=()) -> str:
+    """Hash of what a stage does (its settings), the content of its inputs and of its code."""
+    record = {"settings": [str(c) for c in settings],
+              "inputs": {str(p): (file_hash(Path(p)) if Path(p).is_file() else "missing") for p in inputs},
+              "code": code_hash(code) if code else ""}
     return hashlib.sha1(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
@@ -125,7 +252,7 @@ def write_json(path: Path, data) -> None:
 def _plain(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, (np.floating, np.integer)):
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
         return value.item()
     if isinstance(value, Path):
         return str(value)
@@ -136,13 +263,25 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def current_commit() -> str:
+    """HEAD's short hash, marked when the tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 class Stages:
-    """Markers under out/stages/: `NAME.json` when a stage finished, `NAME.started` while
-    it runs. A stage whose fingerprint changed is redone; one started with the same
+    """Markers under a `stages/` folder: `NAME.json` when a stage finished, `NAME.started`
+    while it runs. A stage whose fingerprint changed is redone; one started with the same
     fingerprint and not finished is continued."""
 
-    def __init__(self, out: Path, log=print):
-        self.dir = Path(out) / "stages"
+    def __init__(self, folder: Path, log=print):
+        self.dir = Path(folder) / "stages"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = log
 
@@ -168,7 +307,7 @@ class Stages:
         began = time.time()
         work(continuing)
         data = {"fingerprint": fp, "seconds": time.time() - began,
-                "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": current_commit()}
         write_json(marker, data)
         (self.dir / f"{name}.started").unlink(missing_ok=True)
         self.log(f"[{name}] done in {data['seconds'] / 60:.1f} min")
@@ -191,139 +330,31 @@ def run_script(script: str, args, log_path: Path, threads: int) -> None:
         raise UserError(f"{script} failed with exit code {code}; see {log_path}:\n  " + "\n  ".join(tail))
 
 
-# ------------------------------------------------------------------------ measurements
+# ----------------------------------------------------------------------------- run outputs
 
-def window_words(data, row: int, length: int) -> np.ndarray:
-    """The words a model of window `length` sees of one piece: x[0] (the Emotion word)
-    then the targets y up to seq_len, at most `length` of them."""
-    n = min(int(data.seq_len[row]), length)
-    return np.concatenate([data.x[row, :1], data.y[row, :n]])
-
-
-def song_ids(names) -> np.ndarray:
-    return np.asarray([song_of_name(n) for n in names])
+def training_history(model_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.csv (train and validation splits), numbers as numbers."""
+    path = Path(model_dir) / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path) as handle:
+        return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(handle)]
 
 
-def data_pieces(data, length: int):
-    return [piece_from_words(window_words(data, i, length), data.word2event, emotion=int(data.emotion[i]),
-                             name=str(data.names[i])) for i in range(len(data.x))]
+def _number(text):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(value) if value.is_integer() and text.lstrip("-").isdigit() else value
 
 
-def piece_metric_rows(pieces) -> list[dict]:
-    return [M.song_metrics(p.notes) for p in pieces]
-
-
-def train_window_evaluator(data, pieces, seed: int, out_path: Path) -> dict:
-    """The emotion evaluator of evaluation/evaluator.py, fitted on the data as the models see it
-    (their window), held out by whole songs; returns its accuracy and the data's own match
-    rates on the held-out songs."""
-    features = E.feature_matrix(pieces)
-    train, test = E.held_out_split(data.emotion, data.names, seed=seed, by="song")
-    evaluator = E.fit_evaluator(features[train], data.emotion[train], seed=seed,
-                                info={"window": "study", "held_out_songs": int(len(test))})
-    accuracy = E.accuracy_report(evaluator, features[test], data.emotion[test])
-    data_match = E.emotion_match(evaluator, features[test], data.emotion[test])
-    evaluator = E.fit_evaluator(features, data.emotion, seed=seed, info={"window": "study"})
-    evaluator.save(out_path)
-    return {"held_out": accuracy, "data_match": data_match, "n_test": int(len(test))}
-
-
-def metric_summary(rows, quadrants) -> dict:
-    return M.summarize(rows, quadrants, metrics=M.SONG_METRICS)
-
-
-def generated_measures(words_pickle: Path, evaluator_path: Path) -> dict:
-    """Song metrics per quadrant and the evaluator's match rates of generated pieces."""
-    pieces = load_words_pickle(words_pickle)
-    quadrants = [p.emotion for p in pieces]
-    evaluator = E.EmotionEvaluator.load(evaluator_path)
-    return {"metrics": metric_summary(piece_metric_rows(pieces), quadrants),
-            "match": E.emotion_match(evaluator, E.feature_matrix(pieces), quadrants),
-            "empty": int(sum(len(p.notes) == 0 for p in pieces)), "n": len(pieces)}
-
-
-def load_model(checkpoint_path: Path):
-    checkpoint = load_checkpoint(checkpoint_path, "muser", "VQ-VAE")
-    return build_muser(checkpoint, checkpoint_path).eval(), checkpoint
-
-
-def probe_model(checkpoint_path: Path, data, seed: int) -> dict:
-    """Both probe matrices and their diagonal shares for one trained VQ-VAE."""
-    model, _ = load_model(checkpoint_path)
-    length = model.config.max_len
-    tensors = dataset_tensors(data, length)
-    latent, codes = encode_pieces(model, tensors["y"], 32, torch.device("cpu"), desc="probe encoding")
-    latent, mask = latent.numpy(), tensors["mask"].numpy()
-    tokens = tensors["y"].numpy()
-    groups = song_ids(data.names)
-    statistics = P.statistics_table([tokens[i][mask[i] > 0] for i in range(len(tokens))], data.word2event)
-    piece = P.piece_probe(P.pooled_slices(latent, mask), statistics, groups)
-    active = P.active_steps(tokens, mask, model.config.type_ids)
-    step = P.step_probe(latent, tokens, active, groups, seed=seed)
-    used = int(len(np.unique(codes.numpy()[mask > 0])))
-    return {"piece_r2": piece, "step_skill": step, "piece_share": P.diagonal_share(piece),
-            "step_share": P.diagonal_share(step), "codes_used_by_data": used,
-            "codebook_size": model.config.codebook_size}
-
-
-def moved_fraction(start, moved, goal, scale) -> float:
-    """How far `moved` went from `start` towards `goal`, over all pairs at once:
-    the projection sum <moved - start, goal - start> / sum |goal - start|^2 of the
-    standardised statistics (0 = stayed, 1 = reached the goal). Pairs or columns with an
-    undefined statistic are left out."""
-    start, moved, goal = (np.asarray(a, dtype=float) / scale for a in (start, moved, goal))
-    ok = np.isfinite(start) & np.isfinite(moved) & np.isfinite(goal)
-    d_goal = np.where(ok, goal - start, 0.0)
-    d_moved = np.where(ok, moved - start, 0.0)
-    denominator = float((d_goal ** 2).sum())
-    return float((d_moved * d_goal).sum() / denominator) if denominator > 1e-12 else math.nan
-
-
-def transfer_model(checkpoint_path: Path, data, evaluator_path: Path, pairs: int, mode: str,
-                   seed: int, scale: dict[str, np.ndarray]) -> list[dict]:
-    """The paper's six transfers on one trained VQ-VAE, measured over `pairs` pairs each."""
-    model, _ = load_model(checkpoint_path)
-    evaluator = E.EmotionEvaluator.load(evaluator_path)
-    length = model.config.max_len
-    results = []
-    for elements, source, target in PAPER_TRANSFERS:
-        try:
-            rows_a, rows_b = transfer_pairs(quadrant_rows(data.emotion), source, target, pairs, mode, seed)
-        except ValueError as exc:
-            raise UserError(f"{data.npz_path}: {exc}") from None
-        y = torch.as_tensor(data.y[np.concatenate([rows_a, rows_b]), :length], dtype=torch.long)
-        with torch.no_grad():
-            latent, _ = model.encode(y)
-        latent_a, latent_b = latent[:pairs], latent[pairs:]
-        mixed = swap_elements(latent_a, latent_b, elements, model.config.slice_dim)
-        emotion = torch.tensor([source] * pairs + [target] * pairs + [target] * pairs)
-        generator = torch.Generator().manual_seed(seed)
-        decoded = model.generate(torch.cat([latent_a, latent_b, mixed]), emotion, SamplingParams(),
-                                 generator=generator)
-        roles = {"A reconstructed": decoded[:pairs], "B reconstructed": decoded[pairs:2 * pairs],
-                 "transferred": decoded[2 * pairs:]}
-        stats = {role: [P.piece_statistics(w, data.word2event) for w in words] for role, words in roles.items()}
-        moved = {}
-        for element in ELEMENTS:
-            columns = {role: np.stack([s[element] for s in stats[role]]) for role in roles}
-            moved[element] = moved_fraction(columns["A reconstructed"], columns["transferred"],
-                                            columns["B reconstructed"], scale[element])
-        predicted = {}
-        for role, words in roles.items():
-            pieces = [piece_from_words(w, data.word2event, close_empty_bars=True) for w in words]
-            prediction = evaluator.predict(pieces)["quadrant"]
-            predicted[role] = [int(np.sum(prediction == q)) for q in QUADRANTS]
-        results.append({"elements": list(elements), "source": source, "target": target,
-                        "pairs": pairs, "rows_a": rows_a, "rows_b": rows_b, "moved": moved,
-                        "predicted": predicted})
-    return results
-
-
-def statistics_scale(data, length: int) -> dict[str, np.ndarray]:
-    """Per element, the spread of each statistic over the data (for standardising)."""
-    table = P.statistics_table([window_words(data, i, length) for i in range(len(data.x))], data.word2event)
-    out = {}
-    for element, values in table.items():
-        spread = np.nanstd(values, axis=0)
-        out[element] = np.where(np.isfinite(spread) & (spread > 1e-12), spread, 1.0)
-    return out
+def read_silhouettes(csv_path: Path) -> dict:
+    """VQ_explore.py's silhouette.csv as {element: {"tsne": {pair: value}, "latent": {pair: value}}}."""
+    table = {}
+    with open(csv_path) as handle:
+        for r in csv.DictReader(handle):
+            pairs = [k for k in r if k != "element" and not k.startswith("latent ")]
+            table[r["element"]] = {"tsne": {p: float(r[p]) for p in pairs},
+                                   "latent": {p: float(r[f"latent {p}"]) for p in pairs}}
+    return table

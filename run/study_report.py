@@ -1,305 +1,675 @@
-"""REPORT.md of a reproduction study, from the files its stages wrote (see run/study.py)."""
+"""REPORT.md of a reproduction study, rebuilt from its committed measure files alone.
+
+Every number printed here is computed from the JSON files under `measures/` and
+`seeds/SEED/measures/` (see run/study.py COMMITTED), so `reproduce.py --report_only`
+regenerates the same report from a clone. Intervals are 95% percentile intervals of a
+two-level bootstrap: seeds resampled, then the units inside each seed (held-out songs, pairs
+of pieces, generated pieces); with one seed they are intervals over units only and say
+nothing about seed-to-seed variation. Measures with one value per seed (DCI) get a
+t-interval over seeds and none with fewer than two. Verdicts follow evaluation/verdicts.py's
+rules, written before the runs.
+"""
 from __future__ import annotations
 
-import csv
 import math
-import subprocess
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from music.atomic import atomic_write
-from music.elements import ELEMENTS, N_ELEMENTS, QUADRANT_PAIRS, QUADRANTS
 from evaluation.latent_space import pair_name
 from evaluation.metrics import SONG_METRICS
 from evaluation.pages import write_study_page
-from evaluation.probe import format_matrix
-from run.checkpoint import load_checkpoint
-from run.study import ROOT, read_json
+from evaluation.probe import diagonal_share
+from evaluation.verdicts import STUDY_RULES, judge
+from music.atomic import atomic_write
+from music.elements import ELEMENTS, HIGH_AROUSAL, N_ELEMENTS, POSITIVE_VALENCE, QUADRANT_PAIRS, QUADRANTS
+from run.study import read_json
 
 PAIRS = tuple(pair_name(pair) for pair in QUADRANT_PAIRS)
+DRAWS = 1000
+PROBE_NOISE = 0.02          # probe columns whose best score is at most this are noise
+MUSER, BASELINE = "MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE"
 
+
+# ----------------------------------------------------------------------------- formatting
 
 def _f(value, digits=2) -> str:
-    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _ci(point, low, high, digits=2) -> str:
+    if low is None or not math.isfinite(float(low)):
+        return _f(point, digits)
+    return f"{_f(point, digits)} [{_f(low, digits)}, {_f(high, digits)}]"
+
+
+def _ci_at(interval, j, digits=2) -> str:
+    """Entry j of a (point, low, high) triple of arrays (low and high None without an interval)."""
+    point, low, high = interval
+    return _ci(point[j], None if low is None else low[j], None if high is None else high[j], digits)
 
 
 def _table(header, rows) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+    return ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
 
 
-def _commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
+# ----------------------------------------------------------------------------- the study's files
+
+@dataclass
+class StudyFiles:
+    """What a report reads: the study-wide measures and, per seed, per model, its measures."""
+    out: Path
+    study: dict
+    split: dict
+    data: dict
+    seeds: list[int]
+    models: list[str]
+
+    @classmethod
+    def read(cls, out: Path) -> "StudyFiles":
+        out = Path(out)
+        study = read_json(out / "measures" / "study.json")
+        seeds = sorted(int(p.name) for p in (out / "seeds").glob("*") if (p / "measures").is_dir()) \
+            if (out / "seeds").is_dir() else []
+        return cls(out, study, read_json(out / "measures" / "split.json"),
+                   read_json(out / "measures" / "data.json"), seeds, list(study["models"]))
+
+    def measure(self, seed: int, kind: str, model: str):
+        path = self.out / "seeds" / str(seed) / "measures" / f"{kind}_{model}.json"
+        return read_json(path) if path.exists() else None
+
+    def per_seed(self, kind: str, model: str) -> list:
+        """The measure of every seed that has it (seeds without it are left out)."""
+        return [m for m in (self.measure(s, kind, model) for s in self.seeds) if m is not None]
+
+    def seeds_with(self, kind: str, model: str) -> list[int]:
+        return [s for s in self.seeds if self.measure(s, kind, model) is not None]
+
+    def markers(self) -> list[tuple[str, dict]]:
+        found = [(f"{p.stem}", read_json(p)) for p in sorted((self.out / "stages").glob("*.json"))]
+        for seed in self.seeds:
+            found += [(f"seed {seed}: {p.stem}", read_json(p))
+                      for p in sorted((self.out / "seeds" / str(seed) / "stages").glob("*.json"))]
+        return found
 
 
-def read_history(csv_path: Path) -> list[dict]:
-    if not csv_path.exists():
-        return []
-    with open(csv_path) as handle:
-        return [r for r in csv.DictReader(handle) if r.get("split", "train") == "train"]
+# ----------------------------------------------------------------------------- intervals
+
+def _quiet(function):
+    """NaN-aware means of all-NaN slices are NaN here, by design: no warning."""
+    def quiet(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return function(*args, **kwargs)
+    return quiet
 
 
-def codes_in_use(row: dict, codebook_size: int) -> float:
-    if row.get("codes_used") not in (None, ""):
-        return float(row["codes_used"])
-    return float(row["code_usage"]) * codebook_size
+@_quiet
+def bootstrap(per_seed: list[dict], statistic, draws: int = DRAWS, seed: int = 0):
+    """(point, low, high): the statistic's mean over seeds, and the 95% percentile interval of a
+    two-level bootstrap (seeds, then units). per_seed: one dict of arrays per seed, all arrays
+    of a dict sharing their first axis (the units); statistic(dict) -> float or array."""
+    per_seed = [{k: np.asarray(v) for k, v in d.items()} for d in per_seed]
+    if not per_seed:
+        return math.nan, None, None
+    point = np.nanmean([statistic(d) for d in per_seed], axis=0)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(draws):
+        values = []
+        for s in rng.integers(0, len(per_seed), len(per_seed)):
+            d = per_seed[s]
+            n = len(next(iter(d.values())))
+            idx = rng.integers(0, n, n)
+            values.append(statistic({k: v[idx] for k, v in d.items()}))
+        with np.errstate(all="ignore"):
+            samples.append(np.nanmean(values, axis=0))
+    with np.errstate(all="ignore"):
+        low, high = np.nanpercentile(np.asarray(samples, float), [2.5, 97.5], axis=0)
+    return point, low, high
 
 
-def plot_training(histories: dict[str, list[dict]], sizes: dict[str, int], path: Path) -> Path:
+def seed_interval(values) -> tuple:
+    """(mean, low, high) over seeds: a t-interval; no interval with fewer than two seeds."""
+    from scipy import stats
+
+    values = np.asarray([v for v in values if v is not None and math.isfinite(v)], float)
+    if len(values) == 0:
+        return math.nan, None, None
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, None, None
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+# ----------------------------------------------------------------------------- sections
+
+def split_section(files: StudyFiles) -> list[str]:
+    s, counts = files.split, files.data["counts"]
+    return ["## Data and held-out songs", "",
+            f"Data: `{s['source']}` ({files.study.get('data_note', '')}). Before anything is trained, "
+            f"{len(s['held_out_songs'])} songs ({s['share']:.0%} per quadrant, seed {s['seed']}) are held out: "
+            f"{s['held_out_pieces']} pieces, against {s['train_pieces']} training pieces. No VQ-VAE, prior or "
+            "evaluator sees them; every measure of the latent below is scored on them.", ""] + _table(
+        ("pieces", *(f"Q{q}" for q in QUADRANTS)),
+        [(side, *(counts[side][f"Q{q}"] for q in QUADRANTS)) for side in ("train", "held_out")]) + [""]
+
+
+def _arousal(q):
+    return np.isin(np.asarray(q), HIGH_AROUSAL)
+
+
+def _valence(q):
+    return np.isin(np.asarray(q), POSITIVE_VALENCE)
+
+
+def _match_units(asked, predicted) -> dict:
+    asked, predicted = np.asarray(asked), np.asarray(predicted)
+    return {"quadrant": (asked == predicted).astype(float),
+            "arousal": (_arousal(asked) == _arousal(predicted)).astype(float),
+            "valence": (_valence(asked) == _valence(predicted)).astype(float)}
+
+
+def _major_share(asked, modes, q) -> tuple[float, int]:
+    modes = np.asarray(modes)[np.asarray(asked) == q]
+    keyed = modes[modes != "none"]
+    return (float(np.mean(keyed == "major")) if len(keyed) else math.nan), int(len(keyed))
+
+
+def data_section(files: StudyFiles) -> list[str]:
+    held = files.data["held_out"]
+    acc = files.data["accuracy"]
+    units = _match_units(held["asked"], held["predicted"])
+    lines = ["## Emotion evaluator and the data's own emotion", "",
+             "The evaluator (evaluation/evaluator.py) is fitted on the training songs' windows. On the held-out "
+             f"songs its accuracy is quadrant {_f(acc['quadrant'][0])} (majority {_f(acc['quadrant'][1])}), "
+             f"arousal {_f(acc['arousal'][0])}, valence {_f(acc['valence'][0])}: the ceiling of every match "
+             "rate below. Major-key share: Krumhansl-Schmuckler keys (evaluation/key.py) of the held-out "
+             "pieces, among those with a key.", ""]
+    rows = []
+    for q in QUADRANTS:
+        share, n = _major_share(held["asked"], held["mode"], q)
+        pick = np.asarray(held["asked"]) == q
+        rows.append((f"Q{q}", int(pick.sum()), _f(units["quadrant"][pick].mean()),
+                     _f(units["arousal"][pick].mean()), _f(units["valence"][pick].mean()), f"{_f(share)} (n={n})"))
+    lines += _table(("quadrant", "held-out pieces", "quadrant match", "arousal match", "valence match",
+                     "major-key share"), rows)
+    return lines + [""]
+
+
+def _history_rows(history, split):
+    return [r for r in history if r.get("split", "train") == split]
+
+
+def codebook_section(files: StudyFiles) -> list[str]:
+    plot_training(files, files.out / "training.png")
+    lines = ["## Training and codebook usage", "", "![training curves](training.png)", "",
+             "Codebook headline: codes used by the validation pieces in eval mode at the end of each epoch, "
+             "and their perplexity (mean over seeds). The count over an epoch's training batches, which "
+             "the dead-code restart inflates (a re-seeded code counts even if it never wins again), is the "
+             "secondary column.", ""]
+    header = ["epoch"]
+    columns = []
+    for model in files.models:
+        histories = [m["history"] for m in files.per_seed("training", model)]
+        if not histories:
+            continue
+        header += [f"{model} eval codes", f"{model} eval perplexity", f"{model} training-batch codes"]
+        columns.append(histories)
+    longest = max((len(_history_rows(h, "train")) for hs in columns for h in hs), default=0)
+    rows = []
+    for epoch in range(1, longest + 1):
+        row = [epoch]
+        for histories in columns:
+            def mean(split, key):
+                values = [r[key] for h in histories for r in _history_rows(h, split)
+                          if r.get("epoch") == epoch and isinstance(r.get(key), (int, float))]
+                return float(np.mean(values)) if values else math.nan
+            row += [_f(mean("val", "codes_used"), 0), _f(mean("val", "code_perplexity"), 0),
+                    _f(mean("train", "codes_used"), 0)]
+        rows.append(row)
+    lines += _table(header, rows)
+    lines += ["", "Codes the held-out songs use (eval mode) and their perplexity, mean over seeds:", ""]
+    rows = []
+    for model in files.models:
+        latents = files.per_seed("latent", model)
+        if latents:
+            rows.append((model, latents[0]["config"].get("codebook_size", "n/a"),
+                         _f(np.mean([m["codebook"]["used_by_held_out"] for m in latents]), 0),
+                         _f(np.mean([m["codebook"]["perplexity_held_out"] for m in latents]), 0)))
+    return lines + _table(("model", "codebook", "codes used", "perplexity"), rows) + [""]
+
+
+def plot_training(files: StudyFiles, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("recon", "reconstruction loss"), ("reg", "regularisation loss"),
-              ("codes", "codes in use (of the codebook)"), ("acc_mean", "mean element accuracy"))
+    panels = (("train", "recon", "reconstruction loss (train)"), ("train", "reg", "regularisation loss (train)"),
+              ("val", "codes_used", "codes used, eval mode (validation)"),
+              ("val", "code_perplexity", "code perplexity, eval mode"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (key, title) in zip(axes, panels):
-        for name, rows in histories.items():
-            if not rows:
-                continue
-            epochs = [int(r["epoch"]) for r in rows]
-            values = [codes_in_use(r, sizes[name]) if key == "codes" else float(r[key]) for r in rows]
-            ax.plot(epochs, values, marker=".", label=name)
+    for ax, (split, key, title) in zip(axes, panels):
+        for i, model in enumerate(files.models):
+            for j, (seed, m) in enumerate(zip(files.seeds_with("training", model), files.per_seed("training", model))):
+                rows = [r for r in _history_rows(m["history"], split) if isinstance(r.get(key), (int, float))]
+                ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], marker=".", color=f"C{i}",
+                        alpha=0.8, label=model if j == 0 else None)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
-    return path
 
 
-def plot_probes(probes: dict[str, dict], path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(probes)
-    fig, axes = plt.subplots(2, len(names), figsize=(4.6 * len(names), 8.4), squeeze=False)
-    for col, name in enumerate(names):
-        for row, (key, label) in enumerate((("piece_r2", "per piece, held-out R²"),
-                                            ("step_skill", "per step, held-out skill"))):
-            ax = axes[row, col]
-            m = np.asarray(probes[name][key], dtype=float)
-            ax.imshow(np.nan_to_num(m, nan=0.0), vmin=0, vmax=1, cmap="viridis")
-            for i in range(N_ELEMENTS):
-                for j in range(N_ELEMENTS):
-                    ax.text(j, i, _f(m[i, j]), ha="center", va="center", fontsize=6,
-                            color="white" if not np.isfinite(m[i, j]) or m[i, j] < 0.5 else "black")
-            ax.set_xticks(range(N_ELEMENTS), ELEMENTS, rotation=60, fontsize=7)
-            ax.set_yticks(range(N_ELEMENTS), ELEMENTS, fontsize=7)
-            ax.set_title(f"{name}\n{label}", fontsize=9)
-            if col == 0:
-                ax.set_ylabel("latent slice")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _silhouettes(out: Path, name: str) -> dict[tuple, dict]:
-    """{(element, "tsne" | "latent"): {pair: value}} from VQ_explore's silhouette.csv."""
-    path = out / "figures" / name / "silhouette.csv"
-    if not path.exists():
-        return {}
-    table = {}
-    with open(path) as handle:
-        for r in csv.DictReader(handle):
-            table[(r["element"], "tsne")] = {p: r[p] for p in PAIRS}
-            table[(r["element"], "latent")] = {p: r[f"latent {p}"] for p in PAIRS}
-    return table
-
-
-def write_report(ctx, specs, argv_line: str) -> Path:
-    out = Path(ctx.out)
-    names = [s.name for s in specs]
-    data = read_json(out / "measures" / "data.json")
-    lines = [f"# MusER reproduction study: preset `{ctx.preset_name}`", "",
-             f"Command: `{argv_line}`  ", f"Commit: {_commit()}  ",
-             f"Data: `{ctx.data_path.name}`, "
-             + ", ".join(f"{q} {n}" for q, n in data["data_counts"].items())
-             + f" pieces; seed {ctx.seed} for every stage.", ""]
-
-    # -- configuration and wall time
-    checkpoints = {}
-    for name in names:
-        path = out / "models" / name / "best.pt"
-        checkpoints[name] = load_checkpoint(path, "muser", "VQ-VAE")
-    config = checkpoints[names[0]]["config"]
-    shown = ("max_len", "enc_d_model", "enc_layers", "dec_d_model", "dec_layers", "sub_layers", "dr_layers",
-             "latent_dim", "codebook_size", "reg_weight", "ema_decay", "dead_code_threshold")
-    p = ctx.preset
-    lines += ["## Configuration", "",
-              f"VQ-VAE: {', '.join(f'{k} {config[k]}' for k in shown if k in config)}; "
-              f"{p.epochs} epochs, batch {p.batch_size}, lr {p.lr}. Prior: {p.prior_epochs} epochs, lr {p.prior_lr}. "
-              f"{p.n_per_quadrant} generated pieces per quadrant; {p.pairs} pairs per transfer "
-              f"({ctx.pair_choice} of each quadrant). The baseline differs from MusER only by `--reg_weight 0`.",
-              "", "Wall time per stage (this machine, as run):", ""]
-    stage_rows = []
-    for marker in sorted((out / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime):
-        info = read_json(marker)
-        stage_rows.append((marker.stem, f"{info['seconds'] / 60:.1f}", info["finished"]))
-    lines += _table(("stage", "minutes", "finished"), stage_rows)
-    total = sum(read_json(m)["seconds"] for m in (out / "stages").glob("*.json")) / 60
-    lines += ["", f"Sum of stage times: {total:.1f} min (stages of different models ran side by side).", ""]
-
-    # -- training curves and codebook usage
-    histories = {n: read_history(out / "models" / n / "metrics.csv") for n in names}
-    sizes = {n: int(checkpoints[n]["config"]["codebook_size"]) for n in names}
-    plot_training(histories, sizes, out / "training.png")
-    longest = max((len(h) for h in histories.values()), default=0)
-    usage_rows = []
-    for e in range(longest):
-        usage_rows.append([e + 1] + [f"{codes_in_use(histories[n][e], sizes[n]):.0f}" if e < len(histories[n])
-                                     else "" for n in names])
-    lines += ["## Training and codebook usage", "", "![training curves](training.png)", "",
-              f"Codes in use per epoch (of {sizes[names[0]]}; counted over the epoch's training batches):", ""]
-    lines += _table(("epoch", *names), usage_rows)
-    probes = {n: read_json(out / "measures" / f"probe_{n}.json") for n in names}
-    lines += ["", "Codes used by the whole data set afterwards (eval mode, valid steps): "
-              + ", ".join(f"{n} {probes[n]['codes_used_by_data']}" for n in names) + ".", ""]
-
-    # -- silhouettes
-    lines += ["## Latent space: silhouettes (the authors' protocol)", "",
-              "Per element slice and for the whole latent ('all'): the quantised latent averaged over all "
-              "steps of the window (padding included), t-SNE to 2-D, silhouette of each quadrant pair on "
-              "the 2-D points. Higher = the pair is better separated. Figures: `figures/MODEL/tsne_*.png`.", ""]
+def silhouette_section(files: StudyFiles) -> list[str]:
+    lines = ["## Latent space: silhouettes (the authors' protocol, on held-out songs)", "",
+             "Per element slice and for the whole latent ('all'): the quantised latent averaged over the "
+             "window, t-SNE to 2-D, silhouette of each quadrant pair (mean over seeds). Higher = better "
+             "separated. Figures of the first seed: `seeds/SEED/figures/MODEL/`.", ""]
     rows = []
     for element in [*ELEMENTS, "all"]:
-        for n in names:
-            table = _silhouettes(out, n)
-            row = table.get((element, "tsne"))
-            if row:
-                rows.append((element, n, *(_f(float(row[p_]), 3) for p_ in PAIRS)))
-    lines += _table(("element", "model", *PAIRS), rows)
-    lines += ["", "The same on the latent itself (no t-SNE), for reference:", ""]
+        for model in files.models:
+            tables = files.per_seed("silhouettes", model)
+            if tables and element in tables[0]:
+                rows.append((element, model, *(_f(np.mean([t[element]["tsne"][p] for t in tables]), 3)
+                                               for p in PAIRS)))
+    return lines + _table(("element", "model", *PAIRS), rows) + [""]
+
+
+# -- the regulariser's own measure
+
+def _ordering_units(measure: dict, name: str) -> dict | None:
+    o = measure["orderings"].get(name)
+    if o is None:
+        return None
+    return {"agree": np.moveaxis(np.asarray(o["agree"], float), -1, 0),     # [songs, S, E]
+            "pairs": np.moveaxis(np.asarray(o["pairs"], float), -1, 0)}     # [songs, E]
+
+
+def _ordering_matrix(agree, pairs):
+    total = pairs.sum(0)
+    with np.errstate(all="ignore"):
+        return np.where(total > 0, agree.sum(0) / total, np.nan)
+
+
+def _gap(matrix):
+    own = np.diag(matrix)
+    others = np.where(np.eye(N_ELEMENTS, dtype=bool), np.nan, matrix)
+    with np.errstate(all="ignore"):
+        best = np.where(np.all(np.isnan(others), axis=0), np.nan, np.nanmax(np.nan_to_num(others, nan=-np.inf), 0))
+    return own, best, own - best
+
+
+def ordering_summary(files: StudyFiles, model: str, name: str):
+    """Per element: own slice, best other slice, gap; each (point, low, high), or None."""
+    units = [u for u in (_ordering_units(m, name) for m in files.per_seed("latent", model)) if u]
+    if not units:
+        return None
+    out = {}
+    for part, index in (("own", 0), ("best other", 1), ("gap", 2)):
+        out[part] = bootstrap(units, lambda d, i=index: _gap(_ordering_matrix(d["agree"], d["pairs"]))[i])
+    out["matrix"] = bootstrap(units, lambda d: _ordering_matrix(d["agree"], d["pairs"]))[0]
+    return out
+
+
+def gap_difference(files: StudyFiles, name: str = "fitted_token"):
+    """MusER's gap minus the baseline's per element, songs paired (the same held-out songs)."""
+    units = []
+    for seed in files.seeds:
+        m, b = (files.measure(seed, "latent", x) for x in (MUSER, BASELINE))
+        if m is None or b is None:
+            continue
+        um, ub = _ordering_units(m, name), _ordering_units(b, name)
+        units.append({"ma": um["agree"], "mp": um["pairs"], "ba": ub["agree"], "bp": ub["pairs"]})
+    return bootstrap(units, lambda d: _gap(_ordering_matrix(d["ma"], d["mp"]))[2]
+                     - _gap(_ordering_matrix(d["ba"], d["bp"]))[2])
+
+
+READOUT_TEXT = {"dr_token": "MusER's own frozen DR readout, ordered by token index (what the regulariser optimises)",
+                "dr_value": "MusER's own frozen DR readout, ordered by musical value",
+                "fitted_token": "a linear readout per slice fitted on training songs with the regulariser's "
+                                "pairwise loss, ordered by token index",
+                "fitted_value": "the fitted linear readout, ordered by musical value"}
+
+
+def latent_sections(files: StudyFiles) -> list[str]:
+    lines = ["## The regulariser's own measure: slice x element ordering", "",
+             "Pairs of held-out pieces at the same step (inside groups of 16, like a training batch), where the "
+             "element is in use at both steps and its tokens differ (pitch, duration, velocity: Note words; "
+             "chord, tempo: Metrical words other than Bar; bar-beat: Metrical words; type: every step). A pair "
+             "agrees when the readout of the slice orders it as the tokens are ordered. Null (a readout that "
+             "ignores the element): 0.5. Per element: its own slice, the best other slice, and the gap "
+             "(own minus best other); intervals over seeds and held-out songs.", ""]
+    for name, text in READOUT_TEXT.items():
+        rows = []
+        for model in files.models:
+            summary = ordering_summary(files, model, name)
+            if summary is None:
+                continue
+            for j, element in enumerate(ELEMENTS):
+                cells = [_ci_at(summary[p], j) for p in ("own", "best other", "gap")]
+                if all(c == "n/a" for c in cells):
+                    continue
+                rows.append((element, model, *cells))
+        if rows:
+            lines += [f"**{text}:**", ""] + _table(("element", "model", "own slice", "best other slice", "gap"),
+                                                     rows) + [""]
+    difference = gap_difference(files)
+    lines += ["Gap difference, MusER minus baseline (fitted readout, token order), paired over held-out songs:", ""]
+    lines += _table(("element", "difference"), [(e, _ci_at(difference, j)) for j, e in enumerate(ELEMENTS)]) \
+        if np.ndim(difference[0]) else ["(no pair of models)"]
+    lines += [""] + dci_lines(files) + [""] + probe_lines(files)
+    return lines
+
+
+def dci_values(files: StudyFiles, model: str, key: str) -> list[float]:
+    return [m["dci"][key] for m in files.per_seed("latent", model)]
+
+
+def dci_lines(files: StudyFiles) -> list[str]:
+    lines = ["## Exclusivity: DCI from all seven slices at once", "",
+             "One random forest per element predicts its token at held-out steps where it is in use from "
+             "the whole 112-dim latent; impurity importances summed per slice give a slice x element matrix "
+             "(evaluation/dci.py). Disentanglement: each slice matters for one element; completeness: each "
+             "element is read from one slice. 1 = diagonal; a uniform-random 7 x 7 matrix scores about 0.09. "
+             "Intervals over seeds (t), none with one seed.", ""]
     rows = []
-    for element in [*ELEMENTS, "all"]:
-        for n in names:
-            row = _silhouettes(out, n).get((element, "latent"))
-            if row:
-                rows.append((element, n, *(_f(float(row[p_]), 3) for p_ in PAIRS)))
-    lines += _table(("element", "model", *PAIRS), rows)
+    for model in files.models:
+        for key in ("disentanglement", "completeness"):
+            values = dci_values(files, model, key)
+            if values:
+                rows.append((model, key, " / ".join(_f(v) for v in values), _ci(*seed_interval(values))))
+    return lines + _table(("model", "score", "per seed", "mean [interval]"), rows)
 
-    # -- probe
-    plot_probes(probes, out / "probe.png")
-    lines += ["", "## Disentanglement probe", "",
-              "Rows: latent slice; columns: element. Per piece: held-out R² (song-grouped 5-fold "
-              "cross-validation, ridge) from the slice averaged over the piece to the element's statistics "
-              "(tempo mean; chord-quality shares; onsets per bar; share of note words; pitch mean and range; "
-              "duration mean; velocity mean and spread). Per step: held-out skill over the majority class "
-              "of a logistic regression from the slice at a step to the element's token there (held-out "
-              "songs; only steps where the element is in use). Diagonal share: per element, the own "
-              "slice's share of the positive scores, averaged (1 = fully diagonal, 1/7 = 0.14 = spread evenly).",
-              "", "![probe matrices](probe.png)", ""]
-    lines += _table(("model", "diagonal share, per piece", "diagonal share, per step"),
-                    [(n, _f(probes[n]["piece_share"]), _f(probes[n]["step_share"])) for n in names])
-    for n in names:
-        lines += ["", f"**{n}**, per piece (R²):", "", format_matrix(np.asarray(probes[n]["piece_r2"], float)),
-                  "", f"**{n}**, per step (skill):", "", format_matrix(np.asarray(probes[n]["step_skill"], float))]
 
-    # -- generation
-    generated = {n: read_json(out / "measures" / f"generated_{n}.json") for n in names}
-    lines += ["", "## Generation: generated against data", "",
-              f"{p.n_per_quadrant} pieces per quadrant from each model's prior, decoded by its VQ-VAE; data = every "
-              "piece cut to the models' window. Song-level metrics (muspy definitions), mean ± std:", ""]
+def probe_lines(files: StudyFiles) -> list[str]:
+    lines = ["## Information a slice carries: linear probes with controls", "",
+             "Rows: latent slice; columns: element; held-out songs, song-grouped cross-validation. Per piece: "
+             "R² of ridge regression from the slice averaged over the window to the element's statistics "
+             "(chord: major-like minus minor-like share). Word-composition control: R² from the piece's shares "
+             "of Note, Bar and beat words alone (what any slice can score by knowing the word mix). Per step: "
+             "skill over the majority class of a logistic regression from the slice to the element's token, "
+             "where the element is in use (tempo and chord without Bar words); ceiling: the same from the true "
+             f"tokens of element j. Diagonal share leaves out columns whose best score is at most {PROBE_NOISE}.",
+             ""]
+    for model in files.models:
+        probes = [m["probe"] for m in files.per_seed("latent", model)]
+        if not probes:
+            continue
+        piece = np.nanmean([np.asarray(p["piece_r2"], float) for p in probes], axis=0)
+        step = np.nanmean([np.asarray(p["step_skill"], float) for p in probes], axis=0)
+        composition = np.nanmean([np.asarray(p["composition_r2"], float) for p in probes], axis=0)
+        lines += [f"**{model}**, per piece R² (mean over seeds); diagonal share "
+                  f"{_f(diagonal_share(piece, noise=PROBE_NOISE))}:", "", *_matrix_lines(piece),
+                  "", "word-composition control, R² per element: "
+                  + ", ".join(f"{e} {_f(v)}" for e, v in zip(ELEMENTS, composition)), "",
+                  f"**{model}**, per step skill; diagonal share {_f(diagonal_share(step, noise=PROBE_NOISE))}:", "",
+                  *_matrix_lines(step), ""]
+    ceilings = [np.asarray(m["probe"]["step_ceiling"], float) for m in files.per_seed("latent", files.models[0])]
+    if ceilings:
+        lines += ["Ceiling, per step: skill of element j's true tokens (rows) for element e (columns):", "",
+                  *_matrix_lines(np.nanmean(ceilings, axis=0)), ""]
+    return lines
+
+
+def _matrix_lines(matrix) -> list[str]:
+    return _table(("slice \\ element", *ELEMENTS),
+                  [(ELEMENTS[k], *(f"**{_f(v)}**" if j == k else _f(v) for j, v in enumerate(matrix[k])))
+                   for k in range(N_ELEMENTS)])
+
+
+# -- generation
+
+def generation_units(files: StudyFiles, model: str) -> list[dict]:
+    return [{**_match_units(g["asked"], g["predicted"])} for g in files.per_seed("generation", model)]
+
+
+def generation_sections(files: StudyFiles) -> list[str]:
+    lines = ["## Emotion-conditioned generation", "",
+             f"{files.study['preset']['n_per_quadrant']} pieces per quadrant per seed from each model's prior, "
+             "decoded by its VQ-VAE, classified by the evaluator. Match rates with intervals over seeds and "
+             "pieces; chance: quadrant 0.25, arousal and valence 0.5; the held-out data's rates are the ceiling.", ""]
+    held = _match_units(files.data["held_out"]["asked"], files.data["held_out"]["predicted"])
+    rows = [("data (held-out songs)", *(_f(held[k].mean()) for k in ("quadrant", "arousal", "valence")))]
+    for model in files.models:
+        units = generation_units(files, model)
+        if units:
+            rows.append((model, *(_ci(*bootstrap(units, lambda d, k=k: d[k].mean())) for k in
+                                  ("quadrant", "arousal", "valence"))))
+    lines += _table(("source", "quadrant match", "arousal match", "valence match"), rows)
+    lines += ["", "Confusion (rows: asked quadrant; columns: predicted Q1/Q2/Q3/Q4; counts summed over seeds), "
+              "and the major-key share of each asked quadrant against the held-out data's:", ""]
+    rows = []
+    for model in files.models:
+        gens = files.per_seed("generation", model)
+        if not gens:
+            continue
+        asked = np.concatenate([g["asked"] for g in gens])
+        predicted = np.concatenate([g["predicted"] for g in gens])
+        modes = np.concatenate([g["mode"] for g in gens])
+        for q in QUADRANTS:
+            counts = [int(np.sum((asked == q) & (predicted == p))) for p in QUADRANTS]
+            share, n = _major_share(asked, modes, q)
+            data_share, _ = _major_share(files.data["held_out"]["asked"], files.data["held_out"]["mode"], q)
+            rows.append((model, f"Q{q}", "/".join(map(str, counts)), f"{_f(share)} (n={n})", _f(data_share)))
+    lines += _table(("model", "asked", "predicted Q1/Q2/Q3/Q4", "major-key share", "data"), rows)
+    lines += ["", "Song-level metrics (muspy definitions), mean over pieces: held-out data against the generated "
+              "pieces of each model (all seeds):", ""]
     rows = []
     for metric in SONG_METRICS:
-        for group in [*(f"Q{q}" for q in QUADRANTS), "all"]:
+        cells = [_f(np.nanmean([r[metric] for r in files.data["held_out"]["metrics"]]))]
+        for model in files.models:
+            gens = files.per_seed("generation", model)
+            cells.append(_f(np.nanmean([r[metric] for g in gens for r in g["metrics"]])) if gens else "n/a")
+        rows.append((metric, *cells))
+    return lines + _table(("metric", "data", *files.models), rows) + [""]
+
+
+# -- interventions
+
+def _swap_units(m: dict) -> dict:
+    return {"rates": np.asarray(m["swap"]["rates"], float), "floor": np.asarray(m["swap"]["floor"], float)}
+
+
+@_quiet
+def _swap_effect(d) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return np.nanmean(d["rates"] - d["floor"][:, None, :], axis=0)
+
+
+def _own_share(effect) -> np.ndarray:
+    positive = np.clip(effect, 0, None)
+    with np.errstate(all="ignore"):
+        return np.where(positive.sum(1) > 0, np.diag(positive) / positive.sum(1), np.nan)
+
+
+def swap_difference(files: StudyFiles):
+    units = []
+    for seed in files.seeds:
+        m, b = (files.measure(seed, "interventions", x) for x in (MUSER, BASELINE))
+        if m is not None and b is not None:
+            um, ub = _swap_units(m), _swap_units(b)
+            units.append({"mr": um["rates"], "mf": um["floor"], "br": ub["rates"], "bf": ub["floor"]})
+    return bootstrap(units, lambda d: _own_share(_swap_effect({"rates": d["mr"], "floor": d["mf"]}))
+                     - _own_share(_swap_effect({"rates": d["br"], "floor": d["bf"]})))
+
+
+def transfer_units(files: StudyFiles, model: str, index: int) -> list[dict]:
+    units = []
+    for m in files.per_seed("interventions", model):
+        t = m["transfers"][index]
+        d = {f"num {e}": np.asarray(t["terms"][e]["num"], float) for e in ELEMENTS}
+        d.update({f"den {e}": np.asarray(t["terms"][e]["den"], float) for e in ELEMENTS})
+        target = t["target"]
+        d["shift"] = (np.asarray(t["predicted"]["transferred"]) == target).astype(float) \
+            - (np.asarray(t["predicted"]["control"]) == target).astype(float)
+        d["tag"] = (np.asarray(t["predicted"]["control"]) == target).astype(float) \
+            - (np.asarray(t["predicted"]["A"]) == target).astype(float)
+        units.append(d)
+    return units
+
+
+def _moved(d, element):
+    den = d[f"den {element}"].sum()
+    return d[f"num {element}"].sum() / den if den > 0 else math.nan
+
+
+def emotion_shift_units(files: StudyFiles, model: str) -> list[dict]:
+    """Per seed, the pairs of all six transfers pooled: transferred minus control, classified as B's quadrant."""
+    out = []
+    for m in files.per_seed("interventions", model):
+        shifts = []
+        for t in m["transfers"]:
+            shifts.append((np.asarray(t["predicted"]["transferred"]) == t["target"]).astype(float)
+                          - (np.asarray(t["predicted"]["control"]) == t["target"]).astype(float))
+        out.append({"shift": np.concatenate(shifts)})
+    return out
+
+
+def intervention_sections(files: StudyFiles) -> list[str]:
+    lines = ["## Interventions: the swap-effect matrix", "",
+             "Held-out pairs (A, B) from distinct songs. A is decoded with its own latent twice, independently "
+             "(the noise floor: how often tokens change between two samples of the same latent), and with slice "
+             "k taken from B. Entry (slice k, element e): how much more often e's tokens change than at the "
+             "floor, step by step where e is in use (mean over pairs and seeds). Nothing done reads 0; a "
+             "disentangled decoder is diagonal. Decoding samples with the paper's settings (velocity at "
+             "temperature 5), so the floor is high for velocity.", ""]
+    for model in files.models:
+        units = [_swap_units(m) for m in files.per_seed("interventions", model)]
+        if not units:
+            continue
+        effect = np.nanmean([_swap_effect(u) for u in units], axis=0)
+        floor = np.nanmean([np.nanmean(u["floor"], axis=0) for u in units], axis=0)
+        share = bootstrap(units, lambda d: _own_share(_swap_effect(d)))
+        lines += [f"**{model}** (floor per element: " + ", ".join(f"{e} {_f(v)}" for e, v in zip(ELEMENTS, floor))
+                  + "):", "", *_matrix_lines(effect), "", "own-element share of each slice's positive effect: "
+                  + ", ".join(f"{e} {_ci_at(share, k)}" for k, e in enumerate(ELEMENTS)), ""]
+    lines += ["## Element transfer, measured against its nulls", "",
+              "The paper's six transfers, each on held-out pairs from distinct songs (A of the first quadrant, B "
+              "of the second). Moved fraction of each element's statistic: sum <T - A2, B - A> / sum <B2 - A2, "
+              "B - A> over pairs of standardised statistics, where A, A2 are two independent decodes of A, B, B2 "
+              "of B, and T the transferred decode: 0 when the swap does nothing (whatever the sampling noise), 1 "
+              "when T is distributed like B; n/a where the interval of the denominator (how far B's decodes lie "
+              "from A's along B - A) reaches 0, so that there is no direction to move in. Emotion: share of pieces classified as B's quadrant, transferred "
+              "minus the control (A's own latent decoded with B's tag), and the tag alone (control minus A).", ""]
+    rows = []
+    for index, (elements, source, target) in enumerate(_transfers(files)):
+        for model in files.models:
+            units = transfer_units(files, model, index)
+            if not units:
+                continue
             cells = []
-            for source in [data["data_metrics"], *(generated[n]["metrics"] for n in names)]:
-                mean, std, _ = source.get(group, {}).get(metric, (math.nan, math.nan, 0))
-                cells.append(f"{_f(mean)} ± {_f(std)}")
-            rows.append((metric, group, *cells))
-    lines += _table(("metric", "quadrant", "data", *names), rows)
-    acc = data["held_out"]
-    lines += ["", f"Emotion evaluator (evaluation/evaluator.py, fitted on the data's windows): held-out accuracy "
-              f"on {data['n_test']} pieces of unseen songs: quadrant {_f(acc['quadrant'][0])} "
-              f"(majority {_f(acc['quadrant'][1])}), arousal {_f(acc['arousal'][0])}, "
-              f"valence {_f(acc['valence'][0])}. How often a piece is classified as the quadrant it was asked "
-              "for (data: its own label, held-out songs):", ""]
-    rows = []
-    for group in [*(f"Q{q}" for q in QUADRANTS), "all"]:
-        rows.append((group, "0.25", _f(data["data_match"].get(group, {}).get("quadrant")),
-                     *(_f(generated[n]["match"].get(group, {}).get("quadrant")) for n in names)))
-    lines += _table(("asked", "chance", "data (held out)", *names), rows)
-    lines += ["", "Predicted quadrants of the generated pieces (Q1/Q2/Q3/Q4 counts):", ""]
-    rows = [(n, *("/".join(map(str, generated[n]["match"][f"Q{q}"]["predicted"])) for q in QUADRANTS))
-            for n in names]
-    lines += _table(("model", *(f"asked Q{q}" for q in QUADRANTS)), rows)
+            for e in ELEMENTS:
+                _, low, _ = bootstrap(units, lambda d, e=e: d[f"den {e}"].mean())
+                text = _ci(*bootstrap(units, lambda d, e=e: _moved(d, e))) if low is not None and low > 0 \
+                    else "n/a"        # B's decodes not told from A's: no direction to move in
+                cells.append(f"**{text}**" if e in elements else text)
+            rows.append((f"{'+'.join(elements)} Q{source}→Q{target}", model, *cells,
+                         _ci(*bootstrap(units, lambda d: d["shift"].mean())),
+                         _ci(*bootstrap(units, lambda d: d["tag"].mean()))))
+    return lines + _table(("transfer", "model", *ELEMENTS, "emotion: transfer over control", "emotion: tag alone"),
+                          rows) + [""]
 
-    # -- transfer
-    transfers = {n: read_json(out / "measures" / f"transfer_{n}.json") for n in names}
-    lines += ["", "## Element transfer", "",
-              f"Each of the paper's six transfers over {p.pairs} pairs: A's latent with the named slices taken "
-              "from B, decoded with B's emotion tag. Per element: how far its statistic moved from A's "
-              "reconstruction towards B's reconstruction (0 = stayed, 1 = reached B; projection over all "
-              "pairs of the standardised statistics); **bold** = transferred. Last columns: the evaluator's "
-              "predicted quadrants (Q1/Q2/Q3/Q4 counts) of A reconstructed, transferred and B reconstructed.", ""]
-    rows = []
-    for n in names:
-        for t in transfers[n]:
-            label = f"{'+'.join(t['elements'])} Q{t['source']}→Q{t['target']}"
-            cells = [f"**{_f(t['moved'][e])}**" if e in t["elements"] else _f(t["moved"][e]) for e in ELEMENTS]
-            pred = t["predicted"]
-            rows.append((label, n, *cells, "/".join(map(str, pred["A reconstructed"])),
-                         "/".join(map(str, pred["transferred"])), "/".join(map(str, pred["B reconstructed"]))))
-    lines += _table(("transfer", "model", *ELEMENTS, "A rec.", "transferred", "B rec."), rows)
 
-    # -- verdict
-    lines += ["", "## What holds at this scale", ""] + verdict(names, probes, generated, data, transfers, sizes,
-                                                                histories)
+def _transfers(files: StudyFiles):
+    for model in files.models:
+        found = files.per_seed("interventions", model)
+        if found:
+            return [(t["elements"], t["source"], t["target"]) for t in found[0]["transfers"]]
+    return []
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+def rule_intervals(files: StudyFiles) -> dict:
+    """The interval each rule of evaluation/verdicts.STUDY_RULES reads, by measure name."""
+    out = {}
+    point, low, high = gap_difference(files)
+    out["ordering_gap_difference"] = _per_element(point, low, high)
+    dr = ordering_summary(files, MUSER, "dr_token")
+    out["dr_gap"] = _per_element(*dr["gap"]) if dr else None
+    for key in ("disentanglement", "completeness"):
+        diffs = [m - b for m, b in zip(dci_values(files, MUSER, key), dci_values(files, BASELINE, key))]
+        out[f"dci_{key}_difference"] = seed_interval(diffs)
+    out["swap_own_share_difference"] = _per_element(*swap_difference(files))
+    out["transfer_emotion_shift_over_control"] = bootstrap(emotion_shift_units(files, MUSER),
+                                                           lambda d: d["shift"].mean())
+    units = generation_units(files, MUSER)
+    for key in ("quadrant", "valence", "arousal"):
+        out[f"{key}_match"] = bootstrap(units, lambda d, k=key: d[k].mean())
+    return out
+
+
+def _per_element(point, low, high):
+    if low is None or np.ndim(point) == 0:
+        return None
+    return [(point[j], low[j], high[j]) for j in range(len(point))]
+
+
+def verdict_lines(files: StudyFiles) -> list[str]:
+    intervals = rule_intervals(files)
+    lines = ["## Verdicts", "",
+             f"Each claim is judged by a rule written before the runs (evaluation/verdicts.py), from "
+             f"{len(files.seeds)} seed(s): {', '.join(map(str, files.seeds)) or 'none'}. Shown: the interval lies "
+             "above the threshold; not shown: at or below it; inconclusive: it straddles it or is missing. "
+             "Per-element claims follow the majority of elements with an interval. Differences are MusER "
+             "minus the baseline.", ""]
+    rows = []
+    for rule in STUDY_RULES:
+        value = intervals.get(rule.measure)
+        if rule.per_element:
+            usable = [(p, lo, hi) for p, lo, hi in (value or []) if math.isfinite(lo) and math.isfinite(hi)]
+            verdict = judge(rule, [(lo, hi) for _, lo, hi in usable])["verdict"] if usable else "inconclusive"
+            shown = "; ".join(f"{e} {_ci(p, lo, hi)}" for e, (p, lo, hi) in zip(ELEMENTS, value or []))
+        else:
+            point, low, high = value if value else (math.nan, None, None)
+            verdict = judge(rule, (low, high))["verdict"]
+            shown = _ci(point, low, high)
+        rows.append((rule.claim, f"`{rule.measure}` > {rule.threshold:g}", shown or "n/a", f"**{verdict}**"))
+    return lines + _table(("claim", "rule", "interval", "verdict"), rows) + [""]
+
+
+# ----------------------------------------------------------------------------- the report
+
+def provenance_lines(files: StudyFiles) -> list[str]:
+    rows = [(name, f"{m['seconds'] / 60:.1f}", m.get("commit", "unknown"), m["finished"])
+            for name, m in files.markers()]
+    return ["## Provenance", "",
+            "Every stage, the commit it ran at and its wall time on the machine that ran it "
+            "(stages of different models ran side by side). Commands per seed: "
+            + "; ".join(f"seed {s}: `{c}`" for s, c in files.study.get("commands", {}).items()), ""] \
+        + _table(("stage", "minutes", "commit", "finished"), rows) + [""]
+
+
+def write_report(out: Path, sections) -> Path:
+    """REPORT.md, its figures and index.html from the study's measure files; `sections` are
+    the report sections of the study's stages, in order (run/study_plan.py sections())."""
+    files = StudyFiles.read(out)
+    preset = files.study["preset"]
+    lines = [f"# MusER reproduction study: preset `{files.study['preset_name']}`", "",
+             f"Models: {', '.join(files.models)} (the baseline differs from MusER only by `--reg_weight 0`). "
+             f"Seeds: {', '.join(map(str, files.seeds))}. VQ-VAE {preset['epochs']} epochs, prior "
+             f"{preset['prior_epochs']} epochs, batch {preset['batch_size']}, model preset "
+             f"`{preset['model_preset']}` {' '.join(preset['model_flags'])}; {preset['pairs']} pairs per "
+             f"intervention. Rebuild this report: `python reproduce.py --report_only --out FOLDER` (this folder).",
+             ""]
+    lines += verdict_lines(files)
+    for section in sections:
+        lines += section(files)
+    lines += provenance_lines(files)
     text = "\n".join(lines) + "\n"
-    report = out / "REPORT.md"
+    report = Path(out) / "REPORT.md"
     atomic_write(report, lambda h: h.write(text.encode()))
     write_study_page(out, report)
     return report
-
-
-def verdict(names, probes, generated, data, transfers, sizes, histories) -> list[str]:
-    """Mechanical checks of the paper's claims against this run's own tables."""
-    muser, base = names[0], names[1]
-    lines = []
-    final = {n: codes_in_use(histories[n][-1], sizes[n]) if histories[n] else math.nan for n in names}
-    for n in names:
-        share = final[n] / sizes[n]
-        lines.append(f"- Codebook: {n} ends with {final[n]:.0f} of {sizes[n]} codes in use "
-                     f"({100 * share:.0f}%)" + ("; under 10%: collapsed." if share < 0.1 else "."))
-    piece_m, piece_b = probes[muser]["piece_share"], probes[base]["piece_share"]
-    step_m, step_b = probes[muser]["step_share"], probes[base]["step_share"]
-    lines.append(f"- A latent disentangled by element: diagonal share per piece {_f(piece_m)} (MusER) against "
-                 f"{_f(piece_b)} (baseline), per step {_f(step_m)} against {_f(step_b)}; evenly spread is 0.14. "
-                 + ("MusER is more diagonal on both probes." if piece_m > piece_b and step_m > step_b else
-                    "MusER is not more diagonal than the baseline on both probes: the claim is not shown here."))
-    moved_own, moved_other = [], []
-    for t in transfers[muser]:
-        for e in ELEMENTS:
-            v = t["moved"][e]
-            if v is not None and math.isfinite(v):
-                (moved_own if e in t["elements"] else moved_other).append(v)
-    if moved_own:
-        lines.append(f"- Element transfer moves the swapped element: mean moved fraction {_f(np.mean(moved_own))} "
-                     f"for swapped elements against {_f(np.mean(moved_other))} for the others (MusER).")
-    target_hits = []
-    for t in transfers[muser]:
-        q = t["target"] - 1
-        before, after = t["predicted"]["A reconstructed"][q], t["predicted"]["transferred"][q]
-        target_hits.append(after - before)
-    lines.append(f"- Transfer moves emotion: classified as B's quadrant, transferred minus A reconstructed, "
-                 f"summed over the six transfers: {int(np.sum(target_hits)):+d} pieces of "
-                 f"{6 * transfers[muser][0]['pairs']} (MusER).")
-    rate = {n: generated[n]["match"]["all"]["quadrant"] for n in names}
-    lines.append(f"- Emotion-conditioned generation: generated pieces classified as the asked quadrant "
-                 f"{_f(rate[muser])} (MusER), {_f(rate[base])} (baseline); chance 0.25, data "
-                 f"{_f(data['data_match']['all']['quadrant'])}.")
-    return lines

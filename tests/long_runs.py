@@ -98,7 +98,7 @@ def killed_study(runs: LongRuns, out: Path) -> SimpleNamespace:
     with open(killed_log, "w") as log:
         proc = runs.popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
-            last = out / "models" / "MusER_TRANS_CA_GE" / "last.pt"
+            last = out / "seeds" / "13" / "models" / "MusER_TRANS_CA_GE" / "last.pt"
             deadline = time.monotonic() + 300
             while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.05)
@@ -107,7 +107,7 @@ def killed_study(runs: LongRuns, out: Path) -> SimpleNamespace:
             runs.kill(proc)
     assert running, ("the study ended (or never wrote last.pt) before it could be killed:\n"
                      + killed_log.read_text()[-2000:])
-    stages = out / "stages"
+    stages = out / "seeds" / "13" / "stages"
     after_kill = SimpleNamespace(started=(stages / "train_MusER_TRANS_CA_GE.started").exists(),
                                  finished=(stages / "train_MusER_TRANS_CA_GE.json").exists(),
                                  output=killed_log.read_text())

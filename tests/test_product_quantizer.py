@@ -116,4 +116,6 @@ def test_product_model_trains_and_transfers_and_the_joint_only_scripts_say_so(sa
                                   "--source", "Q4", "--target", "Q1", "--elements", "velocity",
                                   "--n_pieces", "1", "--out_dir", str(tmp_path / "transfer"),
                                   "--audio", "False", "--device", "cpu"]) == 0
-    assert len(list((tmp_path / "transfer").rglob("*.mid"))) == 4
+    written = sorted(p.name for p in (tmp_path / "transfer").rglob("*.mid"))
+    assert written == ["pair0_A_Q4.mid", "pair0_A_Q4_reconstructed.mid", "pair0_B_Q1.mid",
+                       "pair0_control_tag_Q1.mid", "pair0_transferred_tag_Q1.mid"]

@@ -1,19 +1,26 @@
-"""reproduce.py end to end on the shipped sample (tiny preset): the report, skipped stages on
-a second run, redone stages when an input changes, and a killed study that resumes."""
+"""reproduce.py end to end on the shipped sample (tiny preset): the report from the measure
+files alone, skipped stages on a second run, redone stages when an input changes, a killed
+study that resumes, and the committed report regenerated from its committed files."""
+import filecmp
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from run.checkpoint import load_checkpoint
+from run.study import committed_files
 from tests.conftest import ROOT
 from tests.long_runs import STUDY, STUDY_EPOCHS
 
-
 pytestmark = pytest.mark.slow    # each test starts reproduce.py; the study fixture runs a whole study
+
+MODELS = ("MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE")
+MODEL_STAGES = ("train", "codes", "silhouettes", "prior", "generate", "generation", "latent", "interventions")
+COMMITTED_STUDY = ROOT / "results" / "emopia_small"
 
 
 def run_study(npz, out, *extra, check=True):
@@ -22,6 +29,13 @@ def run_study(npz, out, *extra, check=True):
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
+
+
+def report_only(out):
+    result = subprocess.run([sys.executable, "reproduce.py", "--report_only", "--out", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return (out / "REPORT.md").read_text()
 
 
 def table_after(text: str, heading: str) -> list[list[str]]:
@@ -53,46 +67,65 @@ def study(long_runs):
 def test_study_writes_a_report_with_finite_tables(study):
     _, out, resumed, after_kill = study
     text = (out / "REPORT.md").read_text()
-    for heading in ("Codes in use per epoch", "## Latent space", "diagonal share, per piece",
-                    "Song-level metrics", "How often a piece is classified", "## Element transfer"):
-        rows = table_after(text, heading)
-        assert rows, heading
-    usage = table_after(text, "Codes in use per epoch")
+    verdicts = table_after(text, "## Verdicts")
+    assert len(verdicts) == 9 and all(re.fullmatch(r"\*\*(shown|not shown|inconclusive)\*\*", r[-1]) for r in verdicts)
+    usage = table_after(text, "Codebook headline")
     assert len(usage) == STUDY_EPOCHS and all(finite(c) for row in usage for c in row)   # a row per epoch
-    shares = table_after(text, "diagonal share, per piece")
-    assert [r[0] for r in shares] == ["MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE"]
-    assert all(finite(c) for r in shares for c in r[1:])
     silhouettes = table_after(text, "## Latent space")
     assert len(silhouettes) == 16 and all(finite(c) for r in silhouettes for c in r[2:])
+    dr = table_after(text, "MusER's own frozen DR readout, ordered by token index")
+    assert [r[0] for r in dr] == ["tempo", "chord", "bar-beat", "type", "pitch", "duration", "velocity"]
+    fitted = table_after(text, "fitted on training songs with the regulariser's pairwise loss")
+    assert {r[1] for r in fitted} == set(MODELS) and all(finite(c) for r in fitted for c in r[2:])
+    dci = table_after(text, "## Exclusivity")
+    assert len(dci) == 4 and all(finite(r[2]) for r in dci)
+    swap = table_after(text, "**MusER_TRANS_CA_GE** (floor per element")
+    assert len(swap) == 7 and all(finite(c) for r in swap for c in r[1:])
     transfers = table_after(text, "## Element transfer")
     assert len(transfers) == 12
-    for name in ("training.png", "probe.png"):
+    confusion = table_after(text, "Confusion (rows: asked quadrant")
+    assert len(confusion) == 8
+    for name in ("training.png",):
         assert (out / name).stat().st_size > 1000
-    for model in ("MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE"):
-        probe = json.loads((out / "measures" / f"probe_{model}.json").read_text())
-        assert len(probe["piece_r2"]) == 7 and len(probe["step_skill"][0]) == 7
-        assert (out / "figures" / model / "tsne_all.png").exists()
-    assert "## What holds at this scale" in text
-    # The evaluator, then 7 stages per model: each done once over the killed and the resumed run.
-    assert after_kill.output.count("] done in") + resumed.stdout.count("] done in") == 15
+    for model in MODELS:
+        latent = json.loads((out / "seeds" / "13" / "measures" / f"latent_{model}.json").read_text())
+        assert len(latent["probe"]["piece_r2"]) == 7 and len(latent["dci"]["importance"]) == 7
+        assert (out / "seeds" / "13" / "figures" / model / "tsne_all.png").exists()
+    # Two study stages, then each model stage once over the killed and the resumed run.
+    assert after_kill.output.count("] done in") + resumed.stdout.count("] done in") == 2 + 2 * len(MODEL_STAGES)
+
+
+def test_held_out_songs_are_never_trained_on(study):
+    _, out, *_ = study
+    split = json.loads((out / "measures" / "split.json").read_text())
+    import numpy as np
+
+    from music.elements import song_of_name
+    train = np.load(out / "data" / "study_train.npz")["names"]
+    held = np.load(out / "data" / "study_held_out.npz")["names"]
+    assert {song_of_name(n) for n in held} == set(split["held_out_songs"])
+    assert not {song_of_name(n) for n in train} & set(split["held_out_songs"])
+    log = (out / "seeds" / "13" / "logs" / "train_MusER_TRANS_CA_GE.log").read_text()
+    assert "study_train.npz" in log and "study_held_out.npz" not in log
 
 
 def test_second_run_skips_every_finished_stage(study):
     npz, out, *_ = study
-    markers = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
+    markers = {p: p.stat().st_mtime_ns for p in [*(out / "stages").glob("*.json"),
+                                                 *(out / "seeds" / "13" / "stages").glob("*.json")]}
     second = run_study(npz, out, "--jobs", "1")        # the stages in process (the next test: in workers)
     assert "started" not in second.stdout and "continuing" not in second.stdout
     assert second.stdout.count("skipped") == len(markers)
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")} == markers
+    assert {p: p.stat().st_mtime_ns for p in markers} == markers
 
 
 def test_changed_input_redoes_only_the_stages_it_feeds(study):
     npz, out, *_ = study
     third = run_study(npz, out, "--pairs", "1")
     redone = set(re.findall(r"\[(\w+)\] started", third.stdout))
-    assert redone == {"transfer_MusER_TRANS_CA_GE", "transfer_VQVAE_TRANS_CA_GE"}
-    transfer = json.loads((out / "measures" / "transfer_MusER_TRANS_CA_GE.json").read_text())
-    assert transfer[0]["pairs"] == 1
+    assert redone == {"interventions_MusER_TRANS_CA_GE", "interventions_VQVAE_TRANS_CA_GE"}
+    interventions = json.loads((out / "seeds" / "13" / "measures" / "interventions_MusER_TRANS_CA_GE.json").read_text())
+    assert len(interventions["transfers"][0]["rows_a"]) == 1
 
 
 def test_killed_study_resumes(study):
@@ -100,16 +133,42 @@ def test_killed_study_resumes(study):
     finished; the next run continued it from last.pt (--resume) and finished the study, whose
     report the test above reads."""
     _, out, resumed, after_kill = study
+    seed = out / "seeds" / "13"
     assert after_kill.started and not after_kill.finished
-    assert "[evaluator] done in" in after_kill.output
-    assert "[evaluator] finished earlier" in resumed.stdout
+    assert "[data] done in" in after_kill.output
+    assert "[data] finished earlier" in resumed.stdout
     assert "[train_MusER_TRANS_CA_GE] continuing" in resumed.stdout
-    log = (out / "logs" / "train_MusER_TRANS_CA_GE.log").read_text()
+    log = (seed / "logs" / "train_MusER_TRANS_CA_GE.log").read_text()
     assert "--resume" in log and "resumed from" in log
-    trained = load_checkpoint(out / "models" / "MusER_TRANS_CA_GE" / "last.pt", "muser")
-    assert [row["epoch"] for row in trained["history"]] == list(range(1, STUDY_EPOCHS + 1))
-    assert (out / "stages" / "train_MusER_TRANS_CA_GE.json").exists()
-    assert not list((out / "stages").glob("*.started"))
+    trained = load_checkpoint(seed / "models" / "MusER_TRANS_CA_GE" / "last.pt", "muser")
+    assert [row["epoch"] for row in trained["history"] if row["split"] == "train"] == list(range(1, STUDY_EPOCHS + 1))
+    assert [row["epoch"] for row in trained["history"] if row["split"] == "val"] == list(range(1, STUDY_EPOCHS + 1))
+    assert (seed / "stages" / "train_MusER_TRANS_CA_GE.json").exists()
+    assert not list((seed / "stages").glob("*.started"))
+
+
+def test_report_regenerates_from_the_committed_files_alone(study, tmp_path):
+    """What a study commits is enough: copied to a folder of its own, --report_only rebuilds
+    the same REPORT.md."""
+    _, out, *_ = study
+    copy = tmp_path / "copy"
+    for path in committed_files(out):
+        target = copy / path.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    assert not list(copy.rglob("*.pt")) and not (copy / "data").exists()
+    original = (out / "REPORT.md").read_text()
+    (copy / "REPORT.md").unlink()
+    assert report_only(copy) == original
+
+
+def test_the_committed_study_report_regenerates_identically(tmp_path):
+    if not (COMMITTED_STUDY / "measures" / "study.json").exists():
+        pytest.skip(f"{COMMITTED_STUDY} holds no study measures yet")
+    copy = tmp_path / COMMITTED_STUDY.name
+    shutil.copytree(COMMITTED_STUDY, copy)
+    assert report_only(copy) == (COMMITTED_STUDY / "REPORT.md").read_text()
+    assert filecmp.cmp(copy / "REPORT.md", COMMITTED_STUDY / "REPORT.md", shallow=False)
 
 
 def test_bad_input_is_one_line(tmp_path):
@@ -118,6 +177,9 @@ def test_bad_input_is_one_line(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "missing.npz" in result.stderr
+    result = subprocess.run([sys.executable, "reproduce.py", "--report_only", "--out", str(tmp_path / "none")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "study.json" in result.stderr
 
 
 def test_export_pretrained_is_small_and_generates(study, tmp_path):
@@ -126,9 +188,10 @@ def test_export_pretrained_is_small_and_generates(study, tmp_path):
     from run.pretrained import export
 
     _, out, *_ = study
-    written = export(out, "MusER_TRANS_CA_GE", tmp_path / "pretrained")
+    written = export(out, "MusER_TRANS_CA_GE", tmp_path / "pretrained", seed=13)
+    models = out / "seeds" / "13" / "models"
     small = load_checkpoint(tmp_path / "pretrained" / "muser.pt", "muser")
-    full = load_checkpoint(out / "models" / "MusER_TRANS_CA_GE" / "best.pt", "muser")
+    full = load_checkpoint(models / "MusER_TRANS_CA_GE" / "best.pt", "muser")
     assert "optimizer" not in small and small["stored_dtype"] == "float16"
     for name, tensor in full["model"].items():
         if name.startswith("quantizer."):
@@ -137,7 +200,7 @@ def test_export_pretrained_is_small_and_generates(study, tmp_path):
             assert small["model"][name].dtype == torch.float16
             assert torch.equal(small["model"][name], tensor.half())
     assert sum(p.stat().st_size for p in written) < 0.7 * sum(
-        (out / "models" / m / "best.pt").stat().st_size for m in ("MusER_TRANS_CA_GE", "Prior_MusER_TRANS_CA_GE"))
+        (models / m / "best.pt").stat().st_size for m in ("MusER_TRANS_CA_GE", "Prior_MusER_TRANS_CA_GE"))
     result = subprocess.run([sys.executable, "generate.py", "--VQ_prior", str(written[1]), "--VQ_VAE", str(written[0]),
                              "--music_file", "p", "--out_root", str(tmp_path / "gen"), "--n_per_emotion", "1",
                              "--audio", "False"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,233 @@
+"""The reproduction study's stages, each declared once: what it runs, what it reads, the
+code whose hash is part of its fingerprint, the measure file it writes and the report
+section that reads that file. Adding a stage or a measure touches this list (and the
+function it names).
+
+Study stages run once per study folder; model stages run per seed and VQ-VAE, in order.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from music.data import default_dictionary_path, load_cp_dataset
+from run import study_measures as SM
+from run import study_report as R
+from run.study import ModelSpec, StudyPaths, StudyPreset, fingerprint, read_silhouettes, run_script, song_split, \
+    training_history, write_json, write_subset
+
+
+# Share of the training pieces a VQ-VAE validates on each epoch (eval-mode codebook usage;
+# best.pt by validation reconstruction). The held-out songs are never used for this.
+VAL_SPLIT = 0.1
+
+
+@dataclass(frozen=True)
+class Context:
+    paths: StudyPaths
+    source: Path                 # the prepared or given npz (dictionary.pkl beside it)
+    preset: StudyPreset
+    preset_name: str
+    model_flags: tuple
+    seed: int
+    split_seed: int
+    threads: int
+    device: str
+    length: int                  # the models' window
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    scope: str                                  # "study" or "model"
+    work: Callable                              # work(ctx, spec, continuing)
+    inputs: Callable                            # (ctx, spec) -> files it reads
+    outputs: Callable                           # (ctx, spec) -> the measure files it writes
+    settings: Callable = lambda ctx, spec: ()   # what else decides its result
+    code: tuple = ()                            # scripts and modules it runs
+    section: Callable | None = None             # report section reading its outputs
+
+    def marker(self, spec: ModelSpec | None) -> str:
+        return self.name if spec is None else f"{self.name}_{spec.name}"
+
+
+def _log(ctx: Context, spec: ModelSpec, name: str) -> Path:
+    return ctx.paths.seed_dir / "logs" / f"{name}_{spec.name}.log"
+
+
+def _common(ctx: Context) -> list:
+    return ["--seed", ctx.seed, "--device", ctx.device]
+
+
+def _resume_flag(model_path: Path, continuing: bool) -> list[str]:
+    return ["--resume"] if continuing and (model_path / "last.pt").exists() else ["--overwrite"]
+
+
+# ----------------------------------------------------------------------------- study stages
+
+def split_work(ctx: Context, spec, continuing) -> None:
+    p = ctx.paths
+    data = load_cp_dataset(ctx.source)
+    split = song_split(data.names, data.emotion, ctx.preset.held_out, ctx.split_seed)
+    p.data.mkdir(parents=True, exist_ok=True)
+    dictionary = default_dictionary_path(ctx.source)
+    if dictionary.resolve() != default_dictionary_path(p.train_data).resolve():
+        shutil.copyfile(dictionary, default_dictionary_path(p.train_data))
+    write_subset(ctx.source, split["train"], p.train_data)
+    write_subset(ctx.source, split["held_out"], p.held_out_data)
+    write_json(p.measures / "split.json", {
+        "share": ctx.preset.held_out, "seed": ctx.split_seed, "source": ctx.source.name,
+        "held_out_songs": split["songs"], "train_pieces": len(split["train"]),
+        "held_out_pieces": len(split["held_out"])})
+
+
+def data_work(ctx: Context, spec, continuing) -> None:
+    p = ctx.paths
+    train, held = load_cp_dataset(p.train_data), load_cp_dataset(p.held_out_data)
+    write_json(p.measures / "data.json", SM.data_measures(train, held, ctx.length, ctx.split_seed, p.evaluator))
+
+
+# ----------------------------------------------------------------------------- model stages
+
+def train_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    p, pre = ctx.paths, ctx.preset
+    model_dir = p.model(spec.name)
+    run_script("MusER.py", [
+        "--data_path", p.train_data, "--model_path", model_dir, "--preset", pre.model_preset,
+        *pre.model_flags, *ctx.model_flags, *spec.flags, "--Epoch", pre.epochs, "--batch_size", pre.batch_size,
+        "--lr", pre.lr, "--val_split", VAL_SPLIT, *_common(ctx), *_resume_flag(model_dir, continuing)],
+        _log(ctx, spec, "train"), ctx.threads)
+    write_json(p.seed_measures / f"training_{spec.name}.json", {"history": training_history(model_dir)})
+
+
+def codes_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    p = ctx.paths
+    run_script("VQ_explore.py", [
+        "--data_path", p.train_data, "--VQ_VAE", p.model(spec.name) / "best.pt",
+        "--vq_dict_path", p.model(spec.name) / "VQ_dict.data", "--plot_flag", "False", *_common(ctx)],
+        _log(ctx, spec, "codes"), ctx.threads)
+
+
+def silhouettes_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    p = ctx.paths
+    figures = p.seed_dir / "figures" / spec.name
+    run_script("VQ_explore.py", [
+        "--data_path", p.held_out_data, "--VQ_VAE", p.model(spec.name) / "best.pt",
+        "--vq_dict_path", p.seed_dir / "scratch" / f"{spec.name}_held_out_VQ_dict.data", "--plot_flag", "True",
+        "--figure_dir", figures, *ctx.preset.tsne_flags, *_common(ctx)], _log(ctx, spec, "silhouettes"), ctx.threads)
+    write_json(p.seed_measures / f"silhouettes_{spec.name}.json", read_silhouettes(figures / "silhouette.csv"))
+
+
+def latent_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    p = ctx.paths
+    result = SM.latent_measures(p.model(spec.name) / "best.pt", load_cp_dataset(p.train_data),
+                                load_cp_dataset(p.held_out_data), ctx.seed)
+    write_json(p.seed_measures / f"latent_{spec.name}.json", result)
+
+
+def prior_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    p, pre = ctx.paths, ctx.preset
+    prior_dir = p.prior(spec.name)
+    run_script("Prior_train.py", [
+        "--data_path", p.train_data, "--VQ_VAE", p.model(spec.name) / "best.pt",
+        "--vq_dict_path", p.model(spec.name) / "VQ_dict.data", "--model_path", prior_dir,
+        "--preset", pre.model_preset, *pre.prior_flags, "--Epoch", pre.prior_epochs,
+        "--batch_size", pre.batch_size, "--lr", pre.prior_lr, *_common(ctx), *_resume_flag(prior_dir, continuing)],
+        _log(ctx, spec, "prior"), ctx.threads)
+    write_json(p.seed_measures / f"prior_training_{spec.name}.json", {"history": training_history(prior_dir)})
+
+
+def generate_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    p, pre = ctx.paths, ctx.preset
+    run_script("generate.py", [
+        "--VQ_prior", p.prior(spec.name) / "best.pt", "--VQ_VAE", p.model(spec.name) / "best.pt",
+        "--music_file", spec.name, "--out_root", p.seed_dir / "generated", "--n_per_emotion", pre.n_per_quadrant,
+        "--batch_size", min(pre.n_per_quadrant, 50), "--evaluator", p.evaluator, *_common(ctx)],
+        _log(ctx, spec, "generate"), ctx.threads)
+
+
+def generation_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    p = ctx.paths
+    write_json(p.seed_measures / f"generation_{spec.name}.json",
+               SM.generation_measures(p.generated_words(spec.name), p.evaluator))
+
+
+def interventions_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    p = ctx.paths
+    held = load_cp_dataset(p.held_out_data)
+    scale = SM.statistics_scale(load_cp_dataset(p.train_data), ctx.length)
+    write_json(p.seed_measures / f"interventions_{spec.name}.json",
+               SM.intervention_measures(p.model(spec.name) / "best.pt", held, p.evaluator, ctx.preset.pairs,
+                                        ctx.seed, scale))
+
+
+def _best(ctx, spec):
+    return ctx.paths.model(spec.name) / "best.pt"
+
+
+def _training_settings(ctx: Context, spec: ModelSpec) -> list:
+    pre = ctx.preset
+    return [pre.model_preset, pre.model_flags, ctx.model_flags, spec.flags, pre.epochs, pre.batch_size, pre.lr,
+            VAL_SPLIT, ctx.seed, ctx.device]
+
+
+def _prior_settings(ctx: Context, spec: ModelSpec) -> list:
+    pre = ctx.preset
+    return [pre.model_preset, pre.prior_flags, pre.prior_epochs, pre.batch_size, pre.prior_lr, ctx.seed, ctx.device]
+
+
+def _measure(name):
+    return lambda ctx, spec: [ctx.paths.seed_measures / f"{name}_{spec.name}.json"]
+
+
+STAGES = (
+    Stage("split", "study", split_work, inputs=lambda ctx, spec: [ctx.source],
+          outputs=lambda ctx, spec: [ctx.paths.measures / "split.json"],
+          settings=lambda ctx, spec: [ctx.preset.held_out, ctx.split_seed],
+          code=("run.study",), section=R.split_section),
+    Stage("data", "study", data_work, inputs=lambda ctx, spec: [ctx.paths.train_data, ctx.paths.held_out_data],
+          outputs=lambda ctx, spec: [ctx.paths.measures / "data.json", ctx.paths.evaluator],
+          settings=lambda ctx, spec: [ctx.length, ctx.split_seed], code=("run.study_measures",),
+          section=R.data_section),
+    Stage("train", "model", train_work, inputs=lambda ctx, spec: [ctx.paths.train_data],
+          outputs=_measure("training"), settings=_training_settings,
+          code=("MusER.py", "run.study"), section=R.codebook_section),
+    Stage("codes", "model", codes_work, inputs=lambda ctx, spec: [ctx.paths.train_data, _best(ctx, spec)],
+          outputs=lambda ctx, spec: [], settings=lambda ctx, spec: [ctx.seed], code=("VQ_explore.py",)),
+    Stage("silhouettes", "model", silhouettes_work,
+          inputs=lambda ctx, spec: [ctx.paths.held_out_data, _best(ctx, spec)], outputs=_measure("silhouettes"),
+          settings=lambda ctx, spec: [ctx.preset.tsne_flags, ctx.seed], code=("VQ_explore.py", "run.study"),
+          section=R.silhouette_section),
+    Stage("prior", "model", prior_work,
+          inputs=lambda ctx, spec: [ctx.paths.train_data, _best(ctx, spec),
+                                    ctx.paths.model(spec.name) / "VQ_dict.data"],
+          outputs=_measure("prior_training"), settings=_prior_settings, code=("Prior_train.py", "run.study")),
+    Stage("generate", "model", generate_work,
+          inputs=lambda ctx, spec: [_best(ctx, spec), ctx.paths.prior(spec.name) / "best.pt", ctx.paths.evaluator],
+          outputs=lambda ctx, spec: [], settings=lambda ctx, spec: [ctx.preset.n_per_quadrant, ctx.seed, ctx.device],
+          code=("generate.py",)),
+    Stage("generation", "model", generation_work,
+          inputs=lambda ctx, spec: [ctx.paths.generated_words(spec.name), ctx.paths.evaluator],
+          outputs=_measure("generation"), code=("run.study_measures",), section=R.generation_sections),
+    Stage("latent", "model", latent_work,
+          inputs=lambda ctx, spec: [ctx.paths.train_data, ctx.paths.held_out_data, _best(ctx, spec)],
+          outputs=_measure("latent"), settings=lambda ctx, spec: [ctx.seed], code=("run.study_measures",),
+          section=R.latent_sections),
+    Stage("interventions", "model", interventions_work,
+          inputs=lambda ctx, spec: [ctx.paths.train_data, ctx.paths.held_out_data, _best(ctx, spec),
+                                    ctx.paths.evaluator],
+          outputs=_measure("interventions"), settings=lambda ctx, spec: [ctx.preset.pairs, ctx.seed],
+          code=("run.study_measures",), section=R.intervention_sections),
+)
+
+
+def stage_fingerprint(stage: Stage, ctx: Context, spec: ModelSpec | None) -> str:
+    return fingerprint([stage.name, *stage.settings(ctx, spec)], stage.inputs(ctx, spec), stage.code)
+
+
+def sections() -> list[Callable]:
+    """The report's sections in stage order (measures that need no prior run last, so that a
+    failing measure never holds up the training stages)."""
+    return [s.section for s in STAGES if s.section is not None]

@@ -1,0 +1,109 @@
+"""The study's bookkeeping and report arithmetic, where the right answer is known: the held-out
+song split, the code a stage's fingerprint covers, the two-level bootstrap, and the report's
+gap and swap-effect summaries on constructed measures."""
+import numpy as np
+import pytest
+
+from music.elements import N_ELEMENTS, song_of_name
+from run import study as S
+from run import study_report as R
+
+
+def clip_names(n_songs=40, clips=3):
+    names, quadrants = [], []
+    for s in range(n_songs):
+        q = s % 4 + 1
+        for c in range(clips):
+            names.append(f"Q{q}_song{s:03d}_{c}.mid")
+            quadrants.append(q)
+    return np.array(names), np.array(quadrants)
+
+
+def test_song_split_holds_out_whole_songs_of_every_quadrant_and_is_seeded():
+    names, quadrants = clip_names()
+    split = S.song_split(names, quadrants, 0.2, seed=3)
+    held_songs = {song_of_name(n) for n in names[split["held_out"]]}
+    train_songs = {song_of_name(n) for n in names[split["train"]]}
+    assert held_songs == set(split["songs"]) and not held_songs & train_songs
+    assert sorted(np.concatenate([split["train"], split["held_out"]])) == list(range(len(names)))
+    assert set(quadrants[split["held_out"]]) == {1, 2, 3, 4}
+    assert len(held_songs) == 8                                  # 20% of the 10 songs of each quadrant
+    assert S.song_split(names, quadrants, 0.2, seed=3)["songs"] == split["songs"]
+    assert S.song_split(names, quadrants, 0.2, seed=4)["songs"] != split["songs"]
+
+
+def test_song_split_refuses_a_split_with_nothing_to_hold_out():
+    names, quadrants = clip_names(n_songs=4)
+    with pytest.raises(S.UserError, match="cannot hold out"):
+        S.song_split(names, quadrants, 0.2, seed=0)
+
+
+def test_write_subset_keeps_the_rows_and_the_other_arrays(tmp_path):
+    source = tmp_path / "d.npz"
+    np.savez(source, x=np.arange(12).reshape(6, 2), names=np.array(list("abcdef")), vocab=np.arange(3))
+    S.write_subset(source, np.array([1, 4]), tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as subset:
+        assert subset["x"].tolist() == [[2, 3], [8, 9]] and subset["names"].tolist() == ["b", "e"]
+        assert subset["vocab"].tolist() == [0, 1, 2]
+
+
+def test_code_files_follow_imports_and_stay_inside_the_project():
+    files = {p.relative_to(S.ROOT).as_posix() for p in S.code_files("MusER.py")}
+    assert {"MusER.py", "models/muser.py", "run/training.py", "music/elements.py"} <= files
+    # the study's measures are not part of training: changing them never retrains a model
+    assert not {"evaluation/ordering.py", "evaluation/dci.py", "run/study_measures.py"} & files
+    assert not any(f.startswith("tests/") for f in files)
+    measures = {p.relative_to(S.ROOT).as_posix() for p in S.code_files("run.study_measures")}
+    assert {"evaluation/ordering.py", "evaluation/transfer.py", "evaluation/dci.py"} <= measures
+
+
+def test_fingerprint_changes_with_settings_inputs_and_code(tmp_path, monkeypatch):
+    data = tmp_path / "in.txt"
+    data.write_text("a")
+    base = S.fingerprint(["train", 1], [data], code=("run.study",))
+    assert S.fingerprint(["train", 2], [data], code=("run.study",)) != base
+    data.write_text("b")
+    changed_input = S.fingerprint(["train", 1], [data], code=("run.study",))
+    assert changed_input != base
+    monkeypatch.setattr(S, "code_hash", lambda entries: "other code")
+    assert S.fingerprint(["train", 1], [data], code=("run.study",)) != changed_input
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_units():
+    rng = np.random.default_rng(0)
+    small = [{"x": rng.normal(1.0, 1.0, 20)}]
+    large = [{"x": rng.normal(1.0, 1.0, 2000)}]
+    p_small, lo_small, hi_small = R.bootstrap(small, lambda d: d["x"].mean(), draws=300)
+    p_large, lo_large, hi_large = R.bootstrap(large, lambda d: d["x"].mean(), draws=300)
+    assert lo_small < p_small < hi_small and lo_large < 1.0 < hi_large
+    assert hi_large - lo_large < (hi_small - lo_small) / 4
+
+
+def test_bootstrap_resamples_seeds_too():
+    """Two seeds that disagree widen the interval beyond what either seed's units give."""
+    a, b = {"x": np.full(200, 0.0) + np.linspace(-0.01, 0.01, 200)}, {"x": np.full(200, 1.0)}
+    point, low, high = R.bootstrap([a, b], lambda d: d["x"].mean(), draws=300)
+    assert point == pytest.approx(0.5, abs=0.01) and low < 0.05 and high > 0.95
+
+
+def test_seed_interval_needs_two_seeds():
+    assert R.seed_interval([0.3]) == (0.3, None, None)
+    mean, low, high = R.seed_interval([0.2, 0.3, 0.4])
+    assert mean == pytest.approx(0.3) and low < 0.2 and high > 0.4
+
+
+def test_gap_of_a_matrix_ordering_each_element_in_its_own_slice():
+    matrix = np.full((N_ELEMENTS, N_ELEMENTS), 0.5) + 0.3 * np.eye(N_ELEMENTS)
+    own, best, gap = R._gap(matrix)
+    assert np.allclose(own, 0.8) and np.allclose(best, 0.5) and np.allclose(gap, 0.3)
+
+
+def test_swap_summaries_are_diagonal_for_a_disentangled_decoder_and_zero_for_noise():
+    pairs = 30
+    floor = np.full((pairs, N_ELEMENTS), 0.2)
+    rates = np.repeat((0.2 + 0.5 * np.eye(N_ELEMENTS))[None], pairs, axis=0)   # slice k changes element k
+    effect = R._swap_effect({"rates": rates, "floor": floor})
+    assert np.allclose(effect, 0.5 * np.eye(N_ELEMENTS))
+    assert np.allclose(R._own_share(effect), 1.0)
+    noise = R._swap_effect({"rates": np.full((pairs, N_ELEMENTS, N_ELEMENTS), 0.2), "floor": floor})
+    assert np.allclose(noise, 0.0) and np.all(np.isnan(R._own_share(noise)))
