@@ -7,6 +7,10 @@ Each piece is encoded by the trained VQ-VAE (eval mode), its codes are mapped to
 indices through data/{NAME}_VQ_dict.data, and the prior learns
 input [emotion_token, c_0 .. c_{T-1}] -> target [c_0 .. c_{T-1}, 0]
 (models.prior.training_sequences).
+
+Beyond the paper, off by default: --emotion_dropout P replaces a piece's emotion token by a
+learned "no emotion" token with probability P per training step (drawn from the seeded
+training generator, so --resume continues exactly), for generate.py --guidance.
 """
 from __future__ import annotations
 
@@ -96,6 +100,9 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"prior over {n_codes} used codes: {n_params / 1e6:.2f}M parameters, "
                 f"{n_train} training / {n_val} validation pieces, device {device}")
+    if config.emotion_dropout > 0:
+        logger.info(f"emotion dropout {config.emotion_dropout:g}: each piece's emotion token becomes "
+                    f"'no emotion' with that probability per step (for generate.py --guidance)")
     meta = {"kind": "prior", "config": config.to_dict(), "args": plain_args(args),
             "vocab_sizes": vq_ckpt["vocab_sizes"], "dictionary_path": vq_ckpt["dictionary_path"],
             "vq_vae_path": str(vq_path.resolve()), "vq_vae": fingerprint,

@@ -164,8 +164,21 @@ class PriorConfig(_ConfigDict):
     max_len: int = 1025                   # emotion token + 1024 codes
     decoder_attention: str = "causal-linear"
     chunk_size: int = 64
+    # Beyond the paper (0 = off): in training, each piece's emotion token is replaced by
+    # the "no emotion" token with this probability per step, so that generation can
+    # combine conditional and unconditional predictions (classifier-free guidance).
+    emotion_dropout: float = field(default=0.0, metadata={
+        "help": "beyond the paper: probability per piece and training step of replacing its "
+                "emotion token by a learned 'no emotion' token, for generate.py --guidance"})
+    # One more input token, "no emotion" (n_codes + 5); set by emotion_dropout > 0. False in
+    # every checkpoint from before it, which keep their n_codes + 5 embedding rows.
+    null_emotion: bool = field(default=False, metadata={"flag": False})
 
     def __post_init__(self):
+        if not 0 <= self.emotion_dropout <= 1:
+            raise ValueError(f"emotion_dropout must be in [0, 1], got {self.emotion_dropout}")
+        if self.emotion_dropout > 0:
+            self.null_emotion = True
         if self.n_codes < 1:
             raise ValueError(f"n_codes must be positive, got {self.n_codes}")
         if self.d_model % self.heads:
@@ -175,8 +188,19 @@ class PriorConfig(_ConfigDict):
 
     @property
     def vocab_size(self) -> int:
-        """Input vocabulary: the codes, then 5 emotion tokens (n_codes + quadrant)."""
-        return self.n_codes + 5
+        """Input vocabulary: the codes, then 5 emotion tokens (n_codes + quadrant), then
+        the "no emotion" token when null_emotion."""
+        return self.n_codes + 5 + int(self.null_emotion)
+
+    @property
+    def null_token(self) -> int | None:
+        """Input token of "no emotion", or None for a prior without it."""
+        return self.n_codes + 5 if self.null_emotion else None
+
+    @property
+    def supports_guidance(self) -> bool:
+        """Trained with emotion dropout, so its "no emotion" token means something."""
+        return self.null_emotion and self.emotion_dropout > 0
 
 
 # Overrides per preset, keyed by the config they apply to. `tiny` shrinks everything so a

@@ -28,7 +28,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, title: str) ->
     """One flag per model hyperparameter; default None means "the preset's value"."""
     group = parser.add_argument_group(title, "defaults are the paper's values (or the --preset's)")
     for field in dataclasses.fields(config_cls):
-        if field.name in DATA_FIELDS:
+        if field.name in DATA_FIELDS or field.metadata.get("flag", True) is False:
             continue
         default = _field_default(field)
         if default is None and "flag_type" in field.metadata:   # None = "decided by the config"
@@ -37,7 +37,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, title: str) ->
         elif isinstance(default, bool):
             group.add_argument(f"--{field.name}", type=str2bool, default=None, help=f"(default {default})")
         elif isinstance(default, (int, float, str)):
-            group.add_argument(f"--{field.name}", type=type(default), default=None, help=f"(default {default})")
+            about = field.metadata.get("help")
+            group.add_argument(f"--{field.name}", type=type(default), default=None,
+                               help=f"{about} (default {default})" if about else f"(default {default})")
         elif isinstance(default, (list, tuple)):
             group.add_argument(f"--{field.name}", type=type(default[0]), nargs=len(default), default=None,
                                help=f"(default {' '.join(map(str, default))})")
