@@ -1,6 +1,7 @@
 """Self-contained listening pages (index.html) for the folders the scripts write.
 
-One function per page kind: `write_generation_page` (generate.py), `write_metrics_page`
+One function per page kind: `write_generation_page` and `write_guidance_page`
+(generate.py), `write_metrics_page`
 (compute_metrics.py), `write_transfer_page` (element_transfer.py) and `write_study_page`
 (a Markdown report, e.g. REPORT.md). Every page opens from the file system with no
 network: the CSS is inline, there is no script, and every link is relative and points
@@ -11,7 +12,7 @@ from __future__ import annotations
 import html
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -340,6 +341,23 @@ def write_generation_page(out_dir, title: str, entries: list[Entry], quadrants, 
     body = (f"<p>{esc(intro)}</p>" if intro else "") + \
         f"<p>{len(entries)} pieces, {n_audio} with audio.</p>" + by_quadrant(out_dir, groups)
     return write_page(out_dir, title, body)
+
+
+def write_guidance_page(out_dir, title: str, pairs: list[tuple[Entry, Entry]], quadrants,
+                        labels: tuple[str, str], intro: str = "") -> Path:
+    """generate.py --compare_guidance: per quadrant asked for, one row per seed position
+    with the two pieces side by side (left labels[0], right labels[1])."""
+    groups: dict[int, list[tuple[Entry, Entry]]] = {}
+    for pair, q in zip(pairs, quadrants):
+        groups.setdefault(int(q), []).append(pair)
+    parts = [f"<p>{esc(intro)}</p>" if intro else "",
+             f"<p>{len(pairs)} pairs of pieces: {esc(labels[0])} on the left, {esc(labels[1])} on the right.</p>"]
+    for q in sorted(groups):
+        parts.append(f"<h2>{esc(QUADRANT_TITLES.get(q, f'quadrant {q}'))}</h2>")
+        for pair in groups[q]:
+            labelled = [replace(e, title=f"{label}: {e.title}") for e, label in zip(pair, labels)]
+            parts.append(grid(out_dir, labelled, css_class="row"))
+    return write_page(out_dir, title, "\n".join(parts))
 
 
 def write_metrics_page(out_dir, markdown_path, sources: dict[str, dict[int, list[Entry]]],
