@@ -230,11 +230,19 @@ def same_weights(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_emotion_dropout_flag_trains_and_resumes_exactly(vq_vae):
-    """--emotion_dropout 0 trains exactly as without the flag; 0.5 reaches the model (its
-    config, one more embedding row, other weights) and a resumed run ends with the weights
-    of a run straight through."""
-    plain = load_checkpoint(train_prior(vq_vae, "plain") / "last.pt")
+def forward_before_guidance(self, inp):
+    """Prior.forward as it was before emotion dropout."""
+    return torch.log_softmax(self.logits(inp) / self.config.temperature, dim=-1)
+
+
+def test_emotion_dropout_flag_trains_and_resumes_exactly(vq_vae, monkeypatch):
+    """--emotion_dropout 0 trains exactly as the prior did before emotion dropout existed
+    (no flag, and its forward of then); 0.5 reaches the model (its config, one more
+    embedding row, other weights) and a resumed run ends with the weights of a run
+    straight through."""
+    with monkeypatch.context() as patch:
+        patch.setattr(Prior, "forward", forward_before_guidance)
+        plain = load_checkpoint(train_prior(vq_vae, "plain") / "last.pt")
     zero = load_checkpoint(train_prior(vq_vae, "zero", "--emotion_dropout", 0) / "last.pt")
     assert plain["config"] == zero["config"] and not plain["config"]["null_emotion"]
     assert same_weights(plain["model"], zero["model"]) and plain["history"] == zero["history"]
