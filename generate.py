@@ -217,7 +217,7 @@ def main(argv=None) -> int:
         title += f" ({guidance_label(args.guidance)})"
     quadrants = records[0][1]["emotion"]
     if args.compare_guidance:
-        intro += " Each row: the same seed and quadrant with S = 1 (left) and with guidance (right)."
+        intro += " Both columns start from the same seed."
         page = write_guidance_page(out_dir, f"Generated: {args.music_file} (S = 1 against "
                                    f"S = {args.guidance:g})", list(zip(entries[1], entries[0])), quadrants,
                                    [guidance_label(1), guidance_label(args.guidance)], intro=intro)
