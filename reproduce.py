@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=None, help="pairs per transfer and for the swap-effect matrix")
     p.add_argument("--jobs", type=int, default=2, help="models trained side by side (one process each)")
     p.add_argument("--device", default="cpu", help="device of the training and generation scripts")
+    p.add_argument("--only", nargs="+", default=None, metavar="STAGE",
+                   help=f"run only these stages (of {', '.join(s.name for s in STAGES)}); the others must "
+                        "have run: e.g. measures again after a change to them")
     p.add_argument("--report_only", action="store_true",
                    help="rebuild REPORT.md and its figures from OUT's measure files; run nothing")
     p.add_argument("--export", default=None, help="after the run, copy what a study commits to this folder")
@@ -94,15 +97,19 @@ def prepare(args, out: Path) -> Path:
 
 
 def run_stage(stage, ctx: Context, spec=None) -> None:
+    if ctx.only and stage.name not in ctx.only:
+        return
     folder = ctx.paths.out if stage.scope == "study" else ctx.paths.seed_dir
     prefix = "" if spec is None else f"seed {ctx.seed} {spec.name}: "
     stages = S.Stages(folder, lambda t: log_line(ctx.paths.out, prefix + t))
     stages.run(stage.marker(spec), stage_fingerprint(stage, ctx, spec),
-               lambda continuing: stage.work(ctx, spec, continuing))
+               lambda continuing: stage.work(ctx, spec, continuing),
+               commit=None if stage.runs_script else S.commit_at_start())
 
 
 def model_chain(spec: S.ModelSpec, ctx: Context) -> str:
     """Every stage of one model and seed, in order."""
+    S.commit_at_start()                     # a worker process: the code it imported
     apply_thread_policy(ctx.threads)        # this job's share of the cores, fixed
     for stage in STAGES:
         if stage.scope == "model":
@@ -140,8 +147,12 @@ def export(out: Path, destination: Path) -> None:
 
 
 def main(argv=None) -> int:
+    S.commit_at_start()
     args = build_parser().parse_args(argv)
     out = Path(args.out)
+    unknown = sorted(set(args.only or ()) - {s.name for s in STAGES})
+    if unknown:
+        raise UserError(f"--only {' '.join(unknown)}: no such stage (stages: {', '.join(s.name for s in STAGES)})")
     if args.report_only:
         if not (out / "measures" / "study.json").exists():
             raise UserError(f"{out}: no study measures (measures/study.json) to report from")
@@ -170,7 +181,8 @@ def main(argv=None) -> int:
         ctx = Context(paths=S.StudyPaths(out.resolve(), seed), source=source, preset=preset,
                       preset_name=args.preset, model_flags=tuple(args.model_flags.split()), seed=seed,
                       split_seed=args.split_seed, threads=max(1, (os.cpu_count() or 1) // jobs),
-                      device=args.device, length=window_length(preset, tuple(args.model_flags.split())))
+                      device=args.device, length=window_length(preset, tuple(args.model_flags.split())),
+                      only=tuple(args.only or ()))
         for stage in STAGES:
             if stage.scope == "study":
                 run_stage(stage, ctx)

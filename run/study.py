@@ -275,6 +275,13 @@ def current_commit() -> str:
         return "unknown"
 
 
+@lru_cache(maxsize=None)
+def commit_at_start() -> str:
+    """The commit of the code this process imported: call it as the process starts (the
+    study's stages that run in process use the code as it was then)."""
+    return current_commit()
+
+
 class Stages:
     """Markers under a `stages/` folder: `NAME.json` when a stage finished, `NAME.started`
     while it runs. A stage whose fingerprint changed is redone; one started with the same
@@ -293,8 +300,9 @@ class Stages:
         started = self.dir / f"{name}.started"
         return started.exists() and started.read_text().strip() == fp
 
-    def run(self, name: str, fp: str, work) -> dict:
-        """work(continuing: bool) does the stage; returns its marker."""
+    def run(self, name: str, fp: str, work, commit: str | None = None) -> dict:
+        """work(continuing: bool) does the stage; returns its marker, which names `commit`
+        (default: the commit checked out as the stage starts) as the code it ran."""
         marker = self.dir / f"{name}.json"
         if self.finished(name, fp):
             data = read_json(marker)
@@ -304,10 +312,11 @@ class Stages:
         marker.unlink(missing_ok=True)
         atomic_write(self.dir / f"{name}.started", lambda h: h.write(fp.encode()))
         self.log(f"[{name}] {'continuing' if continuing else 'started'}")
+        commit = commit or current_commit()
         began = time.time()
         work(continuing)
         data = {"fingerprint": fp, "seconds": time.time() - began,
-                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": current_commit()}
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit}
         write_json(marker, data)
         (self.dir / f"{name}.started").unlink(missing_ok=True)
         self.log(f"[{name}] done in {data['seconds'] / 60:.1f} min")

@@ -36,6 +36,7 @@ class Context:
     threads: int
     device: str
     length: int                  # the models' window
+    only: tuple = ()             # run only these stages (all when empty)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ class Stage:
 
     def marker(self, spec: ModelSpec | None) -> str:
         return self.name if spec is None else f"{self.name}_{spec.name}"
+
+    @property
+    def runs_script(self) -> bool:
+        """A stage that starts a script runs the code checked out when it starts; the others
+        run the code this process imported when it started."""
+        return any(entry.endswith(".py") for entry in self.code)
 
 
 def _log(ctx: Context, spec: ModelSpec, name: str) -> Path:

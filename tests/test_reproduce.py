@@ -119,6 +119,18 @@ def test_second_run_skips_every_finished_stage(study):
     assert {p: p.stat().st_mtime_ns for p in markers} == markers
 
 
+def test_only_runs_the_named_stages(study):
+    npz, out, *_ = study
+    marker = out / "seeds" / "13" / "stages" / "latent_MusER_TRANS_CA_GE.json"
+    marker.unlink()                                    # as if its code had changed
+    result = run_study(npz, out, "--only", "latent")
+    assert set(re.findall(r"\[(\w+)\] (?:started|finished earlier)", result.stdout)) == {
+        "latent_MusER_TRANS_CA_GE", "latent_VQVAE_TRANS_CA_GE"}
+    assert "[latent_MusER_TRANS_CA_GE] started" in result.stdout and marker.exists()
+    bad = run_study(npz, out, "--only", "latnet", check=False)
+    assert bad.returncode == 2 and "latnet" in bad.stderr and "interventions" in bad.stderr
+
+
 def test_changed_input_redoes_only_the_stages_it_feeds(study):
     npz, out, *_ = study
     third = run_study(npz, out, "--pairs", "1")
