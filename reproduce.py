@@ -129,9 +129,11 @@ def record_study(out: Path, args, preset, specs, source: Path, argv) -> None:
     """measures/study.json: what the report says about the study (the commands of every seed kept)."""
     path = out / "measures" / "study.json"
     previous = S.read_json(path) if path.exists() else {}
-    commands = dict(previous.get("commands", {}))
+    commands = {seed: ([runs] if isinstance(runs, str) else list(runs))
+                for seed, runs in previous.get("commands", {}).items()}
     line = "python reproduce.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    commands.update({str(seed): line for seed in args.seed})
+    for seed in args.seed:
+        commands[str(seed)] = [*commands.get(str(seed), []), line]      # every run that touched the seed
     data_note = ("beat-synchronised" if args.sync == "beats" else "as given, unsynchronised") \
         if args.midi_dir else "a given compound-word npz"
     S.write_json(path, {"preset_name": args.preset, "preset": dataclasses.asdict(preset),

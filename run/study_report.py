@@ -648,8 +648,9 @@ def provenance_lines(files: StudyFiles) -> list[str]:
             for name, m in files.markers()]
     return ["## Provenance", "",
             "Every stage, the commit it ran at and its wall time on the machine that ran it "
-            "(stages of different models ran side by side). Commands per seed: "
-            + "; ".join(f"seed {s}: `{c}`" for s, c in files.study.get("commands", {}).items()), ""] \
+            "(stages of different models ran side by side). The commands that ran each seed, in order:", ""] \
+        + [f"- seed {seed}: " + "; then ".join(f"`{c}`" for c in ([runs] if isinstance(runs, str) else runs))
+           for seed, runs in files.study.get("commands", {}).items()] + [""] \
         + _table(("stage", "minutes", "commit", "finished"), rows) + [""]
 
 
