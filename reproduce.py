@@ -174,7 +174,8 @@ def main(argv=None) -> int:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     out.mkdir(parents=True, exist_ok=True)
     began = time.time()
-    log_line(out, f"study: preset {args.preset} ({preset.note}), seeds {args.seed}, out {out}")
+    log_line(out, f"study: preset {args.preset} ({preset.note}), seeds {args.seed}, out {out}: "
+                  + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)))
     source = prepare(args, out)
     specs = S.model_specs(args.variants)
     record_study(out, args, preset, specs, source, argv)
