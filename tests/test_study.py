@@ -107,3 +107,65 @@ def test_swap_summaries_are_diagonal_for_a_disentangled_decoder_and_zero_for_noi
     assert np.allclose(R._own_share(effect), 1.0)
     noise = R._swap_effect({"rates": np.full((pairs, N_ELEMENTS, N_ELEMENTS), 0.2), "floor": floor})
     assert np.allclose(noise, 0.0) and np.all(np.isnan(R._own_share(noise)))
+
+
+# ----------------------------------------------------------------- interventions on a known decoder
+
+class CopyingModel:
+    """A stand-in VQ-VAE whose latent slice k holds element k's token and whose decoder copies
+    every slice back into its element, except `ignored`, which it samples at random: swapping
+    slice k can change element k only, and the ignored slice changes nothing."""
+
+    def __init__(self, max_len, ignored, n_tokens):
+        from types import SimpleNamespace
+        self.config = SimpleNamespace(max_len=max_len, slice_dim=4)
+        self.ignored, self.n_tokens = ignored, n_tokens
+
+    def encode(self, y):
+        import torch
+        tokens = y[..., :N_ELEMENTS].float()
+        return tokens.repeat_interleave(4, dim=-1), None
+
+    def generate(self, latent, emotion, sampling=None, generator=None, max_steps=None, on_step=None):
+        import torch
+        tokens = latent[..., ::4].round().long()
+        noise = torch.randint(0, self.n_tokens, tokens.shape[:2], generator=generator)
+        tokens[..., self.ignored] = noise
+        words = []
+        for piece, q in zip(tokens.numpy(), emotion.tolist()):
+            first = np.zeros((1, N_ELEMENTS + 1), dtype=np.int64)
+            first[0, -1] = q
+            body = np.concatenate([piece, np.zeros((len(piece), 1), dtype=np.int64)], axis=1)
+            words.append(np.concatenate([first, body]))
+        return words
+
+
+def test_swap_effects_of_a_copying_decoder_are_diagonal_and_an_ignored_slice_reads_zero(
+        sample_npz, tmp_path, monkeypatch):
+    from evaluation import evaluator as E
+    from music.data import load_cp_dataset
+    from music.elements import ELEMENTS
+    from run import study_measures as SM
+
+    data = load_cp_dataset(sample_npz)
+    velocity = ELEMENTS.index("velocity")
+    model = CopyingModel(64, velocity, n_tokens=int(data.y[..., velocity].max()) + 1)
+    monkeypatch.setattr(SM, "load_model", lambda path: (model, None))
+    pieces = SM.data_pieces(data, 64)
+    E.fit_evaluator(E.feature_matrix(pieces), data.emotion, seed=0).save(tmp_path / "evaluator.json")
+    result = SM.intervention_measures(tmp_path / "unused.pt", data, tmp_path / "evaluator.json", pairs=12,
+                                      seed=0, scale=SM.statistics_scale(data, 64))
+    effect = R._swap_effect(R._swap_units(result))
+    own = np.diag(effect)
+    off = ~np.eye(N_ELEMENTS, dtype=bool)
+    off[:, velocity] = False                                   # velocity is sampled: noise in every row
+    used = [k for k in range(N_ELEMENTS) if k != velocity and np.isfinite(own[k]) and own[k] > 0]
+    assert len(used) >= 4 and np.all(own[used] > 0.1)          # a swap changes its own element ...
+    assert np.nanmax(np.abs(effect[off])) < 1e-9               # ... and no other copied element
+    assert np.nanmax(np.abs(effect[:, velocity])) < 0.1        # the ignored slice: the floor, in every row
+    swapped = [t for t in result["transfers"] if t["elements"] == ["pitch"]][0]
+    num, den = (np.asarray(swapped["terms"]["pitch"][k]) for k in ("num", "den"))
+    # pitch goes (nearly) all the way to B: B's pitches sit on A's Note steps
+    assert den.sum() > 0 and num.sum() / den.sum() == pytest.approx(1.0, abs=0.1)
+    num, den = (np.asarray(swapped["terms"]["duration"][k]) for k in ("num", "den"))
+    assert abs(num.sum()) < 1e-9                                # duration stays with A
