@@ -544,8 +544,10 @@ def intervention_sections(files: StudyFiles) -> list[str]:
              "(the noise floor: how often tokens change between two samples of the same latent), and with slice "
              "k taken from B. Entry (slice k, element e): how much more often e's tokens change than at the "
              "floor, step by step where e is in use (mean over pairs and seeds). Nothing done reads 0; a "
-             "disentangled decoder is diagonal. Decoding samples with the paper's settings (velocity at "
-             "temperature 5), so the floor is high for velocity.", ""]
+             "disentangled decoder is diagonal. Both models share the paper's decoder, in which element k's "
+             "own decoder adds slice k to the global state (GE decoding): a diagonal matrix is expected of "
+             "both by construction, and the claim rests on the difference. Decoding samples with the paper's "
+             "settings (velocity at temperature 5), so the floor is high for velocity.", ""]
     for model in files.models:
         units = [_swap_units(m) for m in files.per_seed("interventions", model)]
         if not units:
