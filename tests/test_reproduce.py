@@ -121,12 +121,12 @@ def test_second_run_skips_every_finished_stage(study):
 
 def test_only_runs_the_named_stages(study):
     npz, out, *_ = study
-    marker = out / "seeds" / "13" / "stages" / "latent_MusER_TRANS_CA_GE.json"
+    marker = out / "seeds" / "13" / "stages" / "generation_MusER_TRANS_CA_GE.json"
     marker.unlink()                                    # as if its code had changed
-    result = run_study(npz, out, "--only", "latent")
+    result = run_study(npz, out, "--only", "generation")
     assert set(re.findall(r"\[(\w+)\] (?:started|finished earlier)", result.stdout)) == {
-        "latent_MusER_TRANS_CA_GE", "latent_VQVAE_TRANS_CA_GE"}
-    assert "[latent_MusER_TRANS_CA_GE] started" in result.stdout and marker.exists()
+        "generation_MusER_TRANS_CA_GE", "generation_VQVAE_TRANS_CA_GE"}
+    assert "[generation_MusER_TRANS_CA_GE] started" in result.stdout and marker.exists()
     bad = run_study(npz, out, "--only", "latnet", check=False)
     assert bad.returncode == 2 and "latnet" in bad.stderr and "interventions" in bad.stderr
 
