@@ -317,10 +317,16 @@ def ordering_summary(files: StudyFiles, model: str, name: str):
     units = [u for u in (_ordering_units(m, name) for m in files.per_seed("latent", model)) if u]
     if not units:
         return None
-    out = {}
-    for part, index in (("own", 0), ("best other", 1), ("gap", 2)):
-        out[part] = bootstrap(units, lambda d, i=index: _gap(_ordering_matrix(d["agree"], d["pairs"]))[i])
-    out["matrix"] = bootstrap(units, lambda d: _ordering_matrix(d["agree"], d["pairs"]))[0]
+    def summary(d):
+        matrix = _ordering_matrix(d["agree"], d["pairs"])
+        return np.concatenate([*_gap(matrix), matrix.ravel()])
+
+    point, low, high = bootstrap(units, summary)       # one resampling for every part
+    n = N_ELEMENTS
+    out = {part: (point[i * n:(i + 1) * n], None if low is None else low[i * n:(i + 1) * n],
+                  None if high is None else high[i * n:(i + 1) * n])
+           for i, part in enumerate(("own", "best other", "gap"))}
+    out["matrix"] = point[3 * n:].reshape(n, n)
     return out
 
 
@@ -572,17 +578,26 @@ def intervention_sections(files: StudyFiles) -> list[str]:
             units = transfer_units(files, model, index)
             if not units:
                 continue
+            # One bootstrap for the whole row: every column reads the same resampled pairs.
+            row = bootstrap(units, _transfer_row)
+            n = N_ELEMENTS
             cells = []
-            for e in ELEMENTS:
-                _, low, _ = bootstrap(units, lambda d, e=e: d[f"den {e}"].mean())
-                text = _ci(*bootstrap(units, lambda d, e=e: _moved(d, e))) if low is not None and low > 0 \
+            for j, e in enumerate(ELEMENTS):
+                low = None if row[1] is None else row[1][n + j]
+                text = _ci_at(row, j) if low is not None and low > 0 \
                     else "n/a"        # B's decodes not told from A's: no direction to move in
                 cells.append(f"**{text}**" if e in elements else text)
             rows.append((f"{'+'.join(elements)} Q{source}→Q{target}", model, *cells,
-                         _ci(*bootstrap(units, lambda d: d["shift"].mean())),
-                         _ci(*bootstrap(units, lambda d: d["tag"].mean()))))
+                         _ci_at(row, 2 * n), _ci_at(row, 2 * n + 1)))
     return lines + _table(("transfer", "model", *ELEMENTS, "emotion: transfer over control", "emotion: tag alone"),
                           rows) + [""]
+
+
+def _transfer_row(d) -> np.ndarray:
+    """Moved fraction per element, the mean denominator per element, emotion over the control
+    and the tag alone."""
+    return np.array([_moved(d, e) for e in ELEMENTS] + [d[f"den {e}"].mean() for e in ELEMENTS]
+                    + [d["shift"].mean(), d["tag"].mean()])
 
 
 def _transfers(files: StudyFiles):
