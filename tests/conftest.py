@@ -47,3 +47,15 @@ def sample_npz(long_runs):
 def tiny_run(long_runs):
     """A tiny MusER and prior trained once per session by the authors' README commands."""
     return long_runs.result("tiny_run")
+
+
+@pytest.fixture(scope="module")
+def no_loss_curves():
+    """In-process training runs of a module skip the loss-curve figure (about 1.5 s per
+    finished run; drawn and tested with the session's tiny run). Opt in with
+    `pytestmark = pytest.mark.usefixtures("no_loss_curves")`."""
+    from run import training
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "_plot_history", lambda *args: None)
+        yield

@@ -21,10 +21,11 @@ from models.packed import packed_stacks
 from models.prior import Prior, drop_emotion
 from models.sampling import sample_tokens
 from music.errors import UserError
-from run import training as run_training
 from run.checkpoint import build_prior, load_checkpoint
 from run.cli import run_main
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.usefixtures("no_loss_curves")   # tests/conftest.py
 
 PRETRAINED = ROOT / "pretrained"
 N_CODES = 40
@@ -197,13 +198,6 @@ def test_a_prior_without_the_token_refuses_guidance():
 
 TINY = ["--preset", "tiny", "--device", "cpu"]
 FAST = ["--lr", "3e-3", "--batch_size", "8"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_loss_curves():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run_training, "_plot_history", lambda *args: None)
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,13 @@ import prepare_data
 import Prior_train
 import VQ_explore
 from tests.conftest import ROOT, SAMPLE_MIDI_DIR
-from run import training as run_training
 from music import cp
 from run.checkpoint import load_checkpoint
 from run.cli import run_main
 from music.data import load_cp_dataset
 from music.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("no_loss_curves")   # tests/conftest.py
 
 TINY = ["--preset", "tiny", "--device", "cpu"]
 FAST = ["--lr", "3e-3", "--batch_size", "8"]
@@ -137,14 +138,6 @@ def train_chain(work: Path, npz: Path) -> SimpleNamespace:
                              str(chain.vq_dict), "--model_path", str(chain.prior), "--Epoch", "2",
                              *FAST, *TINY]) == 0
     return chain
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_loss_curves():
-    """In-process runs skip the loss-curve figure: ~1.5 s per finished run, tested elsewhere."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run_training, "_plot_history", lambda *args: None)
-        yield
 
 
 @pytest.fixture(scope="module")

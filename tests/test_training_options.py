@@ -13,16 +13,9 @@ import torch
 
 import MusER
 
+pytestmark = pytest.mark.usefixtures("no_loss_curves")   # tests/conftest.py
+
 TINY = ["--preset", "tiny", "--Epoch", "1", "--batch_size", "8", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def no_loss_curves(monkeypatch):
-    """The runs here skip the loss-curve figure (seconds each; drawn and tested with the
-    session's tiny run)."""
-    from run import training
-
-    monkeypatch.setattr(training, "_plot_history", lambda *args: None)
 
 
 def losses(run_dir):
