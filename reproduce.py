@@ -125,13 +125,16 @@ def window_length(preset: S.StudyPreset, model_flags) -> int:
     return int(PRESETS[preset.model_preset]["muser"].get("max_len", 1024))
 
 
-def record_study(out: Path, args, preset, specs, source: Path, argv) -> None:
+def command_line(argv) -> str:
+    return "python reproduce.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+
+def record_study(out: Path, args, preset, specs, source: Path, line: str) -> None:
     """measures/study.json: what the report says about the study (the commands of every seed kept)."""
     path = out / "measures" / "study.json"
     previous = S.read_json(path) if path.exists() else {}
     commands = {seed: ([runs] if isinstance(runs, str) else list(runs))
                 for seed, runs in previous.get("commands", {}).items()}
-    line = "python reproduce.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     for seed in args.seed:
         commands[str(seed)] = [*commands.get(str(seed), []), line]      # every run that touched the seed
     data_note = ("beat-synchronised" if args.sync == "beats" else "as given, unsynchronised") \
@@ -174,11 +177,11 @@ def main(argv=None) -> int:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     out.mkdir(parents=True, exist_ok=True)
     began = time.time()
-    log_line(out, f"study: preset {args.preset} ({preset.note}), seeds {args.seed}, out {out}: "
-                  + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)))
+    line = command_line(argv)
+    log_line(out, f"study: preset {args.preset} ({preset.note}), seeds {args.seed}, out {out}: {line}")
     source = prepare(args, out)
     specs = S.model_specs(args.variants)
-    record_study(out, args, preset, specs, source, argv)
+    record_study(out, args, preset, specs, source, line)
     jobs = min(args.jobs, len(specs))
     for seed in args.seed:
         ctx = Context(paths=S.StudyPaths(out.resolve(), seed), source=source, preset=preset,

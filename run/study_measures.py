@@ -99,16 +99,19 @@ def load_model(checkpoint_path: Path):
     return build_muser(checkpoint, checkpoint_path).eval(), checkpoint
 
 
-def encoded(model, data) -> dict:
-    """Latents, codes, tokens, mask, in-use steps and musical values of a data set's windows."""
+def encoded(model, data, rows=None) -> dict:
+    """Latents, codes, tokens, mask, in-use steps and musical values of a data set's windows
+    (of `rows` only, when given)."""
     tensors = dataset_tensors(data, model.config.max_len)
+    if rows is not None:
+        tensors = {k: v[torch.as_tensor(rows)] for k, v in tensors.items()}
     latent, codes = encode_pieces(model, tensors["y"], 32, torch.device("cpu"), desc="encoding")
     tokens, mask = tensors["y"].numpy(), tensors["mask"].numpy()
     return {"latent": latent, "codes": codes.numpy(), "tokens": tokens, "mask": mask,
             "in_use": O.in_use_steps(tokens, mask, data.event2word),
             "targets": {"token": np.moveaxis(tokens[..., :N_ELEMENTS], -1, 0).astype(float),
                         "value": O.musical_values(tokens, data.word2event)},
-            "songs": song_ids(data.names)}
+            "songs": song_ids(data.names if rows is None else data.names[rows])}
 
 
 def per_song(counts: np.ndarray, songs) -> tuple[np.ndarray, list[str]]:
@@ -127,20 +130,23 @@ def _ordering(readouts, targets, in_use, songs) -> dict:
     return {"agree": np.round(agree_s, 1), "pairs": pairs_s, "songs": names}
 
 
+def fit_rows(n: int, seed: int) -> np.ndarray:
+    """The training pieces the fitted readouts learn from: at most MAX_FIT_PIECES, seeded."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(n, MAX_FIT_PIECES), replace=False))
+
+
 def fitted_readouts(train_enc: dict, held_enc: dict, target: str, slice_dim: int, seed: int) -> np.ndarray:
     """[7 elements, 7 slices, N, T]: per element, each slice read by a linear readout fitted on
-    training pieces with the regulariser's pairwise loss, applied to the held-out pieces."""
-    rng = np.random.default_rng(seed)
-    n = len(train_enc["tokens"])
-    rows = np.sort(rng.choice(n, size=min(n, MAX_FIT_PIECES), replace=False))
-    latent_train = train_enc["latent"].numpy()[rows]
+    the encoded training pieces with the regulariser's pairwise loss, applied to the held-out pieces."""
+    latent_train = train_enc["latent"].numpy()
     latent_held = held_enc["latent"].numpy()
     out = np.zeros((N_ELEMENTS, N_ELEMENTS) + latent_held.shape[:2])
     for e in range(N_ELEMENTS):
         for k in range(N_ELEMENTS):
             dims = slice(k * slice_dim, (k + 1) * slice_dim)
-            w = O.fit_linear_readout(latent_train[..., dims], train_enc["targets"][target][e][rows],
-                                     train_enc["in_use"][e][rows], seed=seed)
+            w = O.fit_linear_readout(latent_train[..., dims], train_enc["targets"][target][e],
+                                     train_enc["in_use"][e], seed=seed)
             out[e, k] = latent_held[..., dims] @ w
     return out
 
@@ -148,7 +154,7 @@ def fitted_readouts(train_enc: dict, held_enc: dict, target: str, slice_dim: int
 def latent_measures(checkpoint_path: Path, train, held_out, seed: int) -> dict:
     model, checkpoint = load_model(checkpoint_path)
     c = model.config
-    held, train_enc = encoded(model, held_out), encoded(model, train)
+    held, train_enc = encoded(model, held_out), encoded(model, train, fit_rows(len(train.x), seed))
     result = {"orderings": {}}
     if model.dr is not None or c.reduction == "MEAN" and c.reg_weight > 0:
         with torch.no_grad():
@@ -219,10 +225,6 @@ def probe_measure(held: dict, held_out, seed: int) -> dict:
 
 # ----------------------------------------------------------------------------- interventions
 
-def statistics_of(words_list, word2event) -> dict[str, np.ndarray]:
-    return P.statistics_table(words_list, word2event)
-
-
 def intervention_measures(checkpoint_path: Path, held_out, evaluator_path: Path, pairs: int,
                           seed: int, scale: dict) -> dict:
     model, _ = load_model(checkpoint_path)
@@ -259,7 +261,7 @@ def intervention_measures(checkpoint_path: Path, held_out, evaluator_path: Path,
                                              seed + number)
         roles = decode_transfer(model, latents(rows_a), latents(rows_b), elements, source, target,
                                 seed + number, sampling=sampling, on_step=adapt_threads)
-        stats = {role: statistics_of([w[1:] for w in ws], held_out.word2event) for role, ws in roles.items()}
+        stats = {role: P.statistics_table([w[1:] for w in ws], held_out.word2event) for role, ws in roles.items()}
         terms = {}
         for element in ELEMENTS:
             num, den = moved_fraction_per_pair(*(stats[r][element] for r in ("A", "A again", "B", "B again",

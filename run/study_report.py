@@ -534,14 +534,9 @@ def _moved(d, element):
 
 def emotion_shift_units(files: StudyFiles, model: str) -> list[dict]:
     """Per seed, the pairs of all six transfers pooled: transferred minus control, classified as B's quadrant."""
-    out = []
-    for m in files.per_seed("interventions", model):
-        shifts = []
-        for t in m["transfers"]:
-            shifts.append((np.asarray(t["predicted"]["transferred"]) == t["target"]).astype(float)
-                          - (np.asarray(t["predicted"]["control"]) == t["target"]).astype(float))
-        out.append({"shift": np.concatenate(shifts)})
-    return out
+    per_transfer = [transfer_units(files, model, i) for i in range(len(_transfers(files)))]
+    return [{"shift": np.concatenate([units[s]["shift"] for units in per_transfer])}
+            for s in range(len(per_transfer[0]) if per_transfer else 0)]
 
 
 def intervention_sections(files: StudyFiles) -> list[str]:
