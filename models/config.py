@@ -173,8 +173,17 @@ class PriorConfig(_ConfigDict):
     # One more input token, "no emotion" (n_codes + 5); set by emotion_dropout > 0. False in
     # every checkpoint from before it, which keep their n_codes + 5 embedding rows.
     null_emotion: bool = field(default=False, metadata={"flag": False})
+    # Beyond the paper: a prior over the codes of a product VQ-VAE (one codebook per slice)
+    # predicts one code stream per slice; stream_codes[k] is slice k's number of used codes,
+    # and n_codes their sum. None: the paper's prior over one joint codebook.
+    stream_codes: list[int] | None = field(default=None, metadata={"flag": False})
 
     def __post_init__(self):
+        if self.stream_codes is not None:
+            self.stream_codes = [int(n) for n in self.stream_codes]
+            if not self.stream_codes or min(self.stream_codes) < 1 or sum(self.stream_codes) != self.n_codes:
+                raise ValueError(f"stream_codes must be positive counts summing to n_codes ({self.n_codes}), "
+                                 f"got {self.stream_codes}")
         if not 0 <= self.emotion_dropout <= 1:
             raise ValueError(f"emotion_dropout must be in [0, 1], got {self.emotion_dropout}")
         if self.emotion_dropout > 0:
@@ -187,10 +196,27 @@ class PriorConfig(_ConfigDict):
             raise ValueError(f"decoder_attention must be one of {DECODER_KINDS}")
 
     @property
+    def quantizer(self) -> str:
+        """The VQ-VAE whose codes this prior models: "joint" or "product" (one stream per slice)."""
+        return "joint" if self.stream_codes is None else "product"
+
+    @property
+    def streams(self) -> int:
+        """Code streams the prior reads and predicts: one per slice of a product VQ-VAE, else 1."""
+        return len(self.stream_codes) if self.stream_codes is not None else 1
+
+    @property
+    def stream_vocab_sizes(self) -> list[int]:
+        """Input vocabulary of each code stream (one for the joint prior): its codes, then 5
+        emotion tokens (codes + quadrant), then the "no emotion" token when null_emotion."""
+        return [n + 5 + int(self.null_emotion) for n in (self.stream_codes or [self.n_codes])]
+
+    @property
     def vocab_size(self) -> int:
         """Input vocabulary: the codes, then 5 emotion tokens (n_codes + quadrant), then
-        the "no emotion" token when null_emotion."""
-        return self.n_codes + 5 + int(self.null_emotion)
+        the "no emotion" token when null_emotion; every stream's, one after another, for a
+        product prior."""
+        return sum(self.stream_vocab_sizes)
 
     @property
     def null_token(self) -> int | None:

@@ -25,25 +25,35 @@ from models.transformer import PositionalEncoding, TransformerStack
 from models.sampling import sample_tokens
 
 
-def emotion_token(quadrant, n_codes: int):
-    """Input token of emotion quadrant 1..4 (0: unlabeled): the tokens after the codes."""
+# The "no emotion" token takes the slot after the four quadrants' (config.null_token).
+NO_EMOTION = 5
+
+
+def emotion_token(quadrant, n_codes):
+    """Input token of emotion quadrant 1..4 (0: unlabeled, NO_EMOTION: none): the tokens
+    after the codes (n_codes: an int, or a tensor of per-stream counts)."""
     return n_codes + quadrant
 
 
-def training_sequences(codes: torch.Tensor, emotion: torch.Tensor, n_codes: int) -> dict[str, torch.Tensor]:
+def training_sequences(codes: torch.Tensor, emotion: torch.Tensor, n_codes) -> dict[str, torch.Tensor]:
     """What the prior learns from compact codes [N, T] and quadrants [N]: input
-    [emotion_token, c_0 .. c_{T-1}] -> target [c_0 .. c_{T-1}, 0] (the authors' layout)."""
-    token = emotion_token(emotion, n_codes).unsqueeze(1)
+    [emotion_token, c_0 .. c_{T-1}] -> target [c_0 .. c_{T-1}, 0] (the authors' layout).
+    A product prior's codes [N, T, S] with n_codes a list of S counts: the same per stream."""
+    streams = codes.shape[2:]
+    token = emotion_token(emotion.view(-1, 1, *[1] * len(streams)), torch.as_tensor(n_codes))
+    token = token.expand(-1, 1, *streams)
     return {"inp": torch.cat([token, codes], dim=1), "target": torch.cat([codes, torch.zeros_like(token)], dim=1)}
 
 
-def drop_emotion(inp: torch.Tensor, probability: float, null_token: int) -> torch.Tensor:
-    """Training inputs [B, L] with each row's emotion token (position 0) replaced by the
-    "no emotion" token with `probability`. Draws from torch's global generator, as dropout
-    does, so the training seed and the checkpointed RNG state (--resume) cover it."""
+def drop_emotion(inp: torch.Tensor, probability: float, null_token) -> torch.Tensor:
+    """Training inputs [B, L] (or [B, L, S]) with each row's emotion token(s) at position 0
+    replaced by the "no emotion" token(s) with `probability`. Draws from torch's global
+    generator, as dropout does, so the training seed and the checkpointed RNG state
+    (--resume) cover it."""
     dropped = torch.rand(inp.shape[0], device=inp.device) < probability
     inp = inp.clone()
-    inp[:, 0] = torch.where(dropped, torch.full_like(inp[:, 0], null_token), inp[:, 0])
+    null = torch.as_tensor(null_token, device=inp.device).expand_as(inp[:, 0])
+    inp[:, 0] = torch.where(dropped.view(-1, *[1] * (inp.dim() - 2)), null, inp[:, 0])
     return inp
 
 
@@ -56,9 +66,13 @@ def guided_logits(logits: torch.Tensor, scale: float) -> torch.Tensor:
 
 def prior_step(model, batch) -> dict[str, torch.Tensor]:
     """Training loss (negative log-likelihood of the next code) and accuracy of one batch."""
-    logp = model(batch["inp"])
-    loss = F.nll_loss(logp.reshape(-1, logp.shape[-1]).float(), batch["target"].reshape(-1))
-    accuracy = (logp.argmax(-1) == batch["target"]).float().mean()
+    return next_code_loss(model(batch["inp"]), batch["target"])
+
+
+def next_code_loss(logp, target) -> dict[str, torch.Tensor]:
+    """Mean negative log-likelihood and accuracy of log-probabilities [..., V] for targets [...]."""
+    loss = F.nll_loss(logp.reshape(-1, logp.shape[-1]).float(), target.reshape(-1))
+    accuracy = (logp.argmax(-1) == target).float().mean()
     return {"loss": loss, "acc_mean": accuracy}
 
 
@@ -68,11 +82,15 @@ class Prior(nn.Module):
         self.config = c = config
         self.embedding = nn.Embedding(c.vocab_size, c.emb_size)
         self.embedding_scale = math.sqrt(c.emb_size)
-        self.input_projection = nn.Linear(c.emb_size, c.d_model)
+        # One embedding per code stream, concatenated (a product prior has several).
+        self.input_projection = nn.Linear(c.streams * c.emb_size, c.d_model)
         self.position = PositionalEncoding(c.d_model, c.dropout, c.max_len)
         self.transformer = TransformerStack(c.d_model, c.layers, c.heads, c.decoder_attention,
                                             None, c.dropout, c.chunk_size)
-        self.head = nn.Linear(c.d_model, c.n_codes)
+        self._build_heads()
+
+    def _build_heads(self):
+        self.head = nn.Linear(self.config.d_model, self.config.n_codes)
 
     def emotion_token(self, quadrant):
         """Input token of emotion quadrant 1..4."""
@@ -81,17 +99,23 @@ class Prior(nn.Module):
     def _embed(self, tokens):
         return self.input_projection(self.embedding(tokens) * self.embedding_scale)
 
+    def states(self, inp):
+        """inp [B, L] long -> transformer outputs [B, L, d_model]."""
+        return self.transformer(self.position(self._embed(inp)))
+
     def logits(self, inp):
         """inp [B, L] long -> raw logits [B, L, n_codes] (before the temperature)."""
-        h = self.transformer(self.position(self._embed(inp)))
-        return self.head(h)
+        return self.head(self.states(inp))
 
     def forward(self, inp):
         """inp [B, L] long -> log-probabilities [B, L, n_codes] at the model's temperature.
         In training with emotion_dropout > 0, some rows' emotion tokens become "no emotion"."""
+        return F.log_softmax(self.logits(self._dropped(inp)) / self.config.temperature, dim=-1)
+
+    def _dropped(self, inp):
         if self.training and self.config.emotion_dropout > 0:
-            inp = drop_emotion(inp, self.config.emotion_dropout, self.config.null_token)
-        return F.log_softmax(self.logits(inp) / self.config.temperature, dim=-1)
+            return drop_emotion(inp, self.config.emotion_dropout, self.emotion_token(NO_EMOTION))
+        return inp
 
     def generate(self, emotion, n_steps: int, temperature: float = 0.3, top_p: float = 0.9,
                  generator: torch.Generator | None = None, recurrent: bool = True,
@@ -130,31 +154,48 @@ class Prior(nn.Module):
                 on_step, guidance=1.0):
         was_training = self.training
         self.eval()
-        device = self.head.weight.device
+        device = self.input_projection.weight.device
         emotion = torch.as_tensor(emotion, device=device).long().reshape(-1)
         batch = emotion.shape[0]
         guided = guidance != 1
         groups = 2 if guided else 1             # rows [cond; uncond] when guided
-        tokens = torch.zeros(groups * batch, n_steps + 1, dtype=torch.long, device=device)
-        tokens[:batch, 0] = self.emotion_token(emotion)
+        first = self.emotion_token(emotion)     # [B], or [B, S] for S code streams
+        tokens = torch.zeros(groups * batch, n_steps + 1, *first.shape[1:], dtype=torch.long, device=device)
+        tokens[:batch, 0] = first
         if guided:
-            tokens[batch:, 0] = self.config.null_token
-        stepper = RecurrentPrior(self, groups * batch) if recurrent else None
+            tokens[batch:, 0] = self.emotion_token(NO_EMOTION)
+
+        def draw(logits):
+            """Codes from raw logits [rows, V], guided when asked; the same for both rows of a piece."""
+            if guided:
+                logits = guided_logits(logits, guidance)
+            return sample_tokens(logits, temperature, top_p, generator).repeat(groups)
+
+        stepper = self._recurrent(groups * batch) if recurrent else None
         try:
             for t in range(n_steps):
                 if on_step is not None:
                     on_step()
                 if recurrent:
-                    logits = stepper.step(tokens[:, t], t)
+                    out = stepper.step(tokens[:, t], t)
                 else:
                     window = n_steps if recompute == "window" else t + 1
-                    logits = self.logits(tokens[:, :window])[:, t]
-                if guided:
-                    logits = guided_logits(logits, guidance)
-                tokens[:, t + 1] = sample_tokens(logits, temperature, top_p, generator).repeat(groups)
+                    out = self._step_outputs(tokens[:, :window])[:, t]
+                tokens[:, t + 1] = self._next_codes(stepper or self, out, draw)
         finally:
             self.train(was_training)
         return tokens[:batch, 1:]
+
+    # What generation steps: the recurrent stepper, the parallel outputs it equals, and
+    # how a step's output becomes the next codes (a product prior has several heads).
+    def _recurrent(self, rows: int):
+        return RecurrentPrior(self, rows)
+
+    def _step_outputs(self, inp):
+        return self.logits(inp)
+
+    def _next_codes(self, heads, logits, draw):
+        return draw(logits)
 
 
 class RecurrentPrior:
@@ -165,19 +206,26 @@ class RecurrentPrior:
 
     @torch.no_grad()
     def __init__(self, prior: Prior, batch: int):
-        device, dtype = prior.head.weight.device, prior.head.weight.dtype
-        self.stack, self.traces = packed_stacks(prior, "prior", [prior.transformer])
-        self.state = self.stack.init_state(batch, device, dtype)
-        self.inputs = prior._embed(torch.arange(prior.config.vocab_size, device=device))
-        self.positions = prior.position.pe.to(dtype)
+        self._start(prior, batch)
+        self.inputs = prior._embed(torch.arange(prior.config.vocab_size, device=self.device))
         self.head = PackedLinear(prior.head.weight[None], prior.head.bias[None])
         if getattr(prior, "generation_int8", False):
             self.head = int8_weights(self.head)
 
+    def _start(self, prior: Prior, batch: int):
+        """The packed transformer, its recurrent state for `batch` rows and the positions."""
+        weight = prior.input_projection.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.stack, self.traces = packed_stacks(prior, "prior", [prior.transformer])
+        self.state = self.stack.init_state(batch, self.device, self.dtype)
+        self.positions = prior.position.pe.to(self.dtype)
+
+    def _states(self, x, t: int):
+        """Input vectors x [b, d] at position t -> transformer outputs [1, b, d]."""
+        h, self.state = step_stacks(self.stack, self.traces, (x + self.positions[t]).unsqueeze(0), self.state)
+        return h
+
     def step(self, token, t: int):
         """token [b] at position t -> logits [b, n_codes] for position t + 1's code (call
         under torch.inference_mode or no_grad, as Prior.generate does)."""
-        h, self.state = step_stacks(self.stack, self.traces,
-                                    (self.inputs[token] + self.positions[t]).unsqueeze(0), self.state)
-        return self.head(h)[0]
-
+        return self.head(self._states(self.inputs[token], t))[0]
