@@ -8,6 +8,11 @@ indices through data/{NAME}_VQ_dict.data, and the prior learns
 input [emotion_token, c_0 .. c_{T-1}] -> target [c_0 .. c_{T-1}, 0]
 (models.prior.training_sequences).
 
+A VQ-VAE with one codebook per slice (--quantizer product) gets the product prior
+(models.product_prior): the same layout per slice's code stream, one transformer over the
+steps and seven heads that draw a step's codes in slice order, each conditioned on those
+drawn before it.
+
 Beyond the paper, off by default: --emotion_dropout P replaces a piece's emotion token by a
 learned "no emotion" token with probability P per training step (drawn from the seeded
 training generator, so --resume continues exactly), for generate.py --guidance.
@@ -21,14 +26,15 @@ from pathlib import Path
 import torch
 
 from models.config import PRESETS, PriorConfig
-from models.prior import Prior, prior_step, training_sequences
+from models.prior import prior_step, training_sequences
+from models.product_prior import prior_for, product_prior_step
 from run.checkpoint import load_muser, model_vocabulary
 from run.cli import add_common_args, add_training_args, run_main
 from music.data import load_cp_dataset
 from run.distributed import shutdown
 from music.errors import UserError
-from run.codes import (check_prior_codes, codebook_fingerprint, compact_codes, load_vq_dict,
-                       require_joint_codes, vq_dict_for_checkpoint)
+from run.codes import (check_prior_codes, codebook_fingerprint, compact_codes, load_model_vq_dict,
+                       used_code_counts, vq_dict_for_checkpoint)
 from run.pipeline import (add_config_flags, config_from_args, dataset_tensors, encode_pieces, model_name,
                           plain_args, report_pieces, run_dir)
 from run.training import fit, open_run, split_tensors, start_training
@@ -63,22 +69,23 @@ def main(argv=None) -> int:
     device, dist = start_training(args)
 
     vq_vae, vq_ckpt, vq_path = load_muser(args.VQ_VAE)
-    require_joint_codes(vq_vae, vq_path)
     vq_vae = vq_vae.to(device)
     name = model_name(args.VQ_VAE, vq_path)
     fingerprint = codebook_fingerprint(vq_vae)
     vq_dict_path = Path(args.vq_dict_path or f"data/{name}_VQ_dict.data")
-    vq_dict = load_vq_dict(vq_dict_path, fingerprint, vq_vae.config.codebook_size)
-    n_codes = len(vq_dict[0])
+    vq_dict = load_model_vq_dict(vq_dict_path, vq_vae)
+    product = vq_vae.config.quantizer == "product"
+    stream_codes = used_code_counts(vq_dict)              # [n], or one count per slice
+    n_codes = sum(stream_codes)
 
     out_dir = run_dir(args.model_path, default_prior_name(name))
     logger, resume, resume_path = open_run(out_dir, args, "prior", dist)
     if resume is not None:
         # The run continues over the same compact codes, or its weights mean nothing.
         check_prior_codes(resume, resume_path, fingerprint, vq_path)
-        if dict(resume["vq_dict"][0]) != dict(vq_dict[0]):
+        if vq_dict_for_checkpoint(resume["vq_dict"]) != vq_dict_for_checkpoint(vq_dict):
             raise UserError(f"{vq_dict_path}: not the VQ_dict {resume_path} was trained with "
-                            f"({len(resume['vq_dict'][0])} used codes then, {n_codes} now); "
+                            f"({sum(used_code_counts(resume['vq_dict']))} used codes then, {n_codes} now); "
                             f"pass the original with --vq_dict_path, or start a new run")
 
     data = load_cp_dataset(args.data_path, args.dictionary, **model_vocabulary(vq_ckpt))
@@ -86,19 +93,22 @@ def main(argv=None) -> int:
     _, codes = encode_pieces(vq_vae, tensors["y"], args.batch_size, device)
     compact = compact_codes(codes, vq_dict, vq_vae.quantizer.codebook.detach().cpu(), logger,
                             str(data.npz_path))
-    sequences = training_sequences(compact, torch.as_tensor(data.emotion, dtype=torch.long), n_codes)
+    sequences = training_sequences(compact, torch.as_tensor(data.emotion, dtype=torch.long),
+                                   stream_codes if product else n_codes)
     del vq_vae
 
-    config = config_from_args(PriorConfig, args, args.preset, n_codes=n_codes)
+    config = config_from_args(PriorConfig, args, args.preset, n_codes=n_codes,
+                              stream_codes=stream_codes if product else None)
     config.max_len = sequences["inp"].shape[1]
     if resume is not None:
         config = PriorConfig.from_dict(resume["config"])
     train, val, n_train, n_val = split_tensors(sequences, args.val_split, args.seed)
     report_pieces(data.emotion, n_train, data.npz_path, args.preset, logger)
 
-    model = Prior(config).to(device)
+    model = prior_for(config).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info(f"prior over {n_codes} used codes: {n_params / 1e6:.2f}M parameters, "
+    streams = f" in {len(stream_codes)} streams, one per slice ({', '.join(map(str, stream_codes))})" if product else ""
+    logger.info(f"prior over {n_codes} used codes{streams}: {n_params / 1e6:.2f}M parameters, "
                 f"{n_train} training / {n_val} validation pieces, device {device}")
     if config.emotion_dropout > 0:
         logger.info(f"emotion dropout {config.emotion_dropout:g}: each piece's emotion token becomes "
@@ -107,7 +117,7 @@ def main(argv=None) -> int:
             "vocab_sizes": vq_ckpt["vocab_sizes"], "dictionary_path": vq_ckpt["dictionary_path"],
             "vq_vae_path": str(vq_path.resolve()), "vq_vae": fingerprint,
             "vq_dict": vq_dict_for_checkpoint(vq_dict)}
-    code = fit(model=model, step_fn=prior_step, train=train, val=val, args=args, out_dir=out_dir,
+    code = fit(model=model, step_fn=product_prior_step if product else prior_step, train=train, val=val, args=args, out_dir=out_dir,
                device=device, logger=logger, checkpoint_meta=meta, dist=dist, resume=resume)
     if code == 0 and dist.is_main:
         logger.info(f"checkpoints in {out_dir} (best.pt, last.pt)")

@@ -4,7 +4,8 @@
         --VQ_VAE MusER_TRANS_CA_GE_emopia --plot_flag True
 
 Writes data/{NAME}_VQ_dict.data ({0: {code: compact}, 1: {compact: code}}, the prior's
-vocabulary) and, with --plot_flag, per element and for the whole latent: a t-SNE figure of
+vocabulary; one such pair of maps per slice, {"slices": [...]}, for a model with
+--quantizer product) and, with --plot_flag, per element and for the whole latent: a t-SNE figure of
 the pieces coloured by quadrant in six quadrant-pair panels, and the silhouette table
 (figures/{NAME}/silhouette.csv and .md).
 
@@ -22,10 +23,11 @@ from pathlib import Path
 from run.checkpoint import load_muser, model_vocabulary
 from run.cli import add_common_args, resolve_device, run_main, seed_everything, str2bool
 from music.data import load_cp_dataset
+from music.elements import ELEMENTS
 from music.errors import UserError
 from evaluation.latent_space import (PERPLEXITY, POOLS, TSNE_ITERATIONS, latent_features, silhouette_markdown,
                                 silhouette_table)
-from run.codes import codebook_fingerprint, make_vq_dict, require_joint_codes, save_vq_dict
+from run.codes import codebook_fingerprint, make_vq_dict, save_vq_dict, used_code_counts
 from run.pipeline import dataset_tensors, encode_pieces, model_name
 
 
@@ -57,18 +59,22 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     seed_everything(args.seed)
     model, checkpoint, ckpt_path = load_muser(args.VQ_VAE)
-    require_joint_codes(model, ckpt_path)
     model = model.to(device)
     data = load_cp_dataset(args.data_path, args.dictionary, **model_vocabulary(checkpoint))
     name = model_name(args.VQ_VAE, ckpt_path)
 
     tensors = dataset_tensors(data, model.config.max_len)
     latent, codes = encode_pieces(model, tensors["y"], args.batch_size, device)
-    vq_dict = make_vq_dict(codes, codebook_fingerprint(model))
+    product = model.config.quantizer == "product"
+    vq_dict = make_vq_dict(codes, codebook_fingerprint(model), per_slice=product)
     vq_path = Path(args.vq_dict_path or f"data/{name}_VQ_dict.data")
     save_vq_dict(vq_path, vq_dict)
-    print(f"{len(vq_dict[0])} of {model.config.codebook_size} codes used by {len(codes)} pieces; "
-          f"wrote {vq_path}")
+    used = used_code_counts(vq_dict)
+    if product:
+        print(f"codes used per slice by {len(codes)} pieces ({model.config.slice_codebook_size} in each "
+              f"codebook): {', '.join(f'{e} {n}' for e, n in zip(ELEMENTS, used))}; wrote {vq_path}")
+    else:
+        print(f"{used[0]} of {model.config.codebook_size} codes used by {len(codes)} pieces; wrote {vq_path}")
 
     if not args.plot_flag:
         return 0

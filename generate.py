@@ -3,9 +3,10 @@
     python generate.py --VQ_prior Prior_TRANS_CA_GE_emopia --VQ_VAE MusER_TRANS_CA_GE_emopia \
         --music_file my_run
 
-For each quadrant, the prior samples a sequence of codes after the emotion token; the
-VQ-VAE decodes them step by step (recurrent attention state: constant work per step), many
-pieces per batch. Writes generate_midi/OUT/emotion{q}_{i}.mid with its piano roll (.png)
+For each quadrant, the prior samples a sequence of codes after the emotion token (seven
+codes per step, one per slice, for a VQ-VAE with --quantizer product); the VQ-VAE decodes
+them step by step (recurrent attention state: constant work per step), many pieces per
+batch. Writes generate_midi/OUT/emotion{q}_{i}.mid with its piano roll (.png)
 and audio (.mp3), a listening page generate_midi/OUT/index.html, generate_midi/OUT_data.data
 (the words, for compute_metrics.py) and generate_midi/OUT_index.data (the sampled codes).
 
@@ -33,7 +34,7 @@ from music.cp import words_to_midi
 from music.elements import IDENTIFIERS, QUADRANTS, TYPE_FIELD
 from music.errors import UserError
 from run.cli import add_audio_args, add_common_args, resolve_checkpoint, resolve_device, run_main, str2bool
-from run.codes import check_prior_codes, codebook_fingerprint, expand_codes, require_joint_codes
+from run.codes import check_prior_codes, check_prior_kind, codebook_fingerprint, expand_codes
 from run.threads import adapt_threads
 from models.packed import GENERATION_DTYPES, cast_for_generation
 from models.sampling import FieldSampling, SamplingParams
@@ -113,9 +114,9 @@ def sampling_from_args(args) -> SamplingParams:
 
 def load_models(args, device):
     vq_vae, vq_ckpt, vq_path = load_muser(args.VQ_VAE)
-    require_joint_codes(vq_vae, vq_path)
     prior_path = resolve_checkpoint(args.VQ_prior, "--VQ_prior")
     prior_ckpt = load_checkpoint(prior_path, "prior", "--VQ_prior")
+    check_prior_kind(prior_ckpt, prior_path, vq_vae, vq_path)
     vq_vae = vq_vae.to(device).eval()
     prior = build_prior(prior_ckpt, prior_path).to(device).eval()
     check_prior_codes(prior_ckpt, prior_path, codebook_fingerprint(vq_vae), vq_path)

@@ -12,7 +12,8 @@ A checkpoint is a plain dict (loadable with `torch.load(weights_only=True)`):
     vocab_sizes     the eight field vocabulary sizes
     dictionary_path the dictionary the data was encoded with
     rng             torch / python RNG states for exact resume
-    (prior only)    vq_vae_path, vq_dict
+    (prior only)    vq_vae, vq_vae_path, vq_dict (its config's stream_codes, when set, say
+                    it is a prior over a product VQ-VAE's seven code streams)
 
 Downstream scripts rebuild models from `config` alone; no hyperparameter is repeated by hand.
 """
@@ -27,7 +28,7 @@ import torch
 
 from models.config import MusERConfig, PriorConfig
 from models.muser import MusER
-from models.prior import Prior
+from models.product_prior import prior_for
 from run.cli import resolve_checkpoint
 from music.atomic import atomic_write
 from music.errors import UserError
@@ -104,8 +105,8 @@ def load_muser(name_or_path: str, flag: str = "--VQ_VAE"):
 
 
 def build_prior(checkpoint: dict[str, Any], path: str | os.PathLike = "checkpoint"):
-    """Rebuild the prior described by a checkpoint and load its weights."""
-    model = Prior(PriorConfig.from_dict(checkpoint["config"]))
+    """Rebuild the prior described by a checkpoint (joint or product) and load its weights."""
+    model = prior_for(PriorConfig.from_dict(checkpoint["config"]))
     _load_state(model, checkpoint, path)
     return model
 

@@ -18,7 +18,7 @@ from music.elements import QUADRANTS
 from music.errors import UserError
 
 # Config fields that come from the data, never from flags.
-DATA_FIELDS = {"vocab_sizes", "type_ids", "value_tables", "n_codes"}
+DATA_FIELDS = {"vocab_sizes", "type_ids", "value_tables", "n_codes", "stream_codes"}
 # A paper-size model trained on fewer pieces than this is almost surely fed a sample by
 # mistake (EMOPIA has 1,078 clips; data/sample holds 32).
 MIN_PAPER_PIECES = 200

@@ -1,9 +1,7 @@
 """models.quantizer.ProductQuantizer: one codebook per slice, nothing mixing the slices."""
-import pytest
 import torch
 
 from models.quantizer import EMAVectorQuantizer, ProductQuantizer
-from music.errors import UserError
 
 
 def quantizer(**kw):
@@ -94,28 +92,5 @@ def test_muser_with_product_codebooks_encodes_seven_codes_per_step():
     torch.testing.assert_close(model.latent_from_codes(codes), latent)
     assert model.encoder_input.weight.grad is not None
 
-
-def test_product_model_trains_and_transfers_and_the_joint_only_scripts_say_so(sample_npz, tmp_path):
-    import element_transfer
-    import MusER
-    import VQ_explore
-
-    run = tmp_path / "pq"
-    assert MusER.main(["--data_path", str(sample_npz), "--preset", "tiny", "--max_len", "64", "--Epoch", "1",
-                       "--quantizer", "product", "--slice_codebook_size", "8", "--model_path", str(run),
-                       "--device", "cpu"]) == 0
-    history = (run / "metrics.csv").read_text().splitlines()
-    header, row = history[0].split(","), history[1].split(",")
-    used = int(float(row[header.index("codes_used")]))
-    assert 7 <= used <= 7 * 8                              # every slice uses at least one of its codes
-    with pytest.raises(UserError, match=r"one codebook per slice \(--quantizer product\)"):
-        VQ_explore.main(["--data_path", str(sample_npz), "--VQ_VAE", str(run / "best.pt"),
-                         "--vq_dict_path", str(tmp_path / "d.data"), "--plot_flag", "False"])
-    # Element transfer swaps latent slices, which a product model has as a joint one does.
-    assert element_transfer.main(["--VQ_VAE", str(run / "best.pt"), "--data_path", str(sample_npz),
-                                  "--source", "Q4", "--target", "Q1", "--elements", "velocity",
-                                  "--n_pieces", "1", "--out_dir", str(tmp_path / "transfer"),
-                                  "--audio", "False", "--device", "cpu"]) == 0
-    written = sorted(p.name for p in (tmp_path / "transfer").rglob("*.mid"))
-    assert written == ["pair0_A_Q4.mid", "pair0_A_Q4_reconstructed.mid", "pair0_B_Q1.mid",
-                       "pair0_control_tag_Q1.mid", "pair0_transferred_tag_Q1.mid"]
+# The product model through the scripts (training, VQ_explore, the prior, generation and
+# element transfer): tests/test_product_prior.py.
