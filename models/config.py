@@ -220,7 +220,8 @@ class PriorConfig(_ConfigDict):
 
     @property
     def null_token(self) -> int | None:
-        """Input token of "no emotion", or None for a prior without it."""
+        """Input token of "no emotion", or None for a prior without it (the joint prior's; a
+        product prior has one per stream, after each stream's emotion tokens)."""
         return self.n_codes + 5 if self.null_emotion else None
 
     @property

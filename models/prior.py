@@ -9,6 +9,10 @@ Beyond the paper, off by default: classifier-free guidance. A prior whose config
 emotion_dropout > 0 has one more input token, "no emotion" (n_codes + 5), which replaces the
 emotion token of a piece with that probability in training; generation with guidance S
 then samples from uncond + S * (cond - uncond) of the raw logits, both passes in one batch.
+
+The prior over a product VQ-VAE's seven code streams (models/product_prior.py) subclasses
+Prior and shares its generation loop through three hooks: the recurrent stepper, the
+parallel outputs it equals, and how a step's output becomes the next codes.
 """
 from __future__ import annotations
 
@@ -121,7 +125,8 @@ class Prior(nn.Module):
                  generator: torch.Generator | None = None, recurrent: bool = True,
                  recompute: str = "window", on_step: Callable[[], None] | None = None,
                  guidance: float = 1.0):
-        """Sample compact codes [B, n_steps] after the emotion tokens of emotion [B] (1..4).
+        """Sample compact codes [B, n_steps] after the emotion tokens of emotion [B] (1..4)
+        ([B, n_steps, S] from a product prior, models/product_prior.py).
 
         recurrent=True carries the attention state step to step (constant work per step);
         recurrent=False re-runs the transformer every step (reference path): over the

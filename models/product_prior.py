@@ -44,6 +44,9 @@ def product_prior_step(model, batch) -> dict[str, torch.Tensor]:
 
 
 class ProductPrior(Prior):
+    """Prior over S code streams (see the module docstring); generation is Prior.generate's,
+    returning codes [B, n_steps, S]."""
+
     def _build_heads(self):
         c = self.config
         self.streams = c.streams
@@ -121,7 +124,7 @@ class RecurrentProductPrior(RecurrentPrior):
         self._start(prior, batch)
         self.offsets = prior.offsets
         self.inputs = _input_tables(prior)
-        self.input_bias = prior.input_projection.bias
+        self.input_bias = prior.input_projection.bias.detach()
         heads = prior.heads
         self.head = PackedLinear(torch.cat([h.weight for h in heads])[None], torch.cat([h.bias for h in heads])[None])
         if getattr(prior, "generation_int8", False):
