@@ -8,7 +8,8 @@ The clips are beat-synchronised and encoded (prepare_data.py), about 15% of the 
 out (the same songs for every seed), the emotion evaluator is fitted on the training songs,
 then per seed and model (MusER_TRANS_CA_GE, VQVAE_TRANS_CA_GE = --reg_weight 0, and any
 --variants) the stages of run/study_plan.py run in order: train, codes, silhouettes, the
-latent measures, the prior, generation and its measures, and the interventions. Then
+latent measures, the prior, generation and its measures, the interventions, and (MusER only,
+beyond the paper) a prior trained for classifier-free guidance sampled at several scales. Then
 OUT/REPORT.md with its figures and OUT/index.html, from the measure files alone.
 
 Running the command again skips finished stages (same settings, inputs and code), continues
@@ -97,7 +98,7 @@ def prepare(args, out: Path) -> Path:
 
 
 def run_stage(stage, ctx: Context, spec=None) -> None:
-    if ctx.only and stage.name not in ctx.only:
+    if (ctx.only and stage.name not in ctx.only) or not stage.applies(spec):
         return
     folder = ctx.paths.out if stage.scope == "study" else ctx.paths.seed_dir
     prefix = "" if spec is None else f"seed {ctx.seed} {spec.name}: "

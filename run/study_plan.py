@@ -23,6 +23,13 @@ from run.study import ModelSpec, StudyPaths, StudyPreset, fingerprint, read_silh
 # best.pt by validation reconstruction). The held-out songs are never used for this.
 VAL_SPLIT = 0.1
 
+# Beyond the paper: classifier-free guidance of MusER's prior. A second prior, trained with
+# the emotion token dropped for this share of pieces, samples at every scale from the same
+# seed; S = 1 is its unguided sampling. Half the generation stage's pieces per scale.
+GUIDANCE_SCALES = (1.0, 1.5, 2.0, 3.0)
+GUIDANCE_DROPOUT = 0.1
+GUIDED_MODELS = ("MusER_TRANS_CA_GE",)
+
 
 @dataclass(frozen=True)
 class Context:
@@ -49,9 +56,13 @@ class Stage:
     settings: Callable = lambda ctx, spec: ()   # what else decides its result
     code: tuple = ()                            # scripts and modules it runs
     section: Callable | None = None             # report section reading its outputs
+    models: tuple | None = None                 # the models a model stage runs for (None: all)
 
     def marker(self, spec: ModelSpec | None) -> str:
         return self.name if spec is None else f"{self.name}_{spec.name}"
+
+    def applies(self, spec: ModelSpec | None) -> bool:
+        return spec is None or self.models is None or spec.name in self.models
 
     @property
     def runs_script(self) -> bool:
@@ -161,6 +172,43 @@ def generation_work(ctx: Context, spec: ModelSpec, continuing) -> None:
                SM.generation_measures(p.generated_words(spec.name), p.evaluator))
 
 
+def guidance_per_quadrant(preset: StudyPreset) -> int:
+    return max(1, preset.n_per_quadrant // 2)
+
+
+def guided_prior(ctx: Context, spec: ModelSpec) -> Path:
+    return ctx.paths.prior(spec.name).with_name(f"Prior_guided_{spec.name}")
+
+
+def guidance_words(ctx: Context, spec: ModelSpec, scale: float) -> Path:
+    return ctx.paths.seed_dir / "generated" / "guidance" / f"{spec.name}_S{scale:g}_data.data"
+
+
+def guidance_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    p, pre = ctx.paths, ctx.preset
+    prior_dir = guided_prior(ctx, spec)
+    run_script("Prior_train.py", [
+        "--data_path", p.train_data, "--VQ_VAE", p.model(spec.name) / "best.pt",
+        "--vq_dict_path", p.model(spec.name) / "VQ_dict.data", "--model_path", prior_dir,
+        "--preset", pre.model_preset, *pre.prior_flags, "--emotion_dropout", GUIDANCE_DROPOUT,
+        "--Epoch", pre.prior_epochs, "--batch_size", pre.batch_size, "--lr", pre.prior_lr, *_common(ctx),
+        *_resume_flag(prior_dir, continuing)], _log(ctx, spec, "guidance_prior"), ctx.threads)
+    n = guidance_per_quadrant(pre)
+    runs = {}
+    for scale in GUIDANCE_SCALES:
+        words = guidance_words(ctx, spec, scale)
+        if not (continuing and words.exists()):      # a scale finished before an interruption stays
+            run_script("generate.py", [
+                "--VQ_prior", prior_dir / "best.pt", "--VQ_VAE", p.model(spec.name) / "best.pt",
+                "--music_file", words.name.removesuffix("_data.data"), "--out_root", words.parent,
+                "--n_per_emotion", n, "--batch_size", min(n, 50), "--guidance", scale,
+                "--evaluator", p.evaluator, *_common(ctx)], _log(ctx, spec, f"guidance_S{scale:g}"), ctx.threads)
+        runs[f"{scale:g}"] = SM.generation_measures(words, p.evaluator)
+    write_json(p.seed_measures / f"guidance_{spec.name}.json", {
+        "scales": list(GUIDANCE_SCALES), "emotion_dropout": GUIDANCE_DROPOUT, "per_quadrant": n,
+        "prior_history": training_history(prior_dir), "runs": runs})
+
+
 def interventions_work(ctx: Context, spec: ModelSpec, continuing) -> None:
     p = ctx.paths
     held = load_cp_dataset(p.held_out_data)
@@ -227,6 +275,14 @@ STAGES = (
                                     ctx.paths.evaluator],
           outputs=_measure("interventions"), settings=lambda ctx, spec: [ctx.preset.pairs, ctx.seed],
           code=("run.study_measures",), section=R.intervention_sections),
+    Stage("guidance", "model", guidance_work,
+          inputs=lambda ctx, spec: [ctx.paths.train_data, _best(ctx, spec),
+                                    ctx.paths.model(spec.name) / "VQ_dict.data", ctx.paths.evaluator],
+          outputs=_measure("guidance"),
+          settings=lambda ctx, spec: [*_prior_settings(ctx, spec), GUIDANCE_DROPOUT, GUIDANCE_SCALES,
+                                      guidance_per_quadrant(ctx.preset)],
+          code=("Prior_train.py", "generate.py", "run.study_measures", "run.study"),
+          section=R.guidance_sections, models=GUIDED_MODELS),
 )
 
 
