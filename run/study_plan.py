@@ -52,7 +52,8 @@ class Stage:
     scope: str                                  # "study" or "model"
     work: Callable                              # work(ctx, spec, continuing)
     inputs: Callable                            # (ctx, spec) -> files it reads
-    outputs: Callable                           # (ctx, spec) -> the measure files it writes
+    outputs: Callable                           # (ctx, spec) -> the files it writes that later
+                                                # stages or the report read (missing: redone)
     settings: Callable = lambda ctx, spec: ()   # what else decides its result
     code: tuple = ()                            # scripts and modules it runs
     section: Callable | None = None             # report section reading its outputs
@@ -239,7 +240,8 @@ def _measure(name):
 
 STAGES = (
     Stage("split", "study", split_work, inputs=lambda ctx, spec: [ctx.source],
-          outputs=lambda ctx, spec: [ctx.paths.measures / "split.json"],
+          outputs=lambda ctx, spec: [ctx.paths.measures / "split.json", ctx.paths.train_data,
+                                     ctx.paths.held_out_data],
           settings=lambda ctx, spec: [ctx.preset.held_out, ctx.split_seed],
           code=("run.study",), section=R.split_section),
     Stage("data", "study", data_work, inputs=lambda ctx, spec: [ctx.paths.train_data, ctx.paths.held_out_data],
@@ -247,10 +249,12 @@ STAGES = (
           settings=lambda ctx, spec: [ctx.length, ctx.split_seed], code=("run.study_measures",),
           section=R.data_section),
     Stage("train", "model", train_work, inputs=lambda ctx, spec: [ctx.paths.train_data],
-          outputs=_measure("training"), settings=_training_settings,
+          outputs=lambda ctx, spec: [*_measure("training")(ctx, spec), _best(ctx, spec)],
+          settings=_training_settings,
           code=("MusER.py", "run.study"), section=R.codebook_section),
     Stage("codes", "model", codes_work, inputs=lambda ctx, spec: [ctx.paths.train_data, _best(ctx, spec)],
-          outputs=lambda ctx, spec: [], settings=lambda ctx, spec: [ctx.seed], code=("VQ_explore.py",)),
+          outputs=lambda ctx, spec: [ctx.paths.model(spec.name) / "VQ_dict.data"],
+          settings=lambda ctx, spec: [ctx.seed], code=("VQ_explore.py",)),
     Stage("silhouettes", "model", silhouettes_work,
           inputs=lambda ctx, spec: [ctx.paths.held_out_data, _best(ctx, spec)], outputs=_measure("silhouettes"),
           settings=lambda ctx, spec: [ctx.preset.tsne_flags, ctx.seed], code=("VQ_explore.py", "run.study"),
@@ -258,10 +262,12 @@ STAGES = (
     Stage("prior", "model", prior_work,
           inputs=lambda ctx, spec: [ctx.paths.train_data, _best(ctx, spec),
                                     ctx.paths.model(spec.name) / "VQ_dict.data"],
-          outputs=_measure("prior_training"), settings=_prior_settings, code=("Prior_train.py", "run.study")),
+          outputs=lambda ctx, spec: [*_measure("prior_training")(ctx, spec), ctx.paths.prior(spec.name) / "best.pt"],
+          settings=_prior_settings, code=("Prior_train.py", "run.study")),
     Stage("generate", "model", generate_work,
           inputs=lambda ctx, spec: [_best(ctx, spec), ctx.paths.prior(spec.name) / "best.pt", ctx.paths.evaluator],
-          outputs=lambda ctx, spec: [], settings=lambda ctx, spec: [ctx.preset.n_per_quadrant, ctx.seed, ctx.device],
+          outputs=lambda ctx, spec: [ctx.paths.generated_words(spec.name)],
+          settings=lambda ctx, spec: [ctx.preset.n_per_quadrant, ctx.seed, ctx.device],
           code=("generate.py",)),
     Stage("generation", "model", generation_work,
           inputs=lambda ctx, spec: [ctx.paths.generated_words(spec.name), ctx.paths.evaluator],

@@ -130,11 +130,13 @@ def test_second_run_skips_every_finished_stage(study):
 def test_only_runs_the_named_stages(study):
     npz, out, *_ = study
     marker = out / "seeds" / "13" / "stages" / "generation_MusER_TRANS_CA_GE.json"
-    marker.unlink()                                    # as if its code had changed
+    measure = out / "seeds" / "13" / "measures" / "generation_MusER_TRANS_CA_GE.json"
+    measure.unlink()                                   # a finished stage whose output is gone
     result = run_study(npz, out, "--only", "generation")
     assert set(re.findall(r"\[(\w+)\] (?:started|finished earlier)", result.stdout)) == {
         "generation_MusER_TRANS_CA_GE", "generation_VQVAE_TRANS_CA_GE"}
-    assert "[generation_MusER_TRANS_CA_GE] started" in result.stdout and marker.exists()
+    assert f"[generation_MusER_TRANS_CA_GE] {measure} is missing: redone" in result.stdout
+    assert "[generation_MusER_TRANS_CA_GE] started" in result.stdout and marker.exists() and measure.exists()
     bad = run_study(npz, out, "--only", "latnet", check=False)
     assert bad.returncode == 2 and "latnet" in bad.stderr and "interventions" in bad.stderr
 
