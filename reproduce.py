@@ -8,7 +8,8 @@ The clips are beat-synchronised and encoded (prepare_data.py), about 15% of the 
 out (the same songs for every seed), the emotion evaluator is fitted on the training songs,
 then per seed and model (MusER_TRANS_CA_GE, VQVAE_TRANS_CA_GE = --reg_weight 0, and any
 --variants) the stages of run/study_plan.py run in order: train, codes, silhouettes, the
-latent measures, the prior, generation and its measures, and the interventions. Then
+latent measures, the prior, generation and its measures, the interventions, and (MusER only,
+beyond the paper) a prior trained for classifier-free guidance sampled at several scales. Then
 OUT/REPORT.md with its figures and OUT/index.html, from the measure files alone.
 
 Running the command again skips finished stages (same settings, inputs and code), continues
@@ -97,14 +98,24 @@ def prepare(args, out: Path) -> Path:
 
 
 def run_stage(stage, ctx: Context, spec=None) -> None:
-    if ctx.only and stage.name not in ctx.only:
+    if (ctx.only and stage.name not in ctx.only) or not stage.applies(spec):
         return
     folder = ctx.paths.out if stage.scope == "study" else ctx.paths.seed_dir
     prefix = "" if spec is None else f"seed {ctx.seed} {spec.name}: "
-    stages = S.Stages(folder, lambda t: log_line(ctx.paths.out, prefix + t))
-    stages.run(stage.marker(spec), stage_fingerprint(stage, ctx, spec),
-               lambda continuing: stage.work(ctx, spec, continuing),
+    log = lambda t: log_line(ctx.paths.out, prefix + t)     # noqa: E731
+    stages = S.Stages(folder, log)
+    name, outputs = stage.marker(spec), stage.outputs(ctx, spec)
+    marker = stages.dir / f"{name}.json"
+    missing = [p for p in outputs if not p.exists()]
+    if missing and marker.exists():
+        log(f"[{name}] {missing[0]} is missing: redone")
+        marker.unlink()
+    stages.run(name, stage_fingerprint(stage, ctx, spec), lambda continuing: stage.work(ctx, spec, continuing),
                commit=None if stage.runs_script else S.commit_at_start())
+    missing = [p for p in outputs if not p.exists()]
+    if missing:
+        marker.unlink(missing_ok=True)
+        raise UserError(f"stage {name} finished without writing {missing[0]}")
 
 
 def model_chain(spec: S.ModelSpec, ctx: Context) -> str:

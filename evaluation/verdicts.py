@@ -79,3 +79,40 @@ STUDY_RULES = (
     Rule("Generated pieces carry the valence asked for more often than chance", "valence_match", 0.5),
     Rule("Generated pieces carry the arousal asked for more often than chance", "arousal_match", 0.5),
 )
+
+
+# Beyond the paper: classifier-free guidance of MusER's prior (generate.py --guidance S),
+# judged per scale, fixed before the guidance runs. A scale meets the targets when the
+# quadrant, valence and arousal match rates clear these values, and the generated pieces'
+# pitch classes and polyphony are no further from the held-out data than at S = 1.
+GUIDANCE_TARGETS = (("quadrant", 0.55), ("valence", 0.70), ("arousal", 0.85))
+GUIDANCE_KEPT_METRICS = ("pitch_classes", "polyphony")
+GUIDANCE_CLAIM = ("Guidance reaches quadrant match 0.55, valence 0.70 and arousal 0.85 with pitch classes "
+                  "and polyphony no further from the data than without it")
+
+
+def judge_guidance_scale(matches, further) -> str:
+    """The verdict of one scale. matches: (low, high) of each GUIDANCE_TARGETS rate, in order;
+    further: (low, high) of distance-from-data at S minus at S = 1, per GUIDANCE_KEPT_METRICS.
+
+    shown: every match interval lies above its target and no metric is further from the data
+    with confidence (no interval of the distance increase lies above 0); not shown: some
+    match interval lies at or below its target, or some metric is further with confidence;
+    otherwise inconclusive."""
+    hits = [judge_interval(low, high, target) for (low, high), (_, target) in zip(matches, GUIDANCE_TARGETS)]
+    worse = [judge_interval(low, high, 0.0) == SHOWN for low, high in further]
+    if NOT_SHOWN in hits or any(worse):
+        return NOT_SHOWN
+    if all(h == SHOWN for h in hits) and len(hits) == len(GUIDANCE_TARGETS):
+        return SHOWN
+    return INCONCLUSIVE
+
+
+def judge_guidance(verdicts: list[str]) -> str:
+    """The claim over the scales tried (S != 1): shown when one scale is shown, not shown when
+    every scale is, otherwise inconclusive."""
+    if SHOWN in verdicts:
+        return SHOWN
+    if verdicts and all(v == NOT_SHOWN for v in verdicts):
+        return NOT_SHOWN
+    return INCONCLUSIVE

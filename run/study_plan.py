@@ -23,6 +23,13 @@ from run.study import ModelSpec, StudyPaths, StudyPreset, fingerprint, read_silh
 # best.pt by validation reconstruction). The held-out songs are never used for this.
 VAL_SPLIT = 0.1
 
+# Beyond the paper: classifier-free guidance of MusER's prior. A second prior, trained with
+# the emotion token dropped for this share of pieces, samples at every scale from the same
+# seed; S = 1 is its unguided sampling. Half the generation stage's pieces per scale.
+GUIDANCE_SCALES = (1.0, 1.5, 2.0, 3.0)
+GUIDANCE_DROPOUT = 0.1
+GUIDED_MODELS = ("MusER_TRANS_CA_GE",)
+
 
 @dataclass(frozen=True)
 class Context:
@@ -45,13 +52,18 @@ class Stage:
     scope: str                                  # "study" or "model"
     work: Callable                              # work(ctx, spec, continuing)
     inputs: Callable                            # (ctx, spec) -> files it reads
-    outputs: Callable                           # (ctx, spec) -> the measure files it writes
+    outputs: Callable                           # (ctx, spec) -> the files it writes that later
+                                                # stages or the report read (missing: redone)
     settings: Callable = lambda ctx, spec: ()   # what else decides its result
     code: tuple = ()                            # scripts and modules it runs
     section: Callable | None = None             # report section reading its outputs
+    models: tuple | None = None                 # the models a model stage runs for (None: all)
 
     def marker(self, spec: ModelSpec | None) -> str:
         return self.name if spec is None else f"{self.name}_{spec.name}"
+
+    def applies(self, spec: ModelSpec | None) -> bool:
+        return spec is None or self.models is None or spec.name in self.models
 
     @property
     def runs_script(self) -> bool:
@@ -161,6 +173,43 @@ def generation_work(ctx: Context, spec: ModelSpec, continuing) -> None:
                SM.generation_measures(p.generated_words(spec.name), p.evaluator))
 
 
+def guidance_per_quadrant(preset: StudyPreset) -> int:
+    return max(1, preset.n_per_quadrant // 2)
+
+
+def guided_prior(ctx: Context, spec: ModelSpec) -> Path:
+    return ctx.paths.prior(spec.name).with_name(f"Prior_guided_{spec.name}")
+
+
+def guidance_words(ctx: Context, spec: ModelSpec, scale: float) -> Path:
+    return ctx.paths.seed_dir / "generated" / "guidance" / f"{spec.name}_S{scale:g}_data.data"
+
+
+def guidance_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    p, pre = ctx.paths, ctx.preset
+    prior_dir = guided_prior(ctx, spec)
+    run_script("Prior_train.py", [
+        "--data_path", p.train_data, "--VQ_VAE", p.model(spec.name) / "best.pt",
+        "--vq_dict_path", p.model(spec.name) / "VQ_dict.data", "--model_path", prior_dir,
+        "--preset", pre.model_preset, *pre.prior_flags, "--emotion_dropout", GUIDANCE_DROPOUT,
+        "--Epoch", pre.prior_epochs, "--batch_size", pre.batch_size, "--lr", pre.prior_lr, *_common(ctx),
+        *_resume_flag(prior_dir, continuing)], _log(ctx, spec, "guidance_prior"), ctx.threads)
+    n = guidance_per_quadrant(pre)
+    runs = {}
+    for scale in GUIDANCE_SCALES:
+        words = guidance_words(ctx, spec, scale)
+        if not (continuing and words.exists()):      # a scale finished before an interruption stays
+            run_script("generate.py", [
+                "--VQ_prior", prior_dir / "best.pt", "--VQ_VAE", p.model(spec.name) / "best.pt",
+                "--music_file", words.name.removesuffix("_data.data"), "--out_root", words.parent,
+                "--n_per_emotion", n, "--batch_size", min(n, 50), "--guidance", scale,
+                "--evaluator", p.evaluator, *_common(ctx)], _log(ctx, spec, f"guidance_S{scale:g}"), ctx.threads)
+        runs[f"{scale:g}"] = SM.generation_measures(words, p.evaluator)
+    write_json(p.seed_measures / f"guidance_{spec.name}.json", {
+        "scales": list(GUIDANCE_SCALES), "emotion_dropout": GUIDANCE_DROPOUT, "per_quadrant": n,
+        "prior_history": training_history(prior_dir), "runs": runs})
+
+
 def interventions_work(ctx: Context, spec: ModelSpec, continuing) -> None:
     p = ctx.paths
     held = load_cp_dataset(p.held_out_data)
@@ -191,7 +240,8 @@ def _measure(name):
 
 STAGES = (
     Stage("split", "study", split_work, inputs=lambda ctx, spec: [ctx.source],
-          outputs=lambda ctx, spec: [ctx.paths.measures / "split.json"],
+          outputs=lambda ctx, spec: [ctx.paths.measures / "split.json", ctx.paths.train_data,
+                                     ctx.paths.held_out_data],
           settings=lambda ctx, spec: [ctx.preset.held_out, ctx.split_seed],
           code=("run.study",), section=R.split_section),
     Stage("data", "study", data_work, inputs=lambda ctx, spec: [ctx.paths.train_data, ctx.paths.held_out_data],
@@ -199,10 +249,12 @@ STAGES = (
           settings=lambda ctx, spec: [ctx.length, ctx.split_seed], code=("run.study_measures",),
           section=R.data_section),
     Stage("train", "model", train_work, inputs=lambda ctx, spec: [ctx.paths.train_data],
-          outputs=_measure("training"), settings=_training_settings,
+          outputs=lambda ctx, spec: [*_measure("training")(ctx, spec), _best(ctx, spec)],
+          settings=_training_settings,
           code=("MusER.py", "run.study"), section=R.codebook_section),
     Stage("codes", "model", codes_work, inputs=lambda ctx, spec: [ctx.paths.train_data, _best(ctx, spec)],
-          outputs=lambda ctx, spec: [], settings=lambda ctx, spec: [ctx.seed], code=("VQ_explore.py",)),
+          outputs=lambda ctx, spec: [ctx.paths.model(spec.name) / "VQ_dict.data"],
+          settings=lambda ctx, spec: [ctx.seed], code=("VQ_explore.py",)),
     Stage("silhouettes", "model", silhouettes_work,
           inputs=lambda ctx, spec: [ctx.paths.held_out_data, _best(ctx, spec)], outputs=_measure("silhouettes"),
           settings=lambda ctx, spec: [ctx.preset.tsne_flags, ctx.seed], code=("VQ_explore.py", "run.study"),
@@ -210,10 +262,12 @@ STAGES = (
     Stage("prior", "model", prior_work,
           inputs=lambda ctx, spec: [ctx.paths.train_data, _best(ctx, spec),
                                     ctx.paths.model(spec.name) / "VQ_dict.data"],
-          outputs=_measure("prior_training"), settings=_prior_settings, code=("Prior_train.py", "run.study")),
+          outputs=lambda ctx, spec: [*_measure("prior_training")(ctx, spec), ctx.paths.prior(spec.name) / "best.pt"],
+          settings=_prior_settings, code=("Prior_train.py", "run.study")),
     Stage("generate", "model", generate_work,
           inputs=lambda ctx, spec: [_best(ctx, spec), ctx.paths.prior(spec.name) / "best.pt", ctx.paths.evaluator],
-          outputs=lambda ctx, spec: [], settings=lambda ctx, spec: [ctx.preset.n_per_quadrant, ctx.seed, ctx.device],
+          outputs=lambda ctx, spec: [ctx.paths.generated_words(spec.name)],
+          settings=lambda ctx, spec: [ctx.preset.n_per_quadrant, ctx.seed, ctx.device],
           code=("generate.py",)),
     Stage("generation", "model", generation_work,
           inputs=lambda ctx, spec: [ctx.paths.generated_words(spec.name), ctx.paths.evaluator],
@@ -227,6 +281,14 @@ STAGES = (
                                     ctx.paths.evaluator],
           outputs=_measure("interventions"), settings=lambda ctx, spec: [ctx.preset.pairs, ctx.seed],
           code=("run.study_measures",), section=R.intervention_sections),
+    Stage("guidance", "model", guidance_work,
+          inputs=lambda ctx, spec: [ctx.paths.train_data, _best(ctx, spec),
+                                    ctx.paths.model(spec.name) / "VQ_dict.data", ctx.paths.evaluator],
+          outputs=_measure("guidance"),
+          settings=lambda ctx, spec: [*_prior_settings(ctx, spec), GUIDANCE_DROPOUT, GUIDANCE_SCALES,
+                                      guidance_per_quadrant(ctx.preset)],
+          code=("Prior_train.py", "generate.py", "run.study_measures", "run.study"),
+          section=R.guidance_sections, models=GUIDED_MODELS),
 )
 
 

@@ -22,7 +22,8 @@ from evaluation.latent_space import pair_name
 from evaluation.metrics import SONG_METRICS
 from evaluation.pages import write_study_page
 from evaluation.probe import diagonal_share
-from evaluation.verdicts import STUDY_RULES, judge
+from evaluation.verdicts import GUIDANCE_CLAIM, GUIDANCE_KEPT_METRICS, GUIDANCE_TARGETS, STUDY_RULES, judge, \
+    judge_guidance, judge_guidance_scale
 from music.atomic import atomic_write
 from music.elements import ELEMENTS, HIGH_AROUSAL, N_ELEMENTS, POSITIVE_VALENCE, QUADRANT_PAIRS, QUADRANTS
 from run.study import read_json
@@ -601,6 +602,154 @@ def _transfers(files: StudyFiles):
         if found:
             return [(t["elements"], t["source"], t["target"]) for t in found[0]["transfers"]]
     return []
+
+
+# -- guidance (beyond the paper)
+
+MATCHES = ("quadrant", "arousal", "valence")
+
+
+def _metric_column(run: dict, metric: str) -> np.ndarray:
+    return np.asarray([r[metric] for r in run["metrics"]], float)
+
+
+def guidance_units(files: StudyFiles, model: str, scale: str) -> list[dict]:
+    """Per seed, the pieces generated at scale S with their S = 1 counterparts (the same asked
+    quadrant and generator seed; resampled together)."""
+    units = []
+    for m in files.per_seed("guidance", model):
+        run, unguided = m["runs"].get(scale), m["runs"]["1"]
+        if run is None or len(run["asked"]) != len(unguided["asked"]):
+            continue
+        d = _match_units(run["asked"], run["predicted"])
+        for metric in SONG_METRICS:
+            d[metric], d[f"{metric}_unguided"] = _metric_column(run, metric), _metric_column(unguided, metric)
+        units.append(d)
+    return units
+
+
+def _guidance_statistic(data_means: dict):
+    """[match rates (MATCHES), metric means (SONG_METRICS), each metric's distance from the data
+    minus the unguided pieces' distance]."""
+    def statistic(d):
+        means = [np.nanmean(d[m]) for m in SONG_METRICS]
+        further = [abs(np.nanmean(d[m]) - data_means[m]) - abs(np.nanmean(d[f"{m}_unguided"]) - data_means[m])
+                   for m in SONG_METRICS]
+        return np.array([d[k].mean() for k in MATCHES] + means + further)
+    return statistic
+
+
+def guidance_rows(files: StudyFiles, model: str) -> list[tuple]:
+    """(scale, point, low, high) per scale of the guidance measures, in the order of the statistic."""
+    found = files.per_seed("guidance", model)
+    if not found:
+        return []
+    data_means = {m: float(np.nanmean([r[m] for r in files.data["held_out"]["metrics"]])) for m in SONG_METRICS}
+    rows = []
+    for scale in (f"{s:g}" for s in found[0]["scales"]):
+        units = guidance_units(files, model, scale)
+        if units:
+            rows.append((scale, *bootstrap(units, _guidance_statistic(data_means))))
+    return rows
+
+
+def guidance_verdicts(rows) -> dict:
+    """The verdict of every scale S != 1 and of the claim (evaluation/verdicts.py)."""
+    n, k = len(MATCHES), len(SONG_METRICS)
+    per_scale = {}
+    for scale, _, low, high in rows:
+        if scale == "1":
+            continue
+        matches = [(low[MATCHES.index(name)], high[MATCHES.index(name)]) for name, _ in GUIDANCE_TARGETS]
+        further = [(low[n + k + SONG_METRICS.index(m)], high[n + k + SONG_METRICS.index(m)])
+                   for m in GUIDANCE_KEPT_METRICS]
+        per_scale[scale] = judge_guidance_scale(matches, further)
+    return {"scales": per_scale, "claim": judge_guidance(list(per_scale.values()))}
+
+
+def plot_guidance(rows, data_means: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = [float(r[0]) for r in rows]
+    fig, axes = plt.subplots(1, 1 + len(SONG_METRICS), figsize=(4.0 * (1 + len(SONG_METRICS)), 3.4))
+    targets = dict(GUIDANCE_TARGETS)
+    for i, name in enumerate(MATCHES):
+        point = np.array([r[1][i] for r in rows])
+        err = np.array([[r[1][i] - r[2][i], r[3][i] - r[1][i]] for r in rows]).T
+        axes[0].errorbar(scales, point, yerr=err, marker="o", capsize=3, color=f"C{i}", label=f"{name} match")
+        if name in targets:
+            axes[0].axhline(targets[name], color=f"C{i}", linestyle=":", linewidth=1)
+    axes[0].set_title("match rate (dotted: targets)", fontsize=10)
+    axes[0].legend(fontsize=8)
+    for ax, (j, metric) in zip(axes[1:], enumerate(SONG_METRICS)):
+        i = len(MATCHES) + j
+        point = np.array([r[1][i] for r in rows])
+        err = np.array([[r[1][i] - r[2][i], r[3][i] - r[1][i]] for r in rows]).T
+        ax.errorbar(scales, point, yerr=err, marker="o", capsize=3, color="C3", label="generated")
+        ax.axhline(data_means[metric], color="k", linestyle="--", linewidth=1, label="held-out data")
+        ax.set_title(metric.replace("_", " "), fontsize=10)
+        ax.legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("guidance scale S")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def guidance_sections(files: StudyFiles) -> list[str]:
+    found = files.per_seed("guidance", MUSER)
+    if not found:
+        return []
+    first = found[0]
+    rows = guidance_rows(files, MUSER)
+    data_means = {m: float(np.nanmean([r[m] for r in files.data["held_out"]["metrics"]])) for m in SONG_METRICS}
+    verdicts = guidance_verdicts(rows)
+    plot_guidance(rows, data_means, files.out / "guidance.png")
+    n, k = len(MATCHES), len(SONG_METRICS)
+    seeds = files.seeds_with("guidance", MUSER)
+    lines = ["## Beyond the paper: classifier-free guidance of MusER's prior", "",
+             f"Per seed ({', '.join(map(str, seeds))}), a second prior of MusER is trained like the study's with "
+             f"the emotion token replaced by a \"no emotion\" token for {first['emotion_dropout']:g} of the pieces "
+             f"(`Prior_train.py --emotion_dropout`). It then generates {first['per_quadrant']} pieces per quadrant at "
+             "each scale S (`generate.py --guidance S`: uncond + S * (cond - uncond) of the logits at every step), "
+             "all scales from the same generator seed; S = 1 is its unguided sampling. Match rates and song "
+             "metrics with intervals over seeds and pieces; \"further\" is a metric's distance from the held-out "
+             "data's mean minus that distance at S = 1 (paired pieces; above 0: further from the data).", ""]
+    table = []
+    for scale, point, low, high in rows:
+        cells = [_ci(point[i], low[i], high[i]) for i in range(n)]
+        for j, metric in enumerate(SONG_METRICS):
+            cells.append(f"{_f(point[n + j])} (further {_ci(point[n + k + j], low[n + k + j], high[n + k + j])})"
+                         if scale != "1" else _f(point[n + j]))
+        table.append((scale, *cells, verdicts["scales"].get(scale, "-")))
+    held = _match_units(files.data["held_out"]["asked"], files.data["held_out"]["predicted"])
+    table.append(("data (held-out songs)", *(_f(held[key].mean()) for key in MATCHES),
+                  *(_f(data_means[m]) for m in SONG_METRICS), ""))
+    lines += _table(("S", *(f"{key} match" for key in MATCHES), *(m.replace("_", " ") for m in SONG_METRICS),
+                     "verdict"), table)
+    lines += ["", f"Claim (rule in evaluation/verdicts.py): {GUIDANCE_CLAIM}. A scale is shown when quadrant, "
+              "valence and arousal match intervals lie above " +
+              ", ".join(f"{name} {target:g}" for name, target in GUIDANCE_TARGETS) +
+              " and neither pitch classes nor polyphony is further from the data with confidence; not shown "
+              "when a match interval lies at or below its target or one of them is further. "
+              f"**Verdict: {verdicts['claim']}.**", "", "![guidance](guidance.png)", "",
+              "Confusion (rows: asked; columns: predicted Q1/Q2/Q3/Q4; summed over seeds) and major-key share "
+              "per asked quadrant against the held-out data's:", ""]
+    confusion = []
+    for scale in (r[0] for r in rows):
+        runs = [m["runs"][scale] for m in found if scale in m["runs"]]
+        asked = np.concatenate([r["asked"] for r in runs])
+        predicted = np.concatenate([r["predicted"] for r in runs])
+        modes = np.concatenate([r["mode"] for r in runs])
+        for q in QUADRANTS:
+            counts = [int(np.sum((asked == q) & (predicted == p))) for p in QUADRANTS]
+            share, count = _major_share(asked, modes, q)
+            data_share, _ = _major_share(files.data["held_out"]["asked"], files.data["held_out"]["mode"], q)
+            confusion.append((scale, f"Q{q}", "/".join(map(str, counts)), f"{_f(share)} (n={count})", _f(data_share)))
+    return lines + _table(("S", "asked", "predicted Q1/Q2/Q3/Q4", "major-key share", "data"), confusion) + [""]
 
 
 # ----------------------------------------------------------------------------- verdicts

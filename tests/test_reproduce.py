@@ -85,14 +85,22 @@ def test_study_writes_a_report_with_finite_tables(study):
     assert len(transfers) == 12
     confusion = table_after(text, "Confusion (rows: asked quadrant")
     assert len(confusion) == 8
-    for name in ("training.png",):
+    guidance = table_after(text, "## Beyond the paper: classifier-free guidance")
+    assert [r[0] for r in guidance] == ["1", "1.5", "2", "3", "data (held-out songs)"]
+    assert all(finite(c) for r in guidance[:-1] for c in r[1:7])
+    assert all(r[-1] in ("shown", "not shown", "inconclusive") for r in guidance[1:-1])
+    assert re.search(r"\*\*Verdict: (shown|not shown|inconclusive)\.\*\*", text)
+    for name in ("training.png", "guidance.png"):
         assert (out / name).stat().st_size > 1000
     for model in MODELS:
         latent = json.loads((out / "seeds" / "13" / "measures" / f"latent_{model}.json").read_text())
         assert len(latent["probe"]["piece_r2"]) == 7 and len(latent["dci"]["importance"]) == 7
         assert (out / "seeds" / "13" / "figures" / model / "tsne_all.png").exists()
-    # Two study stages, then each model stage once over the killed and the resumed run.
-    assert after_kill.output.count("] done in") + resumed.stdout.count("] done in") == 2 + 2 * len(MODEL_STAGES)
+    # Two study stages, then each model stage once over the killed and the resumed run (the
+    # guidance stage for MusER only).
+    done = after_kill.output.count("] done in") + resumed.stdout.count("] done in")
+    assert done == 2 + 2 * len(MODEL_STAGES) + 1
+    assert "[guidance_VQVAE_TRANS_CA_GE]" not in after_kill.output + resumed.stdout
 
 
 def test_held_out_songs_are_never_trained_on(study):
@@ -122,11 +130,13 @@ def test_second_run_skips_every_finished_stage(study):
 def test_only_runs_the_named_stages(study):
     npz, out, *_ = study
     marker = out / "seeds" / "13" / "stages" / "generation_MusER_TRANS_CA_GE.json"
-    marker.unlink()                                    # as if its code had changed
+    measure = out / "seeds" / "13" / "measures" / "generation_MusER_TRANS_CA_GE.json"
+    measure.unlink()                                   # a finished stage whose output is gone
     result = run_study(npz, out, "--only", "generation")
     assert set(re.findall(r"\[(\w+)\] (?:started|finished earlier)", result.stdout)) == {
         "generation_MusER_TRANS_CA_GE", "generation_VQVAE_TRANS_CA_GE"}
-    assert "[generation_MusER_TRANS_CA_GE] started" in result.stdout and marker.exists()
+    assert f"[generation_MusER_TRANS_CA_GE] {measure} is missing: redone" in result.stdout
+    assert "[generation_MusER_TRANS_CA_GE] started" in result.stdout and marker.exists() and measure.exists()
     bad = run_study(npz, out, "--only", "latnet", check=False)
     assert bad.returncode == 2 and "latnet" in bad.stderr and "interventions" in bad.stderr
 

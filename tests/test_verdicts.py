@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from evaluation.verdicts import INCONCLUSIVE, NOT_SHOWN, SHOWN, STUDY_RULES, Rule, judge, judge_interval
+from evaluation.verdicts import INCONCLUSIVE, NOT_SHOWN, SHOWN, STUDY_RULES, Rule, judge, judge_guidance, \
+    judge_guidance_scale, judge_interval
 
 
 @pytest.mark.parametrize("low, high, threshold, verdict", [
@@ -31,3 +32,27 @@ def test_the_study_rules_are_written_down_and_distinct():
         assert rule.measure in text and SHOWN in text and INCONCLUSIVE in text
     chance = {r.measure: r.threshold for r in STUDY_RULES}
     assert chance["quadrant_match"] == 0.25 and chance["valence_match"] == chance["arousal_match"] == 0.5
+
+
+# Match intervals in GUIDANCE_TARGETS order (quadrant 0.55, valence 0.70, arousal 0.85), then the
+# distance-from-data increases of pitch classes and polyphony.
+CLEARS = [(0.6, 0.7), (0.75, 0.8), (0.9, 0.95)]
+KEPT = [(-0.5, 0.2), (-0.1, 0.1)]
+
+
+@pytest.mark.parametrize("matches, further, verdict", [
+    (CLEARS, KEPT, SHOWN),
+    (CLEARS, [(-0.5, 0.2), (0.05, 0.3)], NOT_SHOWN),                     # polyphony further for sure
+    ([(0.6, 0.7), (0.5, 0.7), (0.9, 0.95)], KEPT, NOT_SHOWN),           # valence at or below 0.70
+    ([(0.6, 0.7), (0.65, 0.8), (0.9, 0.95)], KEPT, INCONCLUSIVE),       # valence straddles 0.70
+    ([(0.6, 0.7), (math.nan, math.nan), (0.9, 0.95)], KEPT, INCONCLUSIVE),
+])
+def test_a_guidance_scale_needs_every_target_and_no_metric_further(matches, further, verdict):
+    assert judge_guidance_scale(matches, further) == verdict
+
+
+def test_the_guidance_claim_needs_one_scale():
+    assert judge_guidance([NOT_SHOWN, SHOWN, INCONCLUSIVE]) == SHOWN
+    assert judge_guidance([NOT_SHOWN, NOT_SHOWN]) == NOT_SHOWN
+    assert judge_guidance([NOT_SHOWN, INCONCLUSIVE]) == INCONCLUSIVE
+    assert judge_guidance([]) == INCONCLUSIVE
