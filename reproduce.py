@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds to run, one after another (each in OUT/seeds/SEED; the report reads all there)")
     p.add_argument("--split_seed", type=int, default=13, help="seed of the held-out song split (fixed per study)")
     p.add_argument("--variants", nargs="*", default=[],
-                   help="further MusER variants, e.g. MEAN_CA_GE TRANS_CONCAT_GE")
+                   help="further models, [VQVAE_]REDUCTION_CONDITIONING_DECODING[_PQ]: e.g. MEAN_CA_GE, "
+                        "TRANS_CA_GE_PQ (one codebook per slice), VQVAE_TRANS_CA_GE_PQ (the same without L_reg)")
+    p.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                   help="run only these models' stages (e.g. variants added to seeds that ran before); "
+                        "the report still covers every model of the study")
     p.add_argument("--model_flags", default="",
                    help="extra flags for every VQ-VAE, e.g. '--dead_code_threshold 1'")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's VQ-VAE epochs")
@@ -150,8 +154,10 @@ def record_study(out: Path, args, preset, specs, source: Path, line: str) -> Non
         commands[str(seed)] = [*commands.get(str(seed), []), line]      # every run that touched the seed
     data_note = ("beat-synchronised" if args.sync == "beats" else "as given, unsynchronised") \
         if args.midi_dir else "a given compound-word npz"
+    models = list(previous.get("models", []))        # models of earlier runs stay in the report
+    models += [s.name for s in specs if s.name not in models]
     S.write_json(path, {"preset_name": args.preset, "preset": dataclasses.asdict(preset),
-                        "models": [s.name for s in specs], "data": source.name, "data_note": data_note,
+                        "models": models, "data": source.name, "data_note": data_note,
                         "out_name": out.name, "commands": commands})
 
 
@@ -192,7 +198,12 @@ def main(argv=None) -> int:
     log_line(out, f"study: preset {args.preset} ({preset.note}), seeds {args.seed}, out {out}: {line}")
     source = prepare(args, out)
     specs = S.model_specs(args.variants)
+    unknown = sorted(set(args.models or ()) - {s.name for s in specs})
+    if unknown:
+        raise UserError(f"--models {' '.join(unknown)}: not a model of this run "
+                        f"({', '.join(s.name for s in specs)}; add variants with --variants)")
     record_study(out, args, preset, specs, source, line)
+    specs = [s for s in specs if args.models is None or s.name in args.models]
     jobs = min(args.jobs, len(specs))
     for seed in args.seed:
         ctx = Context(paths=S.StudyPaths(out.resolve(), seed), source=source, preset=preset,

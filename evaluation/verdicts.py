@@ -81,6 +81,23 @@ STUDY_RULES = (
 )
 
 
+# Beyond the paper: one codebook per slice (--quantizer product; models named *_PQ), fixed
+# before their runs and judged when the study has them. "At least twice joint MusER's" reads
+# the product model's value minus twice the joint's (the same held-out songs and seeds).
+PRODUCT_MODEL, PRODUCT_BASELINE = "MusER_TRANS_CA_GE_PQ", "VQVAE_TRANS_CA_GE_PQ"
+PRODUCT_RULES = (
+    Rule("With one codebook per slice, each slice orders its own element at least twice as well as in "
+         "joint MusER (ordering gap)", "pq_gap_over_twice_joint", 0.0, per_element=True),
+    Rule("With one codebook per slice, the regulariser makes each slice order its own element "
+         "(product MusER minus the product VQ-VAE)", "pq_gap_difference", 0.0, per_element=True),
+    Rule("With one codebook per slice, DCI disentanglement is at least twice joint MusER's",
+         "pq_dci_disentanglement_over_twice_joint", 0.0),
+    Rule("With one codebook per slice, swapping a slice puts most of its change above the floor on its "
+         "own element", "pq_swap_own_share", 0.5, per_element=True),
+    Rule("With one codebook per slice, validation reconstruction accuracy stays within 3 points of joint "
+         "MusER's", "pq_reconstruction_difference", -0.03),
+)
+
 # Beyond the paper: classifier-free guidance of MusER's prior (generate.py --guidance S),
 # judged per scale, fixed before the guidance runs. A scale meets the targets when the
 # quadrant, valence and arousal match rates clear these values, and the generated pieces'

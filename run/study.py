@@ -77,18 +77,25 @@ class ModelSpec:
 
 
 def model_specs(variants) -> list[ModelSpec]:
-    """MusER_TRANS_CA_GE and the plain VQ-VAE baseline, then the requested variants
-    (names like MEAN_CA_GE: reduction_conditioning_decoding)."""
+    """MusER_TRANS_CA_GE and the plain VQ-VAE baseline, then the requested variants, named as
+    models/config.py names models: [VQVAE_]REDUCTION_CONDITIONING_DECODING[_PQ], where VQVAE_
+    drops the regulariser (--reg_weight 0) and _PQ gives each slice its own codebook
+    (--quantizer product): e.g. MEAN_CA_GE, TRANS_CA_GE_PQ, VQVAE_TRANS_CA_GE_PQ."""
     specs = [ModelSpec("MusER_TRANS_CA_GE"), ModelSpec("VQVAE_TRANS_CA_GE", ("--reg_weight", "0"))]
     for variant in variants or ():
-        parts = variant.upper().removeprefix("MUSER_").split("_")
+        parts = variant.upper().split("_")
+        prefix = "VQVAE" if parts[0] == "VQVAE" else "MusER"
+        parts = parts[1:] if parts[0] in ("VQVAE", "MUSER") else parts
+        product = parts[-1:] == ["PQ"]
+        parts = parts[:-1] if product else parts
         if len(parts) != 3:
-            raise UserError(f"--variants {variant}: expected REDUCTION_CONDITIONING_DECODING, "
-                            f"e.g. MEAN_CA_GE")
-        name = "MusER_" + "_".join(parts)
+            raise UserError(f"--variants {variant}: expected [VQVAE_]REDUCTION_CONDITIONING_DECODING[_PQ], "
+                            f"e.g. MEAN_CA_GE or VQVAE_TRANS_CA_GE_PQ")
+        name = f"{prefix}_{'_'.join(parts)}" + ("_PQ" if product else "")
+        flags = ("--reduction", parts[0], "--conditioning", parts[1], "--decoding", parts[2]) \
+            + (("--reg_weight", "0") if prefix == "VQVAE" else ()) + (("--quantizer", "product") if product else ())
         if name not in [s.name for s in specs]:
-            specs.append(ModelSpec(name, ("--reduction", parts[0], "--conditioning", parts[1],
-                                          "--decoding", parts[2])))
+            specs.append(ModelSpec(name, flags))
     return specs
 
 

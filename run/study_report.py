@@ -22,8 +22,8 @@ from evaluation.latent_space import pair_name
 from evaluation.metrics import SONG_METRICS
 from evaluation.pages import write_study_page
 from evaluation.probe import diagonal_share
-from evaluation.verdicts import GUIDANCE_CLAIM, GUIDANCE_KEPT_METRICS, GUIDANCE_TARGETS, STUDY_RULES, judge, \
-    judge_guidance, judge_guidance_scale
+from evaluation.verdicts import GUIDANCE_CLAIM, GUIDANCE_KEPT_METRICS, GUIDANCE_TARGETS, PRODUCT_BASELINE, \
+    PRODUCT_MODEL, PRODUCT_RULES, STUDY_RULES, judge, judge_guidance, judge_guidance_scale
 from music.atomic import atomic_write
 from music.elements import ELEMENTS, HIGH_AROUSAL, N_ELEMENTS, POSITIVE_VALENCE, QUADRANT_PAIRS, QUADRANTS
 from run.study import read_json
@@ -331,17 +331,18 @@ def ordering_summary(files: StudyFiles, model: str, name: str):
     return out
 
 
-def gap_difference(files: StudyFiles, name: str = "fitted_token"):
-    """MusER's gap minus the baseline's per element, songs paired (the same held-out songs)."""
+def gap_difference(files: StudyFiles, name: str = "fitted_token", model: str = MUSER, other: str = BASELINE,
+                   factor: float = 1.0):
+    """Per element, `model`'s gap minus `factor` times `other`'s, songs paired (the same held-out songs)."""
     units = []
     for seed in files.seeds:
-        m, b = (files.measure(seed, "latent", x) for x in (MUSER, BASELINE))
+        m, b = (files.measure(seed, "latent", x) for x in (model, other))
         if m is None or b is None:
             continue
         um, ub = _ordering_units(m, name), _ordering_units(b, name)
         units.append({"ma": um["agree"], "mp": um["pairs"], "ba": ub["agree"], "bp": ub["pairs"]})
     return bootstrap(units, lambda d: _gap(_ordering_matrix(d["ma"], d["mp"]))[2]
-                     - _gap(_ordering_matrix(d["ba"], d["bp"]))[2])
+                     - factor * _gap(_ordering_matrix(d["ba"], d["bp"]))[2])
 
 
 READOUT_TEXT = {"dr_token": "MusER's own frozen DR readout, ordered by token index (what the regulariser optimises)",
@@ -511,6 +512,12 @@ def swap_difference(files: StudyFiles):
             units.append({"mr": um["rates"], "mf": um["floor"], "br": ub["rates"], "bf": ub["floor"]})
     return bootstrap(units, lambda d: _own_share(_swap_effect({"rates": d["mr"], "floor": d["mf"]}))
                      - _own_share(_swap_effect({"rates": d["br"], "floor": d["bf"]})))
+
+
+def own_share(files: StudyFiles, model: str):
+    """Per element, the share of a slice swap's change above the floor that falls on its own element."""
+    return bootstrap([_swap_units(m) for m in files.per_seed("interventions", model)],
+                     lambda d: _own_share(_swap_effect(d)))
 
 
 def transfer_units(files: StudyFiles, model: str, index: int) -> list[dict]:
@@ -770,6 +777,32 @@ def rule_intervals(files: StudyFiles) -> dict:
     units = generation_units(files, MUSER)
     for key in ("quadrant", "valence", "arousal"):
         out[f"{key}_match"] = bootstrap(units, lambda d, k=key: d[k].mean())
+    if PRODUCT_MODEL in files.models:
+        out.update(product_intervals(files))
+    return out
+
+
+def final_validation_accuracy(files: StudyFiles, model: str) -> dict[int, float]:
+    """Per seed, the mean element accuracy on the validation pieces at the last epoch."""
+    out = {}
+    for seed in files.seeds_with("training", model):
+        rows = _history_rows(files.measure(seed, "training", model)["history"], "val")
+        if rows and isinstance(rows[-1].get("acc_mean"), (int, float)):
+            out[seed] = rows[-1]["acc_mean"]
+    return out
+
+
+def product_intervals(files: StudyFiles) -> dict:
+    """The intervals of evaluation/verdicts.PRODUCT_RULES."""
+    out = {"pq_gap_over_twice_joint": _per_element(*gap_difference(files, model=PRODUCT_MODEL, other=MUSER,
+                                                                   factor=2.0)),
+           "pq_gap_difference": _per_element(*gap_difference(files, model=PRODUCT_MODEL, other=PRODUCT_BASELINE)),
+           "pq_swap_own_share": _per_element(*own_share(files, PRODUCT_MODEL))}
+    pq = dict(zip(files.seeds_with("latent", PRODUCT_MODEL), dci_values(files, PRODUCT_MODEL, "disentanglement")))
+    joint = dict(zip(files.seeds_with("latent", MUSER), dci_values(files, MUSER, "disentanglement")))
+    out["pq_dci_disentanglement_over_twice_joint"] = seed_interval([pq[s] - 2 * joint[s] for s in pq if s in joint])
+    pq_acc, joint_acc = final_validation_accuracy(files, PRODUCT_MODEL), final_validation_accuracy(files, MUSER)
+    out["pq_reconstruction_difference"] = seed_interval([pq_acc[s] - joint_acc[s] for s in pq_acc if s in joint_acc])
     return out
 
 
@@ -788,7 +821,7 @@ def verdict_lines(files: StudyFiles) -> list[str]:
              "Per-element claims follow the majority of elements with an interval. Differences are MusER "
              "minus the baseline.", ""]
     rows = []
-    for rule in STUDY_RULES:
+    for rule in STUDY_RULES + (PRODUCT_RULES if PRODUCT_MODEL in files.models else ()):
         value = intervals.get(rule.measure)
         if rule.per_element:
             usable = [(p, lo, hi) for p, lo, hi in (value or []) if math.isfinite(lo) and math.isfinite(hi)]

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from evaluation.verdicts import PRODUCT_BASELINE, PRODUCT_MODEL, PRODUCT_RULES
 from run.checkpoint import load_checkpoint
 from run.study import committed_files
 from tests.conftest import ROOT
@@ -139,6 +140,10 @@ def test_only_runs_the_named_stages(study):
     assert "[generation_MusER_TRANS_CA_GE] started" in result.stdout and marker.exists() and measure.exists()
     bad = run_study(npz, out, "--only", "latnet", check=False)
     assert bad.returncode == 2 and "latnet" in bad.stderr and "interventions" in bad.stderr
+    one = run_study(npz, out, "--only", "generation", "--models", "VQVAE_TRANS_CA_GE")
+    assert re.findall(r"\[(\w+)\] (?:started|finished earlier)", one.stdout) == ["generation_VQVAE_TRANS_CA_GE"]
+    bad = run_study(npz, out, "--models", "MusER_TRANS_CA_GE_PQ", check=False)
+    assert bad.returncode == 2 and "--variants" in bad.stderr
 
 
 def test_changed_input_redoes_only_the_stages_it_feeds(study):
@@ -182,6 +187,31 @@ def test_report_regenerates_from_the_committed_files_alone(study, tmp_path):
     original = (out / "REPORT.md").read_text()
     (copy / "REPORT.md").unlink()
     assert report_only(copy) == original
+
+
+def test_product_models_are_judged_by_their_own_rules(study, tmp_path):
+    """A study with the product variants gets the product rules. Here the product models are
+    the joint ones under the product names (their measures copied), so the product rules must
+    read exactly what the joint rules read: the regulariser's gap difference the same, and no
+    difference in reconstruction."""
+    _, out, *_ = study
+    copy = tmp_path / "copy"
+    for path in committed_files(out):
+        target = copy / path.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    measures = copy / "seeds" / "13" / "measures"
+    for joint, product in (("MusER_TRANS_CA_GE", PRODUCT_MODEL), ("VQVAE_TRANS_CA_GE", PRODUCT_BASELINE)):
+        for path in measures.glob(f"*_{joint}.json"):
+            shutil.copyfile(path, measures / path.name.replace(joint, product))
+    study_json = copy / "measures" / "study.json"
+    recorded = json.loads(study_json.read_text())
+    study_json.write_text(json.dumps({**recorded, "models": [*recorded["models"], PRODUCT_MODEL, PRODUCT_BASELINE]}))
+    verdicts = {row[1].split("`")[1]: row for row in table_after(report_only(copy), "## Verdicts")}
+    assert len(verdicts) == 9 + len(PRODUCT_RULES)
+    assert verdicts["pq_gap_difference"][2] == verdicts["ordering_gap_difference"][2]
+    assert verdicts["pq_reconstruction_difference"][2] == "0.00"
+    assert verdicts["pq_dci_disentanglement_over_twice_joint"][2] != "n/a"
 
 
 def test_the_committed_study_report_regenerates_identically(tmp_path):

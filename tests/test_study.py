@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from music.elements import N_ELEMENTS, song_of_name
+from music.errors import UserError
 from run import study as S
 from run import study_report as R
 
@@ -122,7 +123,6 @@ class CopyingModel:
         self.ignored, self.n_tokens = ignored, n_tokens
 
     def encode(self, y):
-        import torch
         tokens = y[..., :N_ELEMENTS].float()
         return tokens.repeat_interleave(4, dim=-1), None
 
@@ -169,3 +169,15 @@ def test_swap_effects_of_a_copying_decoder_are_diagonal_and_an_ignored_slice_rea
     assert den.sum() > 0 and num.sum() / den.sum() == pytest.approx(1.0, abs=0.1)
     num, den = (np.asarray(swapped["terms"]["duration"][k]) for k in ("num", "den"))
     assert abs(num.sum()) < 1e-9                                # duration stays with A
+
+
+def test_variants_are_named_as_the_models_name_themselves():
+    specs = {s.name: s.flags for s in S.model_specs(["mean_ca_ge", "TRANS_CA_GE_PQ", "VQVAE_TRANS_CA_GE_PQ",
+                                                      "VQVAE_TRANS_CA_GE"])}
+    assert list(specs) == ["MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE", "MusER_MEAN_CA_GE", "MusER_TRANS_CA_GE_PQ",
+                           "VQVAE_TRANS_CA_GE_PQ"]
+    assert specs["MusER_TRANS_CA_GE_PQ"][-2:] == ("--quantizer", "product")
+    assert "--reg_weight" not in specs["MusER_TRANS_CA_GE_PQ"]
+    assert specs["VQVAE_TRANS_CA_GE_PQ"][-4:] == ("--reg_weight", "0", "--quantizer", "product")
+    with pytest.raises(UserError, match="REDUCTION_CONDITIONING_DECODING"):
+        S.model_specs(["TRANS_PQ"])
