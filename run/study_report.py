@@ -444,6 +444,21 @@ def generation_units(files: StudyFiles, model: str) -> list[dict]:
     return [{**_match_units(g["asked"], g["predicted"])} for g in files.per_seed("generation", model)]
 
 
+def confusion_rows(files: StudyFiles, label: str, generated: list[dict]) -> list[tuple]:
+    """Per asked quadrant, over the generation measures of several seeds: the predicted counts,
+    the major-key share and the held-out data's."""
+    asked = np.concatenate([g["asked"] for g in generated])
+    predicted = np.concatenate([g["predicted"] for g in generated])
+    modes = np.concatenate([g["mode"] for g in generated])
+    rows = []
+    for q in QUADRANTS:
+        counts = [int(np.sum((asked == q) & (predicted == p))) for p in QUADRANTS]
+        share, n = _major_share(asked, modes, q)
+        data_share, _ = _major_share(files.data["held_out"]["asked"], files.data["held_out"]["mode"], q)
+        rows.append((label, f"Q{q}", "/".join(map(str, counts)), f"{_f(share)} (n={n})", _f(data_share)))
+    return rows
+
+
 def generation_sections(files: StudyFiles) -> list[str]:
     lines = ["## Emotion-conditioned generation", "",
              f"{files.study['preset']['n_per_quadrant']} pieces per quadrant per seed from each model's prior, "
@@ -462,16 +477,8 @@ def generation_sections(files: StudyFiles) -> list[str]:
     rows = []
     for model in files.models:
         gens = files.per_seed("generation", model)
-        if not gens:
-            continue
-        asked = np.concatenate([g["asked"] for g in gens])
-        predicted = np.concatenate([g["predicted"] for g in gens])
-        modes = np.concatenate([g["mode"] for g in gens])
-        for q in QUADRANTS:
-            counts = [int(np.sum((asked == q) & (predicted == p))) for p in QUADRANTS]
-            share, n = _major_share(asked, modes, q)
-            data_share, _ = _major_share(files.data["held_out"]["asked"], files.data["held_out"]["mode"], q)
-            rows.append((model, f"Q{q}", "/".join(map(str, counts)), f"{_f(share)} (n={n})", _f(data_share)))
+        if gens:
+            rows += confusion_rows(files, model, gens)
     lines += _table(("model", "asked", "predicted Q1/Q2/Q3/Q4", "major-key share", "data"), rows)
     lines += ["", "Song-level metrics (muspy definitions), mean over pieces: held-out data against the generated "
               "pieces of each model (all seeds):", ""]
@@ -747,15 +754,7 @@ def guidance_sections(files: StudyFiles) -> list[str]:
               "per asked quadrant against the held-out data's:", ""]
     confusion = []
     for scale in (r[0] for r in rows):
-        runs = [m["runs"][scale] for m in found if scale in m["runs"]]
-        asked = np.concatenate([r["asked"] for r in runs])
-        predicted = np.concatenate([r["predicted"] for r in runs])
-        modes = np.concatenate([r["mode"] for r in runs])
-        for q in QUADRANTS:
-            counts = [int(np.sum((asked == q) & (predicted == p))) for p in QUADRANTS]
-            share, count = _major_share(asked, modes, q)
-            data_share, _ = _major_share(files.data["held_out"]["asked"], files.data["held_out"]["mode"], q)
-            confusion.append((scale, f"Q{q}", "/".join(map(str, counts)), f"{_f(share)} (n={count})", _f(data_share)))
+        confusion += confusion_rows(files, scale, [m["runs"][scale] for m in found if scale in m["runs"]])
     return lines + _table(("S", "asked", "predicted Q1/Q2/Q3/Q4", "major-key share", "data"), confusion) + [""]
 
 

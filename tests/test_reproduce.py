@@ -39,6 +39,15 @@ def report_only(out):
     return (out / "REPORT.md").read_text()
 
 
+def copy_committed(out, copy):
+    """What a study commits, copied to a folder of its own."""
+    for path in committed_files(out):
+        target = copy / path.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return copy
+
+
 def table_after(text: str, heading: str) -> list[list[str]]:
     """Rows of the first markdown table after a line containing `heading`."""
     at = text.index(heading)
@@ -178,11 +187,7 @@ def test_report_regenerates_from_the_committed_files_alone(study, tmp_path):
     """What a study commits is enough: copied to a folder of its own, --report_only rebuilds
     the same REPORT.md."""
     _, out, *_ = study
-    copy = tmp_path / "copy"
-    for path in committed_files(out):
-        target = copy / path.relative_to(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+    copy = copy_committed(out, tmp_path / "copy")
     assert not list(copy.rglob("*.pt")) and not (copy / "data").exists()
     original = (out / "REPORT.md").read_text()
     (copy / "REPORT.md").unlink()
@@ -195,11 +200,7 @@ def test_product_models_are_judged_by_their_own_rules(study, tmp_path):
     read exactly what the joint rules read: the regulariser's gap difference the same, and no
     difference in reconstruction."""
     _, out, *_ = study
-    copy = tmp_path / "copy"
-    for path in committed_files(out):
-        target = copy / path.relative_to(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+    copy = copy_committed(out, tmp_path / "copy")
     measures = copy / "seeds" / "13" / "measures"
     for joint, product in (("MusER_TRANS_CA_GE", PRODUCT_MODEL), ("VQVAE_TRANS_CA_GE", PRODUCT_BASELINE)):
         for path in measures.glob(f"*_{joint}.json"):
