@@ -14,7 +14,8 @@ then units) and the committed files are enough to recompute every number it prin
   paper's six transfers with independent decodes and the emotion-tag control
   (evaluation/transfer.py), on pairs of held-out pieces from distinct songs;
 - `generation_measures`: generated pieces against the data: song metrics, the evaluator's
-  predicted quadrant per piece, key modes.
+  predicted quadrant per piece, key modes; `decoded_measures`: the same of held-out pieces
+  decoded from their own latents (the decoder's ceiling for any prior).
 """
 from __future__ import annotations
 
@@ -289,7 +290,25 @@ def statistics_scale(data, length: int) -> dict[str, np.ndarray]:
 def generation_measures(words_pickle: Path, evaluator_path: Path) -> dict:
     """Per generated piece: the quadrant asked for, the evaluator's prediction, its key mode
     and its song metrics."""
-    pieces = load_words_pickle(words_pickle)
+    return piece_measures(load_words_pickle(words_pickle), evaluator_path)
+
+
+def decoded_measures(checkpoint_path: Path, held_out, evaluator_path: Path, seed: int) -> dict:
+    """The generation measures of the held-out pieces decoded by the VQ-VAE from their own
+    latents and emotion tags, sampled as generate.py samples: what the decoder keeps of the
+    data's emotion, key and song metrics, the ceiling of any prior that samples true latents."""
+    model, _ = load_model(checkpoint_path)
+    y = torch.as_tensor(held_out.y[:, :model.config.max_len], dtype=torch.long)
+    with torch.no_grad():
+        latent = model.encode(y)[0]
+        words = model.generate(latent, torch.as_tensor(held_out.emotion), SamplingParams(),
+                               generator=torch.Generator().manual_seed(seed), on_step=adapt_threads)
+    pieces = [piece_from_words(w, held_out.word2event, emotion=int(q), close_empty_bars=True)
+              for w, q in zip(words, held_out.emotion)]
+    return piece_measures(pieces, evaluator_path)
+
+
+def piece_measures(pieces, evaluator_path: Path) -> dict:
     evaluator = E.EmotionEvaluator.load(evaluator_path)
     return {"asked": [p.emotion for p in pieces],
             "predicted": evaluator.predict_features(E.feature_matrix(pieces))["quadrant"],

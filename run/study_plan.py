@@ -173,6 +173,13 @@ def generation_work(ctx: Context, spec: ModelSpec, continuing) -> None:
                SM.generation_measures(p.generated_words(spec.name), p.evaluator))
 
 
+def decoded_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    p = ctx.paths
+    write_json(p.seed_measures / f"decoded_{spec.name}.json",
+               SM.decoded_measures(p.model(spec.name) / "best.pt", load_cp_dataset(p.held_out_data), p.evaluator,
+                                   ctx.seed))
+
+
 def guidance_per_quadrant(preset: StudyPreset) -> int:
     return max(1, preset.n_per_quadrant // 2)
 
@@ -281,6 +288,9 @@ STAGES = (
                                     ctx.paths.evaluator],
           outputs=_measure("interventions"), settings=lambda ctx, spec: [ctx.preset.pairs, ctx.seed],
           code=("run.study_measures",), section=R.intervention_sections),
+    Stage("decoded", "model", decoded_work,
+          inputs=lambda ctx, spec: [ctx.paths.held_out_data, _best(ctx, spec), ctx.paths.evaluator],
+          outputs=_measure("decoded"), settings=lambda ctx, spec: [ctx.seed], code=("run.study_measures",)),
     Stage("guidance", "model", guidance_work,
           inputs=lambda ctx, spec: [ctx.paths.train_data, _best(ctx, spec),
                                     ctx.paths.model(spec.name) / "VQ_dict.data", ctx.paths.evaluator],

@@ -20,7 +20,8 @@ from tests.long_runs import STUDY, STUDY_EPOCHS
 pytestmark = pytest.mark.slow    # each test starts reproduce.py; the study fixture runs a whole study
 
 MODELS = ("MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE")
-MODEL_STAGES = ("train", "codes", "silhouettes", "prior", "generate", "generation", "latent", "interventions")
+MODEL_STAGES = ("train", "codes", "silhouettes", "prior", "generate", "generation", "latent", "interventions",
+                "decoded")
 COMMITTED_STUDY = ROOT / "results" / "emopia_small"
 
 
@@ -95,6 +96,9 @@ def test_study_writes_a_report_with_finite_tables(study):
     assert len(transfers) == 12
     confusion = table_after(text, "Confusion (rows: asked quadrant")
     assert len(confusion) == 8
+    decoded = table_after(text, "The decoder's ceiling")
+    assert [r[0] for r in decoded] == ["data (held-out songs)", *MODELS]
+    assert all(finite(c) for r in decoded for c in r[1:7])
     guidance = table_after(text, "## Beyond the paper: classifier-free guidance")
     assert [r[0] for r in guidance] == ["1", "1.5", "2", "3", "data (held-out songs)"]
     assert all(finite(c) for r in guidance[:-1] for c in r[1:7])
