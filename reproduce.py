@@ -8,8 +8,9 @@ The clips are beat-synchronised and encoded (prepare_data.py), about 15% of the 
 out (the same songs for every seed), the emotion evaluator is fitted on the training songs,
 then per seed and model (MusER_TRANS_CA_GE, VQVAE_TRANS_CA_GE = --reg_weight 0, and any
 --variants) the stages of run/study_plan.py run in order: train, codes, silhouettes, the
-latent measures, the prior, generation and its measures, the interventions, and (MusER only,
-beyond the paper) a prior trained for classifier-free guidance sampled at several scales. Then
+latent measures, the prior, generation and its measures, the interventions and the decoder's
+ceiling; with `--with guidance` (MusER only, beyond the paper), a prior trained for
+classifier-free guidance sampled at several scales. Then
 OUT/REPORT.md with its figures and OUT/index.html, from the measure files alone.
 
 Running the command again skips finished stages (same settings, inputs and code), continues
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", default=None, metavar="STAGE",
                    help=f"run only these stages (of {', '.join(s.name for s in STAGES)}); the others must "
                         "have run: e.g. measures again after a change to them")
+    p.add_argument("--with", dest="extra", nargs="+", default=[], metavar="STAGE",
+                   choices=[s.name for s in STAGES if s.optional],
+                   help="also run these stages beyond the paper: guidance (MusER's prior trained for "
+                        "classifier-free guidance, sampled at several scales; about 25 min per seed on 2 cores)")
     p.add_argument("--report_only", action="store_true",
                    help="rebuild REPORT.md and its figures from OUT's measure files; run nothing")
     p.add_argument("--export", default=None, help="after the run, copy what a study commits to this folder")
@@ -102,7 +107,7 @@ def prepare(args, out: Path) -> Path:
 
 
 def run_stage(stage, ctx: Context, spec=None) -> None:
-    if (ctx.only and stage.name not in ctx.only) or not stage.applies(spec):
+    if not stage.wanted(ctx) or not stage.applies(spec):
         return
     folder = ctx.paths.out if stage.scope == "study" else ctx.paths.seed_dir
     prefix = "" if spec is None else f"seed {ctx.seed} {spec.name}: "
@@ -210,7 +215,7 @@ def main(argv=None) -> int:
                       preset_name=args.preset, model_flags=tuple(args.model_flags.split()), seed=seed,
                       split_seed=args.split_seed, threads=max(1, (os.cpu_count() or 1) // jobs),
                       device=args.device, length=window_length(preset, tuple(args.model_flags.split())),
-                      only=tuple(args.only or ()))
+                      only=tuple(args.only or ()), extra=tuple(args.extra))
         for stage in STAGES:
             if stage.scope == "study":
                 run_stage(stage, ctx)

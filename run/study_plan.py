@@ -44,6 +44,7 @@ class Context:
     device: str
     length: int                  # the models' window
     only: tuple = ()             # run only these stages (all when empty)
+    extra: tuple = ()            # optional stages to run as well
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,20 @@ class Stage:
     code: tuple = ()                            # scripts and modules it runs
     section: Callable | None = None             # report section reading its outputs
     models: tuple | None = None                 # the models a model stage runs for (None: all)
+    optional: bool = False                      # beyond the paper: runs when asked (--with, --only)
 
     def marker(self, spec: ModelSpec | None) -> str:
         return self.name if spec is None else f"{self.name}_{spec.name}"
 
     def applies(self, spec: ModelSpec | None) -> bool:
         return spec is None or self.models is None or spec.name in self.models
+
+    def wanted(self, ctx: Context) -> bool:
+        """Whether this run does the stage: the named ones with --only, else every stage that is
+        not optional or that --with asks for."""
+        if ctx.only:
+            return self.name in ctx.only
+        return not self.optional or self.name in ctx.extra
 
     @property
     def runs_script(self) -> bool:
@@ -298,7 +307,7 @@ STAGES = (
           settings=lambda ctx, spec: [*_prior_settings(ctx, spec), GUIDANCE_DROPOUT, GUIDANCE_SCALES,
                                       guidance_per_quadrant(ctx.preset)],
           code=("Prior_train.py", "generate.py", "run.study_measures", "run.study"),
-          section=R.guidance_sections, models=GUIDED_MODELS),
+          section=R.guidance_sections, models=GUIDED_MODELS, optional=True),
 )
 
 

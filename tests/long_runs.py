@@ -85,7 +85,7 @@ def readme_run(runs: LongRuns, work: Path) -> SimpleNamespace:
 # The tiny preset with one more VQ-VAE epoch: training then outlasts its first last.pt by
 # two epochs, time enough for the study to be killed while it trains.
 STUDY_EPOCHS = 3
-STUDY = ["--preset", "tiny", "--epochs", str(STUDY_EPOCHS)]
+STUDY = ["--preset", "tiny", "--epochs", str(STUDY_EPOCHS), "--with", "guidance"]
 
 
 def killed_study(runs: LongRuns, out: Path) -> SimpleNamespace:

@@ -181,3 +181,17 @@ def test_variants_are_named_as_the_models_name_themselves():
     assert specs["VQVAE_TRANS_CA_GE_PQ"][-4:] == ("--reg_weight", "0", "--quantizer", "product")
     with pytest.raises(UserError, match="REDUCTION_CONDITIONING_DECODING"):
         S.model_specs(["TRANS_PQ"])
+
+
+def test_optional_stages_run_when_asked():
+    from types import SimpleNamespace
+
+    from run.study_plan import STAGES
+    stages = {s.name: s for s in STAGES}
+    plain, asked = SimpleNamespace(only=(), extra=()), SimpleNamespace(only=(), extra=("guidance",))
+    assert [s.name for s in STAGES if s.optional] == ["guidance"]
+    assert stages["latent"].wanted(plain) and not stages["guidance"].wanted(plain)
+    assert stages["guidance"].wanted(asked) and stages["guidance"].wanted(SimpleNamespace(only=("guidance",), extra=()))
+    assert not stages["latent"].wanted(SimpleNamespace(only=("guidance",), extra=()))
+    assert stages["guidance"].applies(S.ModelSpec("MusER_TRANS_CA_GE"))
+    assert not stages["guidance"].applies(S.ModelSpec("VQVAE_TRANS_CA_GE"))
