@@ -34,7 +34,13 @@ def reference_cp() -> Path:
 
 
 # The long shared runs start in the background as the session begins (tests/long_runs.py).
-from tests.long_runs import long_runs  # noqa: E402,F401
+from tests.long_runs import LONG_RUNS, long_runs, summary_line  # noqa: E402,F401
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    runs = config.stash.get(LONG_RUNS, None)
+    if runs is not None and runs.plan:
+        terminalreporter.write_line(summary_line(runs))
 
 
 @pytest.fixture(scope="session")

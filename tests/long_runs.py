@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import shlex
 import shutil
@@ -140,22 +141,28 @@ class LongRuns:
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._stopping = False
+        self.seconds: dict[str, float] = {}          # each run's wall time
+        self.waited: dict[str, float] = {}           # how long tests blocked waiting for it
         self._thread = threading.Thread(target=self._run_all, name="long runs", daemon=True)
         self._thread.start()
         atexit.register(self.stop)       # also when the session ends without its teardown
 
     def _run_all(self) -> None:
         for name in self.plan:
+            began = time.monotonic()
             try:
                 self._results[name] = (True, BUILDERS[name](self, self._folders[name]))
             except BaseException as exc:          # a skip or a failure, raised where it is needed
                 self._results[name] = (False, exc)
+            self.seconds[name] = time.monotonic() - began
             self._done[name].set()
 
     def result(self, name: str):
         if name not in self._done:
             raise LookupError(f"{name} was not planned for this session")
+        began = time.monotonic()
         self._done[name].wait()
+        self.waited[name] = self.waited.get(name, 0.0) + time.monotonic() - began
         ok, value = self._results[name]
         if not ok:
             raise value
@@ -205,5 +212,16 @@ def long_runs(request, tmp_path_factory):
     """Starts the runs that the session's selected tests need, before the first test."""
     names = set().union(*(getattr(item, "fixturenames", ()) for item in request.session.items))
     runs = LongRuns(tmp_path_factory, names)
+    request.config.stash[LONG_RUNS] = runs
     yield runs
     runs.stop()
+
+
+LONG_RUNS = pytest.StashKey[LongRuns]()
+
+
+def summary_line(runs: LongRuns) -> str:
+    """Each long run's wall time and how long the tests waited for it: what bounds the session."""
+    return "long runs in the background: " + ", ".join(
+        f"{name} {runs.seconds.get(name, math.nan):.0f} s (tests waited {runs.waited.get(name, 0.0):.0f} s)"
+        for name in runs.plan)
