@@ -137,6 +137,15 @@ def model_chain(spec: S.ModelSpec, ctx: Context) -> str:
     return spec.name
 
 
+def selected_models(specs: list, names) -> list:
+    """The models --models names (all when None), each one of this run's models."""
+    unknown = sorted(set(names or ()) - {s.name for s in specs})
+    if unknown:
+        raise UserError(f"--models {' '.join(unknown)}: not a model of this run "
+                        f"({', '.join(s.name for s in specs)}; add variants with --variants)")
+    return [s for s in specs if names is None or s.name in names]
+
+
 def window_length(preset: S.StudyPreset, model_flags) -> int:
     """The models' sequence length, from the preset and any --max_len flag."""
     flags = [*preset.model_flags, *model_flags]
@@ -203,12 +212,9 @@ def main(argv=None) -> int:
     log_line(out, f"study: preset {args.preset} ({preset.note}), seeds {args.seed}, out {out}: {line}")
     source = prepare(args, out)
     specs = S.model_specs(args.variants)
-    unknown = sorted(set(args.models or ()) - {s.name for s in specs})
-    if unknown:
-        raise UserError(f"--models {' '.join(unknown)}: not a model of this run "
-                        f"({', '.join(s.name for s in specs)}; add variants with --variants)")
+    chosen = selected_models(specs, args.models)
     record_study(out, args, preset, specs, source, line)
-    specs = [s for s in specs if args.models is None or s.name in args.models]
+    specs = chosen
     jobs = min(args.jobs, len(specs))
     for seed in args.seed:
         ctx = Context(paths=S.StudyPaths(out.resolve(), seed), source=source, preset=preset,

@@ -141,22 +141,17 @@ def test_second_run_skips_every_finished_stage(study):
     assert {p: p.stat().st_mtime_ns for p in markers} == markers
 
 
-def test_only_runs_the_named_stages(study):
+def test_only_runs_the_named_stages_of_the_named_models(study):
     npz, out, *_ = study
     marker = out / "seeds" / "13" / "stages" / "generation_MusER_TRANS_CA_GE.json"
     measure = out / "seeds" / "13" / "measures" / "generation_MusER_TRANS_CA_GE.json"
     measure.unlink()                                   # a finished stage whose output is gone
-    result = run_study(npz, out, "--only", "generation")
-    assert set(re.findall(r"\[(\w+)\] (?:started|finished earlier)", result.stdout)) == {
-        "generation_MusER_TRANS_CA_GE", "generation_VQVAE_TRANS_CA_GE"}
+    result = run_study(npz, out, "--only", "generation", "--models", "MusER_TRANS_CA_GE")
+    assert re.findall(r"\[(\w+)\] (?:started|finished earlier)", result.stdout) == ["generation_MusER_TRANS_CA_GE"]
     assert f"[generation_MusER_TRANS_CA_GE] {measure} is missing: redone" in result.stdout
     assert "[generation_MusER_TRANS_CA_GE] started" in result.stdout and marker.exists() and measure.exists()
     bad = run_study(npz, out, "--only", "latnet", check=False)
     assert bad.returncode == 2 and "latnet" in bad.stderr and "interventions" in bad.stderr
-    one = run_study(npz, out, "--only", "generation", "--models", "VQVAE_TRANS_CA_GE")
-    assert re.findall(r"\[(\w+)\] (?:started|finished earlier)", one.stdout) == ["generation_VQVAE_TRANS_CA_GE"]
-    bad = run_study(npz, out, "--models", "MusER_TRANS_CA_GE_PQ", check=False)
-    assert bad.returncode == 2 and "--variants" in bad.stderr
 
 
 def test_changed_input_redoes_only_the_stages_it_feeds(study):

@@ -195,3 +195,12 @@ def test_optional_stages_run_when_asked():
     assert not stages["latent"].wanted(SimpleNamespace(only=("guidance",), extra=()))
     assert stages["guidance"].applies(S.ModelSpec("MusER_TRANS_CA_GE"))
     assert not stages["guidance"].applies(S.ModelSpec("VQVAE_TRANS_CA_GE"))
+
+
+def test_models_are_chosen_among_the_runs_models():
+    from reproduce import selected_models
+    specs = S.model_specs(["TRANS_CA_GE_PQ"])
+    assert [s.name for s in selected_models(specs, None)] == [s.name for s in specs]
+    assert [s.name for s in selected_models(specs, ["MusER_TRANS_CA_GE_PQ"])] == ["MusER_TRANS_CA_GE_PQ"]
+    with pytest.raises(UserError, match="--variants"):
+        selected_models(S.model_specs([]), ["MusER_TRANS_CA_GE_PQ"])
