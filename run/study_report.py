@@ -186,6 +186,11 @@ def _metric_column(run: dict, metric: str) -> np.ndarray:
     return np.asarray([r[metric] for r in run["metrics"]], float)
 
 
+def data_metric_means(files: StudyFiles) -> dict[str, float]:
+    """The held-out data's mean of each song metric (SONG_METRICS order)."""
+    return {m: float(np.nanmean([r[m] for r in files.data["held_out"]["metrics"]])) for m in SONG_METRICS}
+
+
 def _major_share(asked, modes, q) -> tuple[float, int]:
     modes = np.asarray(modes)[np.asarray(asked) == q]
     keyed = modes[modes != "none"]
@@ -490,8 +495,9 @@ def generation_sections(files: StudyFiles) -> list[str]:
     lines += ["", "Song-level metrics (muspy definitions), mean over pieces: held-out data against the generated "
               "pieces of each model (all seeds):", ""]
     rows = []
+    data_means = data_metric_means(files)
     for metric in SONG_METRICS:
-        cells = [_f(np.nanmean([r[metric] for r in files.data["held_out"]["metrics"]]))]
+        cells = [_f(data_means[metric])]
         for model in files.models:
             gens = files.per_seed("generation", model)
             cells.append(_f(np.nanmean([r[metric] for g in gens for r in g["metrics"]])) if gens else "n/a")
@@ -520,7 +526,7 @@ def decoded_lines(files: StudyFiles) -> list[str]:
     held = files.data["held_out"]
     units = _match_units(held["asked"], held["predicted"])
     rows.insert(0, ("data (held-out songs)", *(_f(units[k].mean()) for k in MATCHES),
-                    *(_f(np.nanmean([r[m] for r in held["metrics"]])) for m in SONG_METRICS),
+                    *(_f(v) for v in data_metric_means(files).values()),
                     " / ".join(_f(_major_share(held["asked"], held["mode"], q)[0]) for q in QUADRANTS)))
     return ["The decoder's ceiling: the held-out pieces decoded by each VQ-VAE from their own latents and "
             "emotion tags, sampled as generation samples (intervals over seeds and pieces). A prior can at "
@@ -684,12 +690,11 @@ def _guidance_statistic(data_means: dict):
     return statistic
 
 
-def guidance_rows(files: StudyFiles, model: str) -> list[tuple]:
+def guidance_rows(files: StudyFiles, model: str, data_means: dict) -> list[tuple]:
     """(scale, point, low, high) per scale of the guidance measures, in the order of the statistic."""
     found = files.per_seed("guidance", model)
     if not found:
         return []
-    data_means = {m: float(np.nanmean([r[m] for r in files.data["held_out"]["metrics"]])) for m in SONG_METRICS}
     rows = []
     for scale in (f"{s:g}" for s in found[0]["scales"]):
         units = guidance_units(files, model, scale)
@@ -749,8 +754,8 @@ def guidance_sections(files: StudyFiles) -> list[str]:
     if not found:
         return []
     first = found[0]
-    rows = guidance_rows(files, MUSER)
-    data_means = {m: float(np.nanmean([r[m] for r in files.data["held_out"]["metrics"]])) for m in SONG_METRICS}
+    data_means = data_metric_means(files)
+    rows = guidance_rows(files, MUSER, data_means)
     verdicts = guidance_verdicts(rows)
     plot_guidance(rows, data_means, files.out / "guidance.png")
     n, k = len(MATCHES), len(SONG_METRICS)
