@@ -155,25 +155,37 @@ def latent_work(ctx: Context, spec: ModelSpec, continuing) -> None:
     write_json(p.seed_measures / f"latent_{spec.name}.json", result)
 
 
-def prior_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+def train_prior(ctx: Context, spec: ModelSpec, prior_dir: Path, log_name: str, continuing, *flags) -> None:
+    """Prior_train.py over the codes of this model's VQ-VAE, at the preset's size (flags: more)."""
     p, pre = ctx.paths, ctx.preset
-    prior_dir = p.prior(spec.name)
     run_script("Prior_train.py", [
         "--data_path", p.train_data, "--VQ_VAE", p.model(spec.name) / "best.pt",
         "--vq_dict_path", p.model(spec.name) / "VQ_dict.data", "--model_path", prior_dir,
-        "--preset", pre.model_preset, *pre.prior_flags, "--Epoch", pre.prior_epochs,
+        "--preset", pre.model_preset, *pre.prior_flags, *flags, "--Epoch", pre.prior_epochs,
         "--batch_size", pre.batch_size, "--lr", pre.prior_lr, *_common(ctx), *_resume_flag(prior_dir, continuing)],
-        _log(ctx, spec, "prior"), ctx.threads)
-    write_json(p.seed_measures / f"prior_training_{spec.name}.json", {"history": training_history(prior_dir)})
+        _log(ctx, spec, log_name), ctx.threads)
+
+
+def generate(ctx: Context, spec: ModelSpec, prior_dir: Path, words: Path, n: int, log_name: str, *flags) -> None:
+    """generate.py: n pieces per quadrant from prior_dir's best.pt and this model's VQ-VAE, their
+    words written to `words` (flags: more)."""
+    p = ctx.paths
+    run_script("generate.py", [
+        "--VQ_prior", prior_dir / "best.pt", "--VQ_VAE", p.model(spec.name) / "best.pt",
+        "--music_file", words.name.removesuffix("_data.data"), "--out_root", words.parent, "--n_per_emotion", n,
+        "--batch_size", min(n, 50), *flags, "--evaluator", p.evaluator, *_common(ctx)],
+        _log(ctx, spec, log_name), ctx.threads)
+
+
+def prior_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    prior_dir = ctx.paths.prior(spec.name)
+    train_prior(ctx, spec, prior_dir, "prior", continuing)
+    write_json(ctx.paths.seed_measures / f"prior_training_{spec.name}.json", {"history": training_history(prior_dir)})
 
 
 def generate_work(ctx: Context, spec: ModelSpec, continuing) -> None:
-    p, pre = ctx.paths, ctx.preset
-    run_script("generate.py", [
-        "--VQ_prior", p.prior(spec.name) / "best.pt", "--VQ_VAE", p.model(spec.name) / "best.pt",
-        "--music_file", spec.name, "--out_root", p.seed_dir / "generated", "--n_per_emotion", pre.n_per_quadrant,
-        "--batch_size", min(pre.n_per_quadrant, 50), "--evaluator", p.evaluator, *_common(ctx)],
-        _log(ctx, spec, "generate"), ctx.threads)
+    generate(ctx, spec, ctx.paths.prior(spec.name), ctx.paths.generated_words(spec.name), ctx.preset.n_per_quadrant,
+             "generate")
 
 
 def generation_work(ctx: Context, spec: ModelSpec, continuing) -> None:
@@ -202,26 +214,16 @@ def guidance_words(ctx: Context, spec: ModelSpec, scale: float) -> Path:
 
 
 def guidance_work(ctx: Context, spec: ModelSpec, continuing) -> None:
-    p, pre = ctx.paths, ctx.preset
     prior_dir = guided_prior(ctx, spec)
-    run_script("Prior_train.py", [
-        "--data_path", p.train_data, "--VQ_VAE", p.model(spec.name) / "best.pt",
-        "--vq_dict_path", p.model(spec.name) / "VQ_dict.data", "--model_path", prior_dir,
-        "--preset", pre.model_preset, *pre.prior_flags, "--emotion_dropout", GUIDANCE_DROPOUT,
-        "--Epoch", pre.prior_epochs, "--batch_size", pre.batch_size, "--lr", pre.prior_lr, *_common(ctx),
-        *_resume_flag(prior_dir, continuing)], _log(ctx, spec, "guidance_prior"), ctx.threads)
-    n = guidance_per_quadrant(pre)
+    train_prior(ctx, spec, prior_dir, "guidance_prior", continuing, "--emotion_dropout", GUIDANCE_DROPOUT)
+    n = guidance_per_quadrant(ctx.preset)
     runs = {}
     for scale in GUIDANCE_SCALES:
         words = guidance_words(ctx, spec, scale)
         if not (continuing and words.exists()):      # a scale finished before an interruption stays
-            run_script("generate.py", [
-                "--VQ_prior", prior_dir / "best.pt", "--VQ_VAE", p.model(spec.name) / "best.pt",
-                "--music_file", words.name.removesuffix("_data.data"), "--out_root", words.parent,
-                "--n_per_emotion", n, "--batch_size", min(n, 50), "--guidance", scale,
-                "--evaluator", p.evaluator, *_common(ctx)], _log(ctx, spec, f"guidance_S{scale:g}"), ctx.threads)
-        runs[f"{scale:g}"] = SM.generation_measures(words, p.evaluator)
-    write_json(p.seed_measures / f"guidance_{spec.name}.json", {
+            generate(ctx, spec, prior_dir, words, n, f"guidance_S{scale:g}", "--guidance", scale)
+        runs[f"{scale:g}"] = SM.generation_measures(words, ctx.paths.evaluator)
+    write_json(ctx.paths.seed_measures / f"guidance_{spec.name}.json", {
         "scales": list(GUIDANCE_SCALES), "emotion_dropout": GUIDANCE_DROPOUT, "per_quadrant": n,
         "prior_history": training_history(prior_dir), "runs": runs})
 
