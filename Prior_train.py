@@ -27,7 +27,7 @@ import torch
 
 from models.config import PRESETS, PriorConfig
 from models.prior import prior_step, training_sequences
-from models.product_prior import prior_for, product_prior_step
+from models.product_prior import prior_for
 from run.checkpoint import load_muser, model_vocabulary
 from run.cli import add_common_args, add_training_args, run_main
 from music.data import load_cp_dataset
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
             "vocab_sizes": vq_ckpt["vocab_sizes"], "dictionary_path": vq_ckpt["dictionary_path"],
             "vq_vae_path": str(vq_path.resolve()), "vq_vae": fingerprint,
             "vq_dict": vq_dict_for_checkpoint(vq_dict)}
-    code = fit(model=model, step_fn=product_prior_step if product else prior_step, train=train, val=val, args=args, out_dir=out_dir,
+    code = fit(model=model, step_fn=prior_step, train=train, val=val, args=args, out_dir=out_dir,
                device=device, logger=logger, checkpoint_meta=meta, dist=dist, resume=resume)
     if code == 0 and dist.is_main:
         logger.info(f"checkpoints in {out_dir} (best.pt, last.pt)")

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from models.config import MusERConfig, PriorConfig, apply_preset  # noqa: E402
 from models.muser import MusER  # noqa: E402
 from models.prior import prior_step, training_sequences  # noqa: E402
-from models.product_prior import prior_for, product_prior_step  # noqa: E402
+from models.product_prior import prior_for  # noqa: E402
 from music.elements import N_ELEMENTS  # noqa: E402
 from run.threads import adapt_threads, apply_thread_policy  # noqa: E402
 
@@ -101,7 +101,7 @@ def main():
             f"MusER training step, batch {args.batch}": (1, {
                 q: training_step(m, lambda model, batch: model(*batch), words) for q, (m, words, _, _) in built.items()}),
             f"prior training step, batch {args.batch}": (1, {
-                q: training_step(p, prior_step if q == "joint" else product_prior_step, seq)
+                q: training_step(p, prior_step, seq)
                 for q, (_, _, p, seq) in built.items()}),
         }
         for batch in map(int, args.generate_batches.split(",")):

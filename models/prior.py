@@ -69,8 +69,9 @@ def guided_logits(logits: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def prior_step(model, batch) -> dict[str, torch.Tensor]:
-    """Training loss (negative log-likelihood of the next code) and accuracy of one batch."""
-    return next_code_loss(model(batch["inp"]), batch["target"])
+    """Training loss (negative log-likelihood of the next code) and accuracy of one batch, for
+    either prior (a product prior's heads read the batch's true codes: teacher forcing)."""
+    return next_code_loss(model(batch["inp"], batch["target"]), batch["target"])
 
 
 def next_code_loss(logp, target) -> dict[str, torch.Tensor]:
@@ -111,9 +112,10 @@ class Prior(nn.Module):
         """inp [B, L] long -> raw logits [B, L, n_codes] (before the temperature)."""
         return self.head(self.states(inp))
 
-    def forward(self, inp):
+    def forward(self, inp, target=None):
         """inp [B, L] long -> log-probabilities [B, L, n_codes] at the model's temperature.
-        In training with emotion_dropout > 0, some rows' emotion tokens become "no emotion"."""
+        In training with emotion_dropout > 0, some rows' emotion tokens become "no emotion".
+        `target` (the next codes) is read by a product prior's heads only; one head needs none."""
         return F.log_softmax(self.logits(self._dropped(inp)) / self.config.temperature, dim=-1)
 
     def _dropped(self, inp):

@@ -29,18 +29,12 @@ from torch import nn
 
 from models.config import PriorConfig
 from models.packed import PackedLinear, int8_weights
-from models.prior import Prior, RecurrentPrior, emotion_token, next_code_loss
+from models.prior import Prior, RecurrentPrior, emotion_token
 
 
 def prior_for(config: PriorConfig) -> Prior:
     """The prior a config describes: over one joint codebook's codes, or one stream per slice."""
     return ProductPrior(config) if config.quantizer == "product" else Prior(config)
-
-
-def product_prior_step(model, batch) -> dict[str, torch.Tensor]:
-    """Training loss (mean over streams and steps) and accuracy of one batch, the heads
-    conditioned on the true codes of each step."""
-    return next_code_loss(model(batch["inp"], batch["target"]), batch["target"])
 
 
 class ProductPrior(Prior):

@@ -224,8 +224,8 @@ def same_weights(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def forward_before_guidance(self, inp):
-    """Prior.forward as it was before emotion dropout."""
+def forward_before_guidance(self, inp, target=None):
+    """Prior.forward as it was before emotion dropout (target: unread, as by Prior.forward)."""
     return torch.log_softmax(self.logits(inp) / self.config.temperature, dim=-1)
 
 

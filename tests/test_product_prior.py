@@ -17,8 +17,8 @@ import VQ_explore
 from models import product_prior as product_module
 from models.config import PriorConfig, apply_preset
 from models.packed import cast_for_generation
-from models.prior import Prior, guided_logits, training_sequences
-from models.product_prior import ProductPrior, prior_for, product_prior_step
+from models.prior import Prior, guided_logits, prior_step, training_sequences
+from models.product_prior import ProductPrior, prior_for
 from models.sampling import sample_tokens
 from run.checkpoint import build_muser, build_prior, load_checkpoint
 from run.cli import run_main
@@ -87,7 +87,7 @@ def test_forward_is_a_log_softmax_per_head_over_its_own_codes():
         torch.testing.assert_close(out[..., k, :n].exp().sum(-1), torch.ones(2, 10))
         assert (out[..., k, n:] == float("-inf")).all()
     torch.testing.assert_close(out, torch.log_softmax(prior.logits(seq["inp"], seq["target"]) / 0.3, -1))
-    step = product_prior_step(prior, seq)
+    step = prior_step(prior, seq)
     assert step["loss"].isfinite() and 0 <= step["acc_mean"] <= 1
 
 
@@ -229,7 +229,7 @@ def test_the_emotion_reaches_every_stream_in_training_and_generation():
     seq = {k: v[:, :length] for k, v in seq.items()}
     optimizer = torch.optim.Adam(prior.parameters(), lr=1e-2)
     for _ in range(80):
-        loss = product_prior_step(prior, seq)["loss"]
+        loss = prior_step(prior, seq)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
