@@ -111,20 +111,10 @@ def run_stage(stage, ctx: Context, spec=None) -> None:
         return
     folder = ctx.paths.out if stage.scope == "study" else ctx.paths.seed_dir
     prefix = "" if spec is None else f"seed {ctx.seed} {spec.name}: "
-    log = lambda t: log_line(ctx.paths.out, prefix + t)     # noqa: E731
-    stages = S.Stages(folder, log)
-    name, outputs = stage.marker(spec), stage.outputs(ctx, spec)
-    marker = stages.dir / f"{name}.json"
-    missing = [p for p in outputs if not p.exists()]
-    if missing and marker.exists():
-        log(f"[{name}] {missing[0]} is missing: redone")
-        marker.unlink()
-    stages.run(name, stage_fingerprint(stage, ctx, spec), lambda continuing: stage.work(ctx, spec, continuing),
-               commit=None if stage.runs_script else S.commit_at_start())
-    missing = [p for p in outputs if not p.exists()]
-    if missing:
-        marker.unlink(missing_ok=True)
-        raise UserError(f"stage {name} finished without writing {missing[0]}")
+    stages = S.Stages(folder, lambda t: log_line(ctx.paths.out, prefix + t))
+    stages.run(stage.marker(spec), stage_fingerprint(stage, ctx, spec),
+               lambda continuing: stage.work(ctx, spec, continuing),
+               commit=None if stage.runs_script else S.commit_at_start(), outputs=stage.outputs(ctx, spec))
 
 
 def model_chain(spec: S.ModelSpec, ctx: Context) -> str:

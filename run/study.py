@@ -299,19 +299,26 @@ class Stages:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = log
 
-    def finished(self, name: str, fp: str) -> bool:
+    def finished(self, name: str, fp: str, outputs=()) -> bool:
         marker = self.dir / f"{name}.json"
-        return marker.exists() and read_json(marker).get("fingerprint") == fp
+        if marker.exists() and read_json(marker).get("fingerprint") == fp:
+            missing = [p for p in outputs if not Path(p).exists()]
+            if not missing:
+                return True
+            self.log(f"[{name}] {missing[0]} is missing: redone")
+        return False
 
     def continuing(self, name: str, fp: str) -> bool:
         started = self.dir / f"{name}.started"
         return started.exists() and started.read_text().strip() == fp
 
-    def run(self, name: str, fp: str, work, commit: str | None = None) -> dict:
+    def run(self, name: str, fp: str, work, commit: str | None = None, outputs=()) -> dict:
         """work(continuing: bool) does the stage; returns its marker, which names `commit`
-        (default: the commit checked out as the stage starts) as the code it ran."""
+        (default: the commit checked out as the stage starts) as the code it ran. `outputs`:
+        the files it must leave; a finished stage with one missing is redone, and a stage
+        that ends without writing one is an error (and not marked finished)."""
         marker = self.dir / f"{name}.json"
-        if self.finished(name, fp):
+        if self.finished(name, fp, outputs):
             data = read_json(marker)
             self.log(f"[{name}] finished earlier ({data['seconds'] / 60:.1f} min), skipped")
             return data
@@ -322,6 +329,9 @@ class Stages:
         commit = commit or current_commit()
         began = time.time()
         work(continuing)
+        missing = [p for p in outputs if not Path(p).exists()]
+        if missing:
+            raise UserError(f"stage {name} finished without writing {missing[0]}")
         data = {"fingerprint": fp, "seconds": time.time() - began,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit}
         write_json(marker, data)

@@ -204,3 +204,19 @@ def test_models_are_chosen_among_the_runs_models():
     assert [s.name for s in selected_models(specs, ["MusER_TRANS_CA_GE_PQ"])] == ["MusER_TRANS_CA_GE_PQ"]
     with pytest.raises(UserError, match="--variants"):
         selected_models(S.model_specs([]), ["MusER_TRANS_CA_GE_PQ"])
+
+
+def test_a_stage_must_leave_its_outputs(tmp_path):
+    """A finished stage whose output is gone is redone; one that ends without writing it is an
+    error and stays unfinished."""
+    lines = []
+    stages = S.Stages(tmp_path, lines.append)
+    output = tmp_path / "measure.json"
+    stages.run("measure", "fp", lambda continuing: output.write_text("{}"), commit="c", outputs=[output])
+    assert stages.finished("measure", "fp", [output])
+    output.unlink()
+    assert not stages.finished("measure", "fp", [output]) and lines[-1] == f"[measure] {output} is missing: redone"
+    with pytest.raises(UserError, match="finished without writing"):
+        stages.run("measure", "fp", lambda continuing: None, commit="c", outputs=[output])
+    assert not (tmp_path / "stages" / "measure.json").exists()
+    assert stages.continuing("measure", "fp")
