@@ -20,6 +20,8 @@ chorder's behaviour that is reproduced on purpose:
   the two-beat score, otherwise the two-beat chord for both beats (an odd last beat keeps
   its own chord only when strictly better).
 """
+import re
+
 import numpy as np
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -41,6 +43,40 @@ CHORD_QUALITIES = _TEMPLATE_NAMES + ("7", "M7", "m7", "o7", "/o7")
 _Q = {name: code for code, name in enumerate(CHORD_QUALITIES)}
 _ROTATIONS = (np.arange(12)[:, None] + np.arange(12)[None, :]) % 12
 LOOKBACK_ONSETS = 10
+
+# A chord name: `{root}_{quality}`, as the CP encoding writes chords ('A#_m7'), optionally
+# followed by `_{bass}` ('C_M_E', as the analysis above names them) and preceded by `Chord_`.
+# 'N_N' (no chord), CONTI and the integer 0 of an unused field are no chord names.
+CHORD_PREFIX = "Chord_"
+_CHORD_NAME = re.compile(r"^(?:%s)?(%s)_([^_]+)(?:_(.*))?$" % (CHORD_PREFIX, "|".join(
+    re.escape(name) for name in sorted(PITCH_CLASSES, key=len, reverse=True))))
+
+
+def parse_chord(name):
+    """(root pitch class 0..11, quality, what follows the quality or None) of a chord name:
+    'A#_m7' -> (10, 'm7', None), 'C_M_E' -> (0, 'M', 'E'); None for anything that is not a
+    chord (no-chord 'N_N', 'CONTI', 0, a quality outside CHORD_QUALITIES)."""
+    match = _CHORD_NAME.match(name) if isinstance(name, str) else None
+    if match is None or match.group(2) not in CHORD_QUALITIES:
+        return None
+    return PITCH_CLASSES.index(match.group(1)), match.group(2), match.group(3)
+
+
+def transpose_chord(name, semitones: int):
+    """A chord name with its root (and its bass, when it names one) moved by `semitones`,
+    modulo the octave; the quality is kept. Anything that is not a chord comes back as it is.
+    'A_m' +3 -> 'C_m', 'C_M_E' +2 -> 'D_M_F#'. ValueError for a chord whose text after the
+    quality is not a pitch class (nothing to move it by)."""
+    parsed = parse_chord(name)
+    if parsed is None:
+        return name
+    root, quality, bass = parsed
+    moved = f"{PITCH_CLASSES[(root + semitones) % 12]}_{quality}"
+    if bass is not None:
+        if bass not in PITCH_CLASSES:
+            raise ValueError(f"cannot transpose chord {name!r}: its bass {bass!r} is not a pitch class")
+        moved += f"_{PITCH_CLASSES[(PITCH_CLASSES.index(bass) + semitones) % 12]}"
+    return moved if not name.startswith(CHORD_PREFIX) else CHORD_PREFIX + moved
 
 
 def _analyse_windows(starts, ends, pitches, onsets, width, n_windows):

@@ -45,6 +45,7 @@ MAX_WORDS = WINDOW - 2         # words kept per piece before x/y shift (EMOPIA's
 GROUP_SIZE = 512               # num_groups = ceil(seq_len / GROUP_SIZE)
 
 CONTI = "CONTI"
+PITCH_TOKEN = "Note_Pitch_"    # a note's pitch token: PITCH_TOKEN + MIDI pitch ('Note_Pitch_60')
 # Keyword of each field in `make_event` ('bar-beat' is `bar_beat`).
 _FIELD_OF_KEYWORD = dict(zip(IDENTIFIERS + (EMOTION,), FIELDS))
 
@@ -258,7 +259,7 @@ def corpus_to_events(corpus: Corpus, emotion: int, max_events=None) -> list:
         if pos in note_slices:
             lo, hi = note_slices[pos]
             events.extend(
-                make_event(type="Note", pitch=f"Note_Pitch_{pitches[i]}", duration=f"Note_Duration_{durations[i]}",
+                make_event(type="Note", pitch=f"{PITCH_TOKEN}{pitches[i]}", duration=f"Note_Duration_{durations[i]}",
                            velocity=f"Note_Velocity_{velocities[i]}")
                 for i in range(lo, hi))
         if max_events is not None and len(events) >= max_events:
@@ -377,7 +378,7 @@ def words_to_midi(words, word2event, path=None, close_empty_bars=False) -> midit
                 at_position.append(TempoChange(tempo=bpm, time=pos))
                 midi.tempo_changes.append(at_position[-1])
         elif kind == "Note":
-            pitch = token_number(values["pitch"], "Note_Pitch_")
+            pitch = token_number(values["pitch"], PITCH_TOKEN)
             duration = token_number(values["duration"], "Note_Duration_")
             velocity = token_number(values["velocity"], "Note_Velocity_")
             if pitch is None or duration is None or velocity is None:

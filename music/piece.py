@@ -5,14 +5,13 @@ to the CP grid of 480 ticks per beat, 1920 per 4/4 bar, 16 positions per bar.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import miditoolkit
 import numpy as np
 
-from music.chords import CHORD_QUALITIES, chords_per_beat
+from music.chords import chords_per_beat, parse_chord
 from music.cp import words_to_midi
 from music.elements import EMOTION_FIELD
 from music.errors import UserError
@@ -94,12 +93,7 @@ def analysed_chords(notes) -> list[str]:
     return [c for c in changes if chord_quality(c) is not None]
 
 
-_CHORD_RE = re.compile(r"^(?:Chord_)?([A-G]#?)_([^_]+)(?:_.*)?$")
-
-
 def chord_quality(name: str) -> str | None:
     """Quality of a chord name like `C_M`, `A#_m7` or `C_M_E`; None for `N`/`CONTI`/other."""
-    match = _CHORD_RE.match(str(name))
-    if not match or match.group(2) not in CHORD_QUALITIES:
-        return None
-    return match.group(2)
+    parsed = parse_chord(str(name))
+    return None if parsed is None else parsed[1]
