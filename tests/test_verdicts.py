@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from evaluation.verdicts import INCONCLUSIVE, NOT_SHOWN, SHOWN, STUDY_RULES, Rule, judge, judge_guidance, \
-    judge_guidance_scale, judge_interval
+from evaluation.verdicts import INCONCLUSIVE, NOT_SHOWN, SHOWN, STUDY_RULES, TRANSPOSE_KEPT_METRICS, \
+    TRANSPOSE_RULE, TRANSPOSE_SCALE, Rule, judge, judge_guidance, judge_guidance_scale, judge_interval, judge_transpose
 
 
 @pytest.mark.parametrize("low, high, threshold, verdict", [
@@ -56,3 +56,20 @@ def test_the_guidance_claim_needs_one_scale():
     assert judge_guidance([NOT_SHOWN, NOT_SHOWN]) == NOT_SHOWN
     assert judge_guidance([NOT_SHOWN, INCONCLUSIVE]) == INCONCLUSIVE
     assert judge_guidance([]) == INCONCLUSIVE
+
+
+# The remedy (transposition augmentation): the augmented prior's valence match minus the
+# guided prior's at S = 2, then the distance-from-data increases of pitch classes and polyphony.
+@pytest.mark.parametrize("valence, further, verdict", [
+    ((0.02, 0.12), KEPT, SHOWN),
+    ((0.02, 0.12), [(0.01, 0.4), (-0.1, 0.1)], NOT_SHOWN),              # pitch classes further for sure
+    ((-0.05, 0.08), KEPT, INCONCLUSIVE),                                # the difference straddles 0
+    ((-0.05, 0.08), [(-0.1, 0.1), (0.02, 0.2)], NOT_SHOWN),
+    ((-0.12, 0.0), KEPT, NOT_SHOWN),                                    # at or below 0
+    ((math.nan, math.nan), KEPT, INCONCLUSIVE),                         # no paired seed
+    ((None, None), [], INCONCLUSIVE),
+])
+def test_the_remedy_needs_more_valence_than_guidance_and_no_metric_further(valence, further, verdict):
+    assert judge_transpose(valence, further) == verdict
+    assert TRANSPOSE_RULE.measure in TRANSPOSE_RULE.describe() and TRANSPOSE_RULE.threshold == 0.0
+    assert TRANSPOSE_SCALE == 2.0 and TRANSPOSE_KEPT_METRICS == ("pitch_classes", "polyphony")
