@@ -10,7 +10,8 @@ then per seed and model (MusER_TRANS_CA_GE, VQVAE_TRANS_CA_GE = --reg_weight 0, 
 --variants) the stages of run/study_plan.py run in order: train, codes, silhouettes, the
 latent measures, the prior, generation and its measures, the interventions and the decoder's
 ceiling; with `--with guidance` (MusER only, beyond the paper), a prior trained for
-classifier-free guidance sampled at several scales. Then
+classifier-free guidance sampled at several scales; with `--with transpose`, that prior trained
+on the training pieces and their transposed copies (Prior_train.py --transpose). Then
 OUT/REPORT.md with its figures and OUT/index.html, from the measure files alone.
 
 Running the command again skips finished stages (same settings, inputs and code), continues
@@ -74,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with", dest="extra", nargs="+", default=[], metavar="STAGE",
                    choices=[s.name for s in STAGES if s.optional],
                    help="also run these stages beyond the paper: guidance (MusER's prior trained for "
-                        "classifier-free guidance, sampled at several scales; about 25 min per seed on 2 cores)")
+                        "classifier-free guidance, sampled at several scales; about 25 min per seed on 2 cores), "
+                        "transpose (that prior trained on the training pieces and their transposed copies, "
+                        "sampled at S = 1 and 2 and compared with guidance's)")
     p.add_argument("--report_only", action="store_true",
                    help="rebuild REPORT.md and its figures from OUT's measure files; run nothing")
     p.add_argument("--export", default=None, help="after the run, copy what a study commits to this folder")

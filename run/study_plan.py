@@ -14,6 +14,7 @@ from typing import Callable
 
 from music.data import default_dictionary_path, load_cp_dataset
 from run import study_measures as SM
+from run.checkpoint import load_checkpoint
 from run import study_report as R
 from run.study import ModelSpec, StudyPaths, StudyPreset, fingerprint, read_silhouettes, run_script, song_split, \
     training_history, write_json, write_subset
@@ -29,6 +30,33 @@ VAL_SPLIT = 0.1
 GUIDANCE_SCALES = (1.0, 1.5, 2.0, 3.0)
 GUIDANCE_DROPOUT = 0.1
 GUIDED_MODELS = ("MusER_TRANS_CA_GE",)
+
+# Beyond the paper: transposition augmentation of MusER's prior, a remedy that targets key and
+# mode after guidance moved arousal but not valence. A third prior, trained like the guided one
+# (GUIDANCE_DROPOUT) on the training pieces and their copies at every shift of -K..K semitones
+# but 0 (Prior_train.py --transpose K: each copy keeps its mode and emotion label), samples at
+# S = 1 and S = 2 from the guidance stage's generator seed and count, so that each of its pieces
+# has a guided prior's piece beside it.
+#
+# K = 2 and prior_epochs / (2K + 1) epochs (4 at the small preset), for three reasons.
+# (1) An epoch holds up to 2K + 1 times the pieces, so these epochs take as many optimizer steps
+# as the guided prior's prior_epochs over the pieces alone (less the steps of the copies a shift
+# leaves out): the two priors differ by their data, not by how long they trained. (2) 2K + 1 = 5
+# divides the small preset's 20 prior epochs, so the steps match there; K = 1 or 3 would not.
+# (3) The stage's cost: the guided prior's training (11-21 min per seed at the small preset, by
+# the committed study's prior stages), the VQ-VAE encoding 2K more copies of the pieces (its
+# forward pass only, a minute or two) and half the guidance stage's sampling (two of its four
+# scales; the whole guidance stage took 33-51 min per seed): about twice the guided prior's
+# training, the budget this stage was given; more epochs would exceed it. A whole tone either way puts each piece in five keys and keeps it in its register,
+# so few pieces leave the dictionary's pitch range.
+TRANSPOSE_SHIFT = 2
+TRANSPOSE_SCALES = (1.0, 2.0)
+
+
+def transpose_epochs(preset: StudyPreset) -> int:
+    """The augmented prior's epochs: as many optimizer steps as the preset's prior epochs over
+    the pieces alone (at least one epoch)."""
+    return max(1, round(preset.prior_epochs / (2 * TRANSPOSE_SHIFT + 1)))
 
 
 @dataclass(frozen=True)
@@ -155,13 +183,15 @@ def latent_work(ctx: Context, spec: ModelSpec, continuing) -> None:
     write_json(p.seed_measures / f"latent_{spec.name}.json", result)
 
 
-def train_prior(ctx: Context, spec: ModelSpec, prior_dir: Path, log_name: str, continuing, *flags) -> None:
-    """Prior_train.py over the codes of this model's VQ-VAE, at the preset's size (flags: more)."""
+def train_prior(ctx: Context, spec: ModelSpec, prior_dir: Path, log_name: str, continuing, *flags,
+                epochs: int | None = None) -> None:
+    """Prior_train.py over the codes of this model's VQ-VAE, at the preset's size (flags: more;
+    epochs: instead of the preset's prior epochs)."""
     p, pre = ctx.paths, ctx.preset
     run_script("Prior_train.py", [
         "--data_path", p.train_data, "--VQ_VAE", p.model(spec.name) / "best.pt",
         "--vq_dict_path", p.model(spec.name) / "VQ_dict.data", "--model_path", prior_dir,
-        "--preset", pre.model_preset, *pre.prior_flags, *flags, "--Epoch", pre.prior_epochs,
+        "--preset", pre.model_preset, *pre.prior_flags, *flags, "--Epoch", epochs or pre.prior_epochs,
         "--batch_size", pre.batch_size, "--lr", pre.prior_lr, *_common(ctx), *_resume_flag(prior_dir, continuing)],
         _log(ctx, spec, log_name), ctx.threads)
 
@@ -225,6 +255,33 @@ def guidance_work(ctx: Context, spec: ModelSpec, continuing) -> None:
         runs[f"{scale:g}"] = SM.generation_measures(words, ctx.paths.evaluator)
     write_json(ctx.paths.seed_measures / f"guidance_{spec.name}.json", {
         "scales": list(GUIDANCE_SCALES), "emotion_dropout": GUIDANCE_DROPOUT, "per_quadrant": n,
+        "prior_history": training_history(prior_dir), "runs": runs})
+
+
+def transposed_prior(ctx: Context, spec: ModelSpec) -> Path:
+    return ctx.paths.prior(spec.name).with_name(f"Prior_transposed_{spec.name}")
+
+
+def transposed_words(ctx: Context, spec: ModelSpec, scale: float) -> Path:
+    return ctx.paths.seed_dir / "generated" / "transpose" / f"{spec.name}_S{scale:g}_data.data"
+
+
+def transpose_work(ctx: Context, spec: ModelSpec, continuing) -> None:
+    prior_dir = transposed_prior(ctx, spec)
+    epochs = transpose_epochs(ctx.preset)
+    train_prior(ctx, spec, prior_dir, "transpose_prior", continuing, "--emotion_dropout", GUIDANCE_DROPOUT,
+                "--transpose", TRANSPOSE_SHIFT, epochs=epochs)
+    n = guidance_per_quadrant(ctx.preset)
+    runs = {}
+    for scale in TRANSPOSE_SCALES:
+        words = transposed_words(ctx, spec, scale)
+        if not (continuing and words.exists()):      # a scale finished before an interruption stays
+            generate(ctx, spec, prior_dir, words, n, f"transpose_S{scale:g}", "--guidance", scale)
+        runs[f"{scale:g}"] = SM.generation_measures(words, ctx.paths.evaluator)
+    write_json(ctx.paths.seed_measures / f"transpose_{spec.name}.json", {
+        "shift": TRANSPOSE_SHIFT, "epochs": epochs, "scales": list(TRANSPOSE_SCALES),
+        "emotion_dropout": GUIDANCE_DROPOUT, "per_quadrant": n,
+        "transposition": load_checkpoint(prior_dir / "last.pt", "prior")["transposition"],
         "prior_history": training_history(prior_dir), "runs": runs})
 
 
@@ -310,6 +367,15 @@ STAGES = (
                                       guidance_per_quadrant(ctx.preset)],
           code=("Prior_train.py", "generate.py", "run.study_measures", "run.study"),
           section=R.guidance_sections, models=GUIDED_MODELS, optional=True),
+    Stage("transpose", "model", transpose_work,
+          inputs=lambda ctx, spec: [ctx.paths.train_data, _best(ctx, spec),
+                                    ctx.paths.model(spec.name) / "VQ_dict.data", ctx.paths.evaluator],
+          outputs=_measure("transpose"),
+          settings=lambda ctx, spec: [*_prior_settings(ctx, spec), GUIDANCE_DROPOUT, TRANSPOSE_SHIFT,
+                                      transpose_epochs(ctx.preset), TRANSPOSE_SCALES,
+                                      guidance_per_quadrant(ctx.preset)],
+          code=("Prior_train.py", "generate.py", "run.study_measures", "run.study"),
+          section=R.transpose_sections, models=GUIDED_MODELS, optional=True),
 )
 
 

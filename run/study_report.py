@@ -23,7 +23,8 @@ from evaluation.metrics import SONG_METRICS
 from evaluation.pages import write_study_page
 from evaluation.probe import diagonal_share
 from evaluation.verdicts import GUIDANCE_CLAIM, GUIDANCE_KEPT_METRICS, GUIDANCE_TARGETS, PRODUCT_BASELINE, \
-    PRODUCT_MODEL, PRODUCT_RULES, STUDY_RULES, judge, judge_guidance, judge_guidance_scale
+    PRODUCT_MODEL, PRODUCT_RULES, STUDY_RULES, TRANSPOSE_KEPT_METRICS, TRANSPOSE_RULE, TRANSPOSE_SCALE, judge, \
+    judge_guidance, judge_guidance_scale, judge_transpose
 from music.atomic import atomic_write
 from music.elements import ELEMENTS, HIGH_AROUSAL, N_ELEMENTS, POSITIVE_VALENCE, QUADRANT_PAIRS, QUADRANTS
 from run.study import read_json
@@ -792,6 +793,140 @@ def guidance_sections(files: StudyFiles) -> list[str]:
               "per asked quadrant against the held-out data's:", ""]
     confusion = []
     for scale in (r[0] for r in rows):
+        confusion += confusion_rows(files, scale, [m["runs"][scale] for m in found if scale in m["runs"]])
+    return lines + _table(("S", "asked", "predicted Q1/Q2/Q3/Q4", "major-key share", "data"), confusion) + [""]
+
+
+# -- transposition augmentation (beyond the paper)
+
+def transpose_units(files: StudyFiles, model: str, scale: str) -> list[dict]:
+    """Per seed with both, the augmented prior's pieces at scale S beside the guided prior's
+    (suffix `_guided`; the same generator seed and asked quadrants, matched by index and
+    resampled together)."""
+    units = []
+    for seed in files.seeds_with("transpose", model):
+        run = files.measure(seed, "transpose", model)["runs"].get(scale)
+        guided = (files.measure(seed, "guidance", model) or {}).get("runs", {}).get(scale)
+        if run is None or guided is None or list(run["asked"]) != list(guided["asked"]):
+            continue
+        d = _match_units(run["asked"], run["predicted"])
+        d.update({f"{k}_guided": v for k, v in _match_units(guided["asked"], guided["predicted"]).items()})
+        for metric in TRANSPOSE_KEPT_METRICS:
+            d[metric], d[f"{metric}_guided"] = _metric_column(run, metric), _metric_column(guided, metric)
+        units.append(d)
+    return units
+
+
+def _transpose_statistic(data_means: dict):
+    """[augmented match rates (MATCHES), the guided prior's, augmented minus guided, the
+    augmented metric means (TRANSPOSE_KEPT_METRICS), the guided ones, each metric's distance
+    from the data minus the guided pieces' distance]."""
+    def statistic(d):
+        ours = [d[k].mean() for k in MATCHES]
+        guided = [d[f"{k}_guided"].mean() for k in MATCHES]
+        means = [np.nanmean(d[m]) for m in TRANSPOSE_KEPT_METRICS]
+        guided_means = [np.nanmean(d[f"{m}_guided"]) for m in TRANSPOSE_KEPT_METRICS]
+        further = [abs(a - data_means[m]) - abs(b - data_means[m])
+                   for a, b, m in zip(means, guided_means, TRANSPOSE_KEPT_METRICS)]
+        return np.array(ours + guided + [a - b for a, b in zip(ours, guided)] + means + guided_means + further)
+    return statistic
+
+
+def transpose_rows(files: StudyFiles, model: str, data_means: dict) -> list[tuple]:
+    """(scale, point, low, high) per scale that both priors sampled, in the order of the statistic."""
+    found = files.per_seed("transpose", model)
+    rows = []
+    for scale in (f"{s:g}" for s in (found[0]["scales"] if found else ())):
+        units = transpose_units(files, model, scale)
+        if units:
+            rows.append((scale, *bootstrap(units, _transpose_statistic(data_means))))
+    return rows
+
+
+def transpose_verdict(rows) -> str:
+    """The remedy's verdict (evaluation/verdicts.py) from the row of TRANSPOSE_SCALE."""
+    n, k = len(MATCHES), len(TRANSPOSE_KEPT_METRICS)
+    for scale, _, low, high in rows:
+        if scale == f"{TRANSPOSE_SCALE:g}":
+            valence = 2 * n + MATCHES.index("valence")
+            return judge_transpose((low[valence], high[valence]),
+                                   [(low[3 * n + 2 * k + j], high[3 * n + 2 * k + j]) for j in range(k)])
+    return judge_transpose((None, None), [])
+
+
+def _q2_major_share(runs: list[dict]) -> str:
+    if not runs:
+        return "n/a"
+    share, count = _major_share(np.concatenate([r["asked"] for r in runs]),
+                                np.concatenate([r["mode"] for r in runs]), 2)
+    return f"{_f(share)} (n={count})"
+
+
+def transpose_sections(files: StudyFiles) -> list[str]:
+    title = "## Beyond the paper: transposition augmentation of MusER's prior"
+    found = files.per_seed("transpose", MUSER)
+    if not found:
+        seeds = " ".join(map(str, files.seeds)) or "SEED"
+        return [title, "", "Not run yet. A remedy aimed at key and mode, for a guided prior that moves arousal but "
+                "not valence: the guided prior trained on the training pieces and their copies transposed with "
+                "their mode kept (`Prior_train.py --transpose`), compared with the guided prior at S = 1 and S = 2. "
+                f"Rule (evaluation/verdicts.py): {TRANSPOSE_RULE.claim}. Run it on this study after its guidance "
+                "stage, with the study's own source and folder (the commands under Provenance): "
+                f"`python reproduce.py --preset {files.study.get('preset_name', 'PRESET')} --midi_dir MIDI_DIR "
+                f"--out {files.study.get('out_name', 'OUT')} --seed {seeds} --only transpose` "
+                "(`--with guidance transpose` in a new study).", ""]
+    first = found[0]
+    data_means = data_metric_means(files)
+    rows = transpose_rows(files, MUSER, data_means)
+    verdict = transpose_verdict(rows)
+    n, k = len(MATCHES), len(TRANSPOSE_KEPT_METRICS)
+    paired = [s for s in files.seeds_with("transpose", MUSER) if files.measure(s, "guidance", MUSER) is not None]
+    summary = first.get("transposition", {})
+    shifts = "; ".join(f"{shift}: {summary['copies'][shift]} copies ({summary['left_out'][shift]} left out)"
+                       for shift in summary.get("copies", {}))
+    lines = [title, "",
+             "A remedy aimed at key and mode, for a guided prior that moves arousal but not valence: per "
+             "seed, a third prior of MusER is trained like the guided one (emotion dropout "
+             f"{first['emotion_dropout']:g}) "
+             f"on the training pieces and their copies at every shift of -{first['shift']}..+{first['shift']} "
+             "semitones but 0 (`Prior_train.py --transpose`: pitches and chord roots move, each piece keeps its "
+             "mode and its emotion label; a piece whose shifted pitch or chord the dictionary lacks is left out at "
+             f"that shift; seed {files.seeds_with('transpose', MUSER)[0]}: {shifts or 'n/a'}). It trains "
+             f"{first['epochs']} epochs, as many optimizer steps as the guided prior's "
+             f"{files.study['preset']['prior_epochs']} epochs over the pieces alone, so a difference is the data's, "
+             f"not more training. It generates {first['per_quadrant']} pieces per quadrant at S = "
+             f"{' and '.join(f'{s:g}' for s in first['scales'])} from the guidance stage's generator seed, so each "
+             "piece has a guided prior's piece of the same seed and asked quadrant; they are resampled together "
+             f"(seeds compared: {', '.join(map(str, paired)) or 'none: the guidance stage has not run'}). "
+             "Intervals over seeds and pieces; \"further\" is a metric's distance from the held-out data's mean "
+             "minus the guided pieces' distance (above 0: further from the data).", ""]
+    table = []
+    for scale, *interval in rows:
+        point = interval[0]
+        guided = [m["runs"][scale] for m in files.per_seed("guidance", MUSER) if scale in m.get("runs", {})]
+        ours = [m["runs"][scale] for m in found if scale in m["runs"]]
+        table.append(("guided (guidance stage)", scale, *(_ci_at(interval, n + i) for i in range(n)),
+                      _q2_major_share(guided), *(_f(point[3 * n + k + j]) for j in range(k))))
+        table.append((f"transposed (--transpose {first['shift']})", scale, *(_ci_at(interval, i) for i in range(n)),
+                      _q2_major_share(ours),
+                      *(f"{_f(point[3 * n + j])} (further {_ci_at(interval, 3 * n + 2 * k + j)})" for j in range(k))))
+        table.append(("transposed minus guided", scale, *(_ci_at(interval, 2 * n + i) for i in range(n)), "",
+                      *([""] * k)))
+    held = files.data["held_out"]
+    units = _match_units(held["asked"], held["predicted"])
+    table.append(("data (held-out songs)", "", *(_f(units[key].mean()) for key in MATCHES),
+                  _f(_major_share(held["asked"], held["mode"], 2)[0]),
+                  *(_f(data_means[m]) for m in TRANSPOSE_KEPT_METRICS)))
+    lines += _table(("prior", "S", *(f"{key} match" for key in MATCHES), "Q2 major-key share",
+                     *(m.replace("_", " ") for m in TRANSPOSE_KEPT_METRICS)), table)
+    lines += ["", f"Claim (rule in evaluation/verdicts.py): {TRANSPOSE_RULE.claim}. Shown when the valence "
+              f"difference at S = {TRANSPOSE_SCALE:g} lies above 0 and neither pitch classes nor polyphony is further "
+              "from the data with confidence; not shown when it lies at or below 0 or one of them is further. "
+              f"**Verdict: {verdict}.**", "",
+              "Confusion of the transposed prior (rows: asked; columns: predicted Q1/Q2/Q3/Q4; summed over seeds) and "
+              "major-key share per asked quadrant against the held-out data's:", ""]
+    confusion = []
+    for scale in (f"{s:g}" for s in first["scales"]):
         confusion += confusion_rows(files, scale, [m["runs"][scale] for m in found if scale in m["runs"]])
     return lines + _table(("S", "asked", "predicted Q1/Q2/Q3/Q4", "major-key share", "data"), confusion) + [""]
 

@@ -12,8 +12,11 @@ import sys
 import pytest
 
 from evaluation.verdicts import PRODUCT_BASELINE, PRODUCT_MODEL, PRODUCT_RULES
+from run import study as S
 from run.checkpoint import load_checkpoint
 from run.study import committed_files
+from run.study_plan import Context, transpose_work
+from run.study_report import StudyFiles, transpose_sections
 from tests.conftest import ROOT
 from tests.long_runs import STUDY, STUDY_EPOCHS
 
@@ -104,6 +107,8 @@ def test_study_writes_a_report_with_finite_tables(study):
     assert all(finite(c) for r in guidance[:-1] for c in r[1:7])
     assert all(r[-1] in ("shown", "not shown", "inconclusive") for r in guidance[1:-1])
     assert re.search(r"\*\*Verdict: (shown|not shown|inconclusive)\.\*\*", text)
+    transposition = text[text.index("## Beyond the paper: transposition augmentation"):]
+    assert transposition.split("\n\n")[1].startswith("Not run yet") and "--only transpose" in transposition
     for name in ("training.png", "guidance.png"):
         assert (out / name).stat().st_size > 1000
     for model in MODELS:
@@ -161,6 +166,43 @@ def test_changed_input_redoes_only_the_stages_it_feeds(study):
     assert redone == {"interventions_MusER_TRANS_CA_GE", "interventions_VQVAE_TRANS_CA_GE"}
     interventions = json.loads((out / "seeds" / "13" / "measures" / "interventions_MusER_TRANS_CA_GE.json").read_text())
     assert len(interventions["transfers"][0]["rows_a"]) == 1
+
+
+def test_the_transposition_stage_runs_on_a_finished_study(study, tmp_path):
+    """The transposition stage's work on a finished study (a copy of the session's, so that
+    the study's own report stays without it): MusER's guided prior trained again on the
+    training pieces and their transposed copies, sampled at S = 1 and 2 from the guidance
+    stage's seed and count, and the report's comparison with the guided prior."""
+    npz, out, *_ = study
+    copy = tmp_path / out.name
+    shutil.copytree(out, copy)
+    ctx = Context(paths=S.StudyPaths(copy.resolve(), 13), source=npz, preset=S.STUDY_PRESETS["tiny"],
+                  preset_name="tiny", model_flags=(), seed=13, split_seed=13, threads=1, device="cpu", length=64)
+    transpose_work(ctx, S.ModelSpec(MODELS[0]), False)
+
+    seed = copy / "seeds" / "13"
+    measure = json.loads((seed / "measures" / "transpose_MusER_TRANS_CA_GE.json").read_text())
+    guidance = json.loads((seed / "measures" / "guidance_MusER_TRANS_CA_GE.json").read_text())
+    assert (measure["shift"], measure["epochs"], measure["scales"]) == (2, 1, [1.0, 2.0])
+    assert measure["per_quadrant"] == guidance["per_quadrant"] and measure["emotion_dropout"] == 0.1
+    for scale in ("1", "2"):
+        assert measure["runs"][scale]["asked"] == guidance["runs"][scale]["asked"]
+    train_pieces = json.loads((copy / "measures" / "split.json").read_text())["train_pieces"]
+    summary = measure["transposition"]
+    assert summary["pieces"] == train_pieces and list(summary["copies"]) == ["-2", "-1", "+1", "+2"]
+    assert all(summary["copies"][k] + summary["left_out"][k] == train_pieces for k in summary["copies"])
+    prior = load_checkpoint(seed / "models" / "Prior_transposed_MusER_TRANS_CA_GE" / "last.pt", "prior")
+    assert prior["args"]["transpose"] == 2 and prior["config"]["emotion_dropout"] == 0.1 and prior["epoch"] == 1
+    assert "copies added" in (seed / "logs" / "transpose_prior_MusER_TRANS_CA_GE.log").read_text()
+
+    text = "\n".join(transpose_sections(StudyFiles.read(copy)))
+    rows = table_after(text, "## Beyond the paper: transposition augmentation")
+    assert [(r[0], r[1]) for r in rows] == [
+        (prior_name, scale) for scale in ("1", "2")
+        for prior_name in ("guided (guidance stage)", "transposed (--transpose 2)", "transposed minus guided")] \
+        + [("data (held-out songs)", "")]
+    assert all(finite(c) for r in rows for c in r[2:5])
+    assert re.search(r"\*\*Verdict: (shown|not shown|inconclusive)\.\*\*", text)
 
 
 def test_killed_study_resumes(study):

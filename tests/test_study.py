@@ -189,12 +189,99 @@ def test_optional_stages_run_when_asked():
     from run.study_plan import STAGES
     stages = {s.name: s for s in STAGES}
     plain, asked = SimpleNamespace(only=(), extra=()), SimpleNamespace(only=(), extra=("guidance",))
-    assert [s.name for s in STAGES if s.optional] == ["guidance"]
+    assert [s.name for s in STAGES if s.optional] == ["guidance", "transpose"]
     assert stages["latent"].wanted(plain) and not stages["guidance"].wanted(plain)
     assert stages["guidance"].wanted(asked) and stages["guidance"].wanted(SimpleNamespace(only=("guidance",), extra=()))
     assert not stages["latent"].wanted(SimpleNamespace(only=("guidance",), extra=()))
-    assert stages["guidance"].applies(S.ModelSpec("MusER_TRANS_CA_GE"))
-    assert not stages["guidance"].applies(S.ModelSpec("VQVAE_TRANS_CA_GE"))
+    assert not stages["transpose"].wanted(asked) and not stages["transpose"].wanted(plain)
+    assert stages["transpose"].wanted(SimpleNamespace(only=(), extra=("guidance", "transpose")))
+    for name in ("guidance", "transpose"):
+        assert stages[name].applies(S.ModelSpec("MusER_TRANS_CA_GE"))
+        assert not stages[name].applies(S.ModelSpec("VQVAE_TRANS_CA_GE"))
+
+
+def test_the_transposed_prior_takes_the_guided_priors_steps():
+    """(2K + 1) times the pieces per epoch for prior_epochs / (2K + 1) epochs; the small preset's
+    20 epochs divide exactly."""
+    from run.study_plan import TRANSPOSE_SHIFT, transpose_epochs
+    copies = 2 * TRANSPOSE_SHIFT + 1
+    assert transpose_epochs(S.STUDY_PRESETS["small"]) * copies == S.STUDY_PRESETS["small"].prior_epochs
+    assert transpose_epochs(S.STUDY_PRESETS["tiny"]) == 1                   # at least one epoch
+    assert abs(transpose_epochs(S.STUDY_PRESETS["paper"]) * copies - S.STUDY_PRESETS["paper"].prior_epochs) < copies
+
+
+# ----------------------------------------------------------------------------- the transposition section
+
+QUADRANT_OF = np.repeat([1, 2, 3, 4], 10)        # 10 pieces per asked quadrant
+
+
+def pieces(predicted, pitch_classes=8.0, polyphony=3.0):
+    """Generation measures of 40 pieces asked for Q1..Q4 in turn, in major keys where the
+    evaluator hears positive valence."""
+    modes = ["major" if q in (1, 4) else "minor" for q in predicted]
+    return {"asked": QUADRANT_OF.tolist(), "predicted": list(map(int, predicted)), "mode": modes,
+            "metrics": [{"pitch_range": 30.0, "pitch_classes": pitch_classes, "polyphony": polyphony}] * 40,
+            "empty": 0}
+
+
+def study_files(tmp_path, transposed=None, seeds=(13, 14)):
+    """StudyFiles of a made-up study: held-out data, the guided prior's pieces (valence right
+    half of the time: Q2 comes out Q1, Q3 comes out Q4), and `transposed` (pieces per scale) for
+    the transposition stage."""
+    guided = pieces(np.where(QUADRANT_OF == 2, 1, np.where(QUADRANT_OF == 3, 4, QUADRANT_OF)))
+    held = pieces(QUADRANT_OF)
+    for seed in seeds:
+        measures = tmp_path / "seeds" / str(seed) / "measures"
+        measures.mkdir(parents=True)
+        S.write_json(measures / "guidance_MusER_TRANS_CA_GE.json",
+                     {"scales": [1.0, 2.0], "runs": {"1": guided, "2": guided}})
+        if transposed is not None:
+            S.write_json(measures / "transpose_MusER_TRANS_CA_GE.json", {
+                "shift": 2, "epochs": 4, "scales": [1.0, 2.0], "emotion_dropout": 0.1, "per_quadrant": 10,
+                "transposition": {"max_shift": 2, "pieces": 30, "copies": {"-2": 29, "-1": 30, "+1": 30, "+2": 28},
+                                  "left_out": {"-2": 1, "-1": 0, "+1": 0, "+2": 2}},
+                "prior_history": [], "runs": transposed})
+    study = {"preset_name": "small", "preset": {"prior_epochs": 20}, "models": ["MusER_TRANS_CA_GE"],
+             "out_name": "study_small"}
+    return R.StudyFiles(tmp_path, study, {}, {"held_out": held}, list(seeds), ["MusER_TRANS_CA_GE"])
+
+
+def test_the_transposition_section_says_how_to_run_it_until_it_has_run(tmp_path):
+    text = "\n".join(R.transpose_sections(study_files(tmp_path)))
+    assert text.startswith("## Beyond the paper: transposition augmentation")
+    assert "Not run yet" in text and "--only transpose" in text and "--seed 13 14" in text and "--preset small" in text
+
+
+@pytest.mark.parametrize("transposed_pieces, verdict", [
+    (pieces(QUADRANT_OF), "shown"),                                         # every valence right
+    (pieces(QUADRANT_OF, pitch_classes=11.0), "not shown"),                 # ... but pitch classes further
+    (pieces(np.where(QUADRANT_OF == 2, 1, np.where(QUADRANT_OF == 3, 4, QUADRANT_OF))), "not shown"),  # the same
+])
+def test_the_transposition_section_compares_with_the_guided_prior(tmp_path, transposed_pieces, verdict):
+    files = study_files(tmp_path, {"1": pieces(QUADRANT_OF), "2": transposed_pieces})
+    text = "\n".join(R.transpose_sections(files))
+    assert f"**Verdict: {verdict}.**" in text
+    rows = {(r[0], r[1]): r for r in (line.strip("|").split("|") for line in text.splitlines()
+                                        if line.startswith("| ") and "---" not in line)
+            for r in [[c.strip() for c in r]]}
+    guided, ours, difference = (rows[(name, "2")] for name in ("guided (guidance stage)", "transposed (--transpose 2)",
+                                                               "transposed minus guided"))
+    assert guided[4].startswith("0.50") and guided[5] == "1.00 (n=20)"          # valence; Q2 in major keys
+    assert rows[("transposed minus guided", "1")][4].startswith("0.50")          # S = 1: every valence right
+    if verdict == "shown":
+        assert ours[4] == "1.00 [1.00, 1.00]" and difference[4].startswith("0.50 [0.")     # interval above 0
+        assert ours[5] == "0.00 (n=20)" and ours[6] == "8.00 (further 0.00 [0.00, 0.00])"
+    assert rows[("data (held-out songs)", "")][5] == "0.00"
+    assert "seed 13: -2: 29 copies (1 left out); -1: 30 copies (0 left out)" in text and "seeds compared: 13, 14" in text
+    assert "4 epochs, as many optimizer steps as the guided prior's 20 epochs" in text
+
+
+def test_the_remedy_is_inconclusive_without_the_guided_priors_pieces(tmp_path):
+    files = study_files(tmp_path, {"1": pieces(QUADRANT_OF), "2": pieces(QUADRANT_OF)})
+    for seed in (13, 14):
+        (tmp_path / "seeds" / str(seed) / "measures" / "guidance_MusER_TRANS_CA_GE.json").unlink()
+    text = "\n".join(R.transpose_sections(files))
+    assert "**Verdict: inconclusive.**" in text and "none: the guidance stage has not run" in text
 
 
 def test_models_are_chosen_among_the_runs_models():
