@@ -113,29 +113,48 @@ def _quiet(function):
     return quiet
 
 
+_nanmean = _quiet(np.nanmean)
+
+
+# Resamples of one seed given to a statistic at once (bounds the memory of a batch).
+BATCH = 256
+
+
 @_quiet
 def bootstrap(per_seed: list[dict], statistic, draws: int = DRAWS, seed: int = 0):
     """(point, low, high): the statistic's mean over seeds, and the 95% percentile interval of a
     two-level bootstrap (seeds, then units). per_seed: one dict of arrays per seed, all arrays
-    of a dict sharing their first axis (the units); statistic(dict) -> float or array."""
+    of a dict sharing their first axis (the units).
+
+    The statistic sees a batch of resamples at once: each array with a leading batch axis
+    [B, units, ...], so that it reduces over axis 1 (or over the units' axis counted from the
+    end), and it returns [B] or [B, ...]. The draws are those of resampling one at a time:
+    per draw, the seeds, then each drawn seed's units."""
     per_seed = [{k: np.asarray(v) for k, v in d.items()} for d in per_seed]
     if not per_seed:
         return math.nan, None, None
-    point = np.nanmean([statistic(d) for d in per_seed], axis=0)
+    point = np.nanmean([statistic({k: v[None] for k, v in d.items()})[0] for d in per_seed], axis=0)
     rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(draws):
-        values = []
-        for s in rng.integers(0, len(per_seed), len(per_seed)):
-            d = per_seed[s]
-            n = len(next(iter(d.values())))
-            idx = rng.integers(0, n, n)
-            values.append(statistic({k: v[idx] for k, v in d.items()}))
-        with np.errstate(all="ignore"):
-            samples.append(np.nanmean(values, axis=0))
+    n_seeds = len(per_seed)
+    units = [len(next(iter(d.values()))) for d in per_seed]
+    rows = [[] for _ in per_seed]                        # each seed's resamples, in the order drawn
+    slots = np.empty((draws, n_seeds, 2), dtype=np.int64)   # (seed, its resample) of each draw's slot
+    for draw in range(draws):
+        for slot, s in enumerate(rng.integers(0, n_seeds, n_seeds)):
+            slots[draw, slot] = s, len(rows[s])
+            rows[s].append(rng.integers(0, units[s], units[s]))
+    offsets = np.cumsum([0] + [len(r) for r in rows])
+    values = np.concatenate([_batched(statistic, d, r) for d, r in zip(per_seed, rows) if r])
     with np.errstate(all="ignore"):
+        samples = np.nanmean(values[offsets[slots[..., 0]] + slots[..., 1]], axis=1)
         low, high = np.nanpercentile(np.asarray(samples, float), [2.5, 97.5], axis=0)
     return point, low, high
+
+
+def _batched(statistic, d: dict, rows: list) -> np.ndarray:
+    """The statistic of each resample of one seed (rows: the units' indices of each), BATCH at a time."""
+    return np.concatenate([np.asarray(statistic({k: v[np.stack(rows[i:i + BATCH])] for k, v in d.items()}), float)
+                           for i in range(0, len(rows), BATCH)])
 
 
 def seed_interval(values) -> tuple:
@@ -313,16 +332,19 @@ def _ordering_units(measure: dict, name: str) -> dict | None:
 
 
 def _ordering_matrix(agree, pairs):
-    total = pairs.sum(0)
+    """Slice x element agreement of songs' agree [..., songs, S, E] and pairs [..., songs, E]."""
+    total = pairs.sum(-2)
     with np.errstate(all="ignore"):
-        return np.where(total > 0, agree.sum(0) / total, np.nan)
+        return np.where(total[..., None, :] > 0, agree.sum(-3) / total[..., None, :], np.nan)
 
 
 def _gap(matrix):
-    own = np.diag(matrix)
+    """Per element of matrix [..., S, E]: its own slice, the best other slice, and the gap."""
+    own = np.diagonal(matrix, axis1=-2, axis2=-1)
     others = np.where(np.eye(N_ELEMENTS, dtype=bool), np.nan, matrix)
     with np.errstate(all="ignore"):
-        best = np.where(np.all(np.isnan(others), axis=0), np.nan, np.nanmax(np.nan_to_num(others, nan=-np.inf), 0))
+        best = np.where(np.all(np.isnan(others), axis=-2), np.nan,
+                        np.nanmax(np.nan_to_num(others, nan=-np.inf), -2))
     return own, best, own - best
 
 
@@ -333,7 +355,7 @@ def ordering_summary(files: StudyFiles, model: str, name: str):
         return None
     def summary(d):
         matrix = _ordering_matrix(d["agree"], d["pairs"])
-        return np.concatenate([*_gap(matrix), matrix.ravel()])
+        return np.concatenate([*_gap(matrix), matrix.reshape(*matrix.shape[:-2], -1)], axis=-1)
 
     point, low, high = bootstrap(units, summary)       # one resampling for every part
     n = N_ELEMENTS
@@ -482,7 +504,7 @@ def generation_sections(files: StudyFiles) -> list[str]:
     for model in files.models:
         units = generation_units(files, model)
         if units:
-            rows.append((model, *(_ci(*bootstrap(units, lambda d, k=k: d[k].mean())) for k in
+            rows.append((model, *(_ci(*bootstrap(units, lambda d, k=k: d[k].mean(axis=1))) for k in
                                   ("quadrant", "arousal", "valence"))))
     lines += _table(("source", "quadrant match", "arousal match", "valence match"), rows)
     lines += ["", "Confusion (rows: asked quadrant; columns: predicted Q1/Q2/Q3/Q4; counts summed over seeds), "
@@ -516,8 +538,9 @@ def decoded_lines(files: StudyFiles) -> list[str]:
             continue
         units = [{**_match_units(d["asked"], d["predicted"]),
                   **{m: _metric_column(d, m) for m in SONG_METRICS}} for d in found]
-        point, low, high = bootstrap(units, lambda d: np.array([d[k].mean() for k in MATCHES]
-                                                               + [np.nanmean(d[m]) for m in SONG_METRICS]))
+        point, low, high = bootstrap(units, lambda d: np.stack([d[k].mean(axis=1) for k in MATCHES]
+                                                               + [np.nanmean(d[m], axis=1) for m in SONG_METRICS],
+                                                               axis=-1))
         shares = [_major_share(np.concatenate([d["asked"] for d in found]),
                                np.concatenate([d["mode"] for d in found]), q)[0] for q in QUADRANTS]
         rows.append((model, *(_ci(point[i], low[i], high[i]) for i in range(len(MATCHES) + len(SONG_METRICS))),
@@ -545,14 +568,16 @@ def _swap_units(m: dict) -> dict:
 
 @_quiet
 def _swap_effect(d) -> np.ndarray:
+    """Mean over pairs of rates [..., pairs, S, E] minus floor [..., pairs, E]: [..., S, E]."""
     with np.errstate(all="ignore"):
-        return np.nanmean(d["rates"] - d["floor"][:, None, :], axis=0)
+        return np.nanmean(d["rates"] - d["floor"][..., None, :], axis=-3)
 
 
 def _own_share(effect) -> np.ndarray:
     positive = np.clip(effect, 0, None)
+    total = positive.sum(-1)
     with np.errstate(all="ignore"):
-        return np.where(positive.sum(1) > 0, np.diag(positive) / positive.sum(1), np.nan)
+        return np.where(total > 0, np.diagonal(positive, axis1=-2, axis2=-1) / total, np.nan)
 
 
 def swap_difference(files: StudyFiles):
@@ -588,8 +613,9 @@ def transfer_units(files: StudyFiles, model: str, index: int) -> list[dict]:
 
 
 def _moved(d, element):
-    den = d[f"den {element}"].sum()
-    return d[f"num {element}"].sum() / den if den > 0 else math.nan
+    den = d[f"den {element}"].sum(-1)
+    with np.errstate(all="ignore"):
+        return np.where(den > 0, d[f"num {element}"].sum(-1) / den, np.nan)
 
 
 def emotion_shift_units(files: StudyFiles, model: str) -> list[dict]:
@@ -613,8 +639,8 @@ def intervention_sections(files: StudyFiles) -> list[str]:
         units = [_swap_units(m) for m in files.per_seed("interventions", model)]
         if not units:
             continue
-        effect = np.nanmean([_swap_effect(u) for u in units], axis=0)
-        floor = np.nanmean([np.nanmean(u["floor"], axis=0) for u in units], axis=0)
+        effect = _nanmean([_swap_effect(u) for u in units], axis=0)
+        floor = _nanmean([_nanmean(u["floor"], axis=0) for u in units], axis=0)
         share = bootstrap(units, lambda d: _own_share(_swap_effect(d)))
         lines += [f"**{model}** (floor per element: " + ", ".join(f"{e} {_f(v)}" for e, v in zip(ELEMENTS, floor))
                   + "):", "", *_matrix_lines(effect), "", "own-element share of each slice's positive effect: "
@@ -651,8 +677,8 @@ def intervention_sections(files: StudyFiles) -> list[str]:
 def _transfer_row(d) -> np.ndarray:
     """Moved fraction per element, the mean denominator per element, emotion over the control
     and the tag alone."""
-    return np.array([_moved(d, e) for e in ELEMENTS] + [d[f"den {e}"].mean() for e in ELEMENTS]
-                    + [d["shift"].mean(), d["tag"].mean()])
+    return np.stack([_moved(d, e) for e in ELEMENTS] + [d[f"den {e}"].mean(-1) for e in ELEMENTS]
+                    + [d["shift"].mean(-1), d["tag"].mean(-1)], axis=-1)
 
 
 def _transfers(files: StudyFiles):
@@ -684,10 +710,10 @@ def _guidance_statistic(data_means: dict):
     """[match rates (MATCHES), metric means (SONG_METRICS), each metric's distance from the data
     minus the unguided pieces' distance]."""
     def statistic(d):
-        means = [np.nanmean(d[m]) for m in SONG_METRICS]
-        further = [abs(np.nanmean(d[m]) - data_means[m]) - abs(np.nanmean(d[f"{m}_unguided"]) - data_means[m])
-                   for m in SONG_METRICS]
-        return np.array([d[k].mean() for k in MATCHES] + means + further)
+        means = [np.nanmean(d[m], axis=1) for m in SONG_METRICS]
+        further = [abs(np.nanmean(d[m], axis=1) - data_means[m])
+                   - abs(np.nanmean(d[f"{m}_unguided"], axis=1) - data_means[m]) for m in SONG_METRICS]
+        return np.stack([d[k].mean(axis=1) for k in MATCHES] + means + further, axis=-1)
     return statistic
 
 
@@ -822,13 +848,14 @@ def _transpose_statistic(data_means: dict):
     augmented metric means (TRANSPOSE_KEPT_METRICS), the guided ones, each metric's distance
     from the data minus the guided pieces' distance]."""
     def statistic(d):
-        ours = [d[k].mean() for k in MATCHES]
-        guided = [d[f"{k}_guided"].mean() for k in MATCHES]
-        means = [np.nanmean(d[m]) for m in TRANSPOSE_KEPT_METRICS]
-        guided_means = [np.nanmean(d[f"{m}_guided"]) for m in TRANSPOSE_KEPT_METRICS]
+        ours = [d[k].mean(axis=1) for k in MATCHES]
+        guided = [d[f"{k}_guided"].mean(axis=1) for k in MATCHES]
+        means = [np.nanmean(d[m], axis=1) for m in TRANSPOSE_KEPT_METRICS]
+        guided_means = [np.nanmean(d[f"{m}_guided"], axis=1) for m in TRANSPOSE_KEPT_METRICS]
         further = [abs(a - data_means[m]) - abs(b - data_means[m])
                    for a, b, m in zip(means, guided_means, TRANSPOSE_KEPT_METRICS)]
-        return np.array(ours + guided + [a - b for a, b in zip(ours, guided)] + means + guided_means + further)
+        return np.stack(ours + guided + [a - b for a, b in zip(ours, guided)] + means + guided_means + further,
+                        axis=-1)
     return statistic
 
 
@@ -945,10 +972,10 @@ def rule_intervals(files: StudyFiles) -> dict:
         out[f"dci_{key}_difference"] = seed_interval(diffs)
     out["swap_own_share_difference"] = _per_element(*swap_difference(files))
     out["transfer_emotion_shift_over_control"] = bootstrap(emotion_shift_units(files, MUSER),
-                                                           lambda d: d["shift"].mean())
+                                                           lambda d: d["shift"].mean(axis=1))
     units = generation_units(files, MUSER)
     for key in ("quadrant", "valence", "arousal"):
-        out[f"{key}_match"] = bootstrap(units, lambda d, k=key: d[k].mean())
+        out[f"{key}_match"] = bootstrap(units, lambda d, k=key: d[k].mean(axis=1))
     if PRODUCT_MODEL in files.models:
         out.update(product_intervals(files))
     return out

@@ -1,6 +1,8 @@
 """The study's bookkeeping and report arithmetic, where the right answer is known: the held-out
 song split, the code a stage's fingerprint covers, the two-level bootstrap, and the report's
 gap and swap-effect summaries on constructed measures."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -74,8 +76,8 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_units():
     rng = np.random.default_rng(0)
     small = [{"x": rng.normal(1.0, 1.0, 20)}]
     large = [{"x": rng.normal(1.0, 1.0, 2000)}]
-    p_small, lo_small, hi_small = R.bootstrap(small, lambda d: d["x"].mean(), draws=300)
-    p_large, lo_large, hi_large = R.bootstrap(large, lambda d: d["x"].mean(), draws=300)
+    p_small, lo_small, hi_small = R.bootstrap(small, lambda d: d["x"].mean(axis=1), draws=300)
+    p_large, lo_large, hi_large = R.bootstrap(large, lambda d: d["x"].mean(axis=1), draws=300)
     assert lo_small < p_small < hi_small and lo_large < 1.0 < hi_large
     assert hi_large - lo_large < (hi_small - lo_small) / 4
 
@@ -83,8 +85,47 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_units():
 def test_bootstrap_resamples_seeds_too():
     """Two seeds that disagree widen the interval beyond what either seed's units give."""
     a, b = {"x": np.full(200, 0.0) + np.linspace(-0.01, 0.01, 200)}, {"x": np.full(200, 1.0)}
-    point, low, high = R.bootstrap([a, b], lambda d: d["x"].mean(), draws=300)
+    point, low, high = R.bootstrap([a, b], lambda d: d["x"].mean(axis=1), draws=300)
     assert point == pytest.approx(0.5, abs=0.01) and low < 0.05 and high > 0.95
+
+
+def _bootstrap_one_at_a_time(per_seed, statistic, draws, seed=0):
+    """The two-level bootstrap written plainly: each resample's statistic on its own."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(draws):
+        values = []
+        for s in rng.integers(0, len(per_seed), len(per_seed)):
+            n = len(next(iter(per_seed[s].values())))
+            idx = rng.integers(0, n, n)
+            values.append(statistic({k: v[idx][None] for k, v in per_seed[s].items()})[0])
+        samples.append(np.nanmean(values, axis=0))
+    return np.nanpercentile(np.asarray(samples, float), [2.5, 97.5], axis=0)
+
+
+def test_batched_bootstrap_draws_and_reads_exactly_what_resampling_one_at_a_time_does():
+    """Seeds of different sizes, NaN units and a ratio that is NaN in some resamples: the
+    batched resamples (more than one batch) give the plain loop's interval to the last bit."""
+    rng = np.random.default_rng(3)
+    per_seed = []
+    for n in (7, 12, 30):
+        x = rng.normal(size=(n, 3))
+        x[rng.random((n, 3)) < 0.2] = np.nan
+        per_seed.append({"x": x, "num": rng.normal(size=n), "den": rng.normal(size=n)})
+
+    def statistic(d):
+        den = d["den"].sum(-1)
+        with np.errstate(all="ignore"):
+            ratio = np.where(den > 0, d["num"].sum(-1) / den, np.nan)
+        return np.concatenate([np.nanmean(d["x"], axis=1), ratio[:, None]], axis=-1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        reference = _bootstrap_one_at_a_time(per_seed, statistic, draws=R.BATCH + 50)
+        point, low, high = R.bootstrap(per_seed, statistic, draws=R.BATCH + 50)
+    assert np.array_equal(low, reference[0], equal_nan=True) and np.array_equal(high, reference[1], equal_nan=True)
+    assert np.allclose(point, np.nanmean([statistic({k: v[None] for k, v in d.items()})[0] for d in per_seed],
+                                         axis=0), equal_nan=True)
 
 
 def test_seed_interval_needs_two_seeds():
