@@ -1019,6 +1019,11 @@ def verdict_lines(files: StudyFiles) -> list[str]:
              "above the threshold; not shown: at or below it; inconclusive: it straddles it or is missing. "
              "Per-element claims follow the majority of elements with an interval. Differences are MusER "
              "minus the baseline.", ""]
+    if PRODUCT_MODEL in files.models:
+        product_seeds = [s for s in files.seeds_with("latent", PRODUCT_MODEL) if s in files.seeds_with("latent", MUSER)]
+        lines += [f"The rules of one codebook per slice read the seeds where the product models have run: "
+                        f"{len(product_seeds)} seed(s), {', '.join(map(str, product_seeds)) or 'none'}; with one "
+                        "seed, the claims whose interval is over seeds (DCI, reconstruction) have none.", ""]
     rows = []
     for rule in STUDY_RULES + (PRODUCT_RULES if PRODUCT_MODEL in files.models else ()):
         value = intervals.get(rule.measure)
