@@ -242,6 +242,13 @@ def _history_rows(history, split):
     return [r for r in history if r.get("split", "train") == split]
 
 
+def _codebook_text(config: dict) -> str:
+    """A model's codes: '512' for one joint codebook, '7 x 64' for one codebook per slice."""
+    if config.get("quantizer") == "product":
+        return f"{N_ELEMENTS} x {config['slice_codebook_size']}"
+    return str(config.get("codebook_size", "n/a"))
+
+
 def codebook_section(files: StudyFiles) -> list[str]:
     plot_training(files, files.out / "training.png")
     lines = ["## Training and codebook usage", "", "![training curves](training.png)", "",
@@ -270,12 +277,13 @@ def codebook_section(files: StudyFiles) -> list[str]:
                     _f(mean("train", "codes_used"), 0)]
         rows.append(row)
     lines += _table(header, rows)
-    lines += ["", "Codes the held-out songs use (eval mode) and their perplexity, mean over seeds:", ""]
+    lines += ["", "Codes the held-out songs use (eval mode) and their perplexity, mean over seeds (a model with one "
+              "codebook per slice: its (slice, code) pairs, and their perplexity):", ""]
     rows = []
     for model in files.models:
         latents = files.per_seed("latent", model)
         if latents:
-            rows.append((model, latents[0]["config"].get("codebook_size", "n/a"),
+            rows.append((model, _codebook_text(latents[0]["config"]),
                          _f(np.mean([m["codebook"]["used_by_held_out"] for m in latents]), 0),
                          _f(np.mean([m["codebook"]["perplexity_held_out"] for m in latents]), 0)))
     return lines + _table(("model", "codebook", "codes used", "perplexity"), rows) + [""]

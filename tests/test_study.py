@@ -348,3 +348,9 @@ def test_a_stage_must_leave_its_outputs(tmp_path):
         stages.run("measure", "fp", lambda continuing: None, commit="c", outputs=[output])
     assert not (tmp_path / "stages" / "measure.json").exists()
     assert stages.continuing("measure", "fp")
+
+
+def test_codebook_column_names_a_product_models_codebooks():
+    assert R._codebook_text({"quantizer": "joint", "codebook_size": 512, "slice_codebook_size": 64}) == "512"
+    assert R._codebook_text({"quantizer": "product", "codebook_size": 512, "slice_codebook_size": 64}) == "7 x 64"
+    assert R._codebook_text({"codebook_size": 256}) == "256"        # a study written before the product quantiser
