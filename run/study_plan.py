@@ -47,8 +47,9 @@ GUIDED_MODELS = ("MusER_TRANS_CA_GE",)
 # the committed study's prior stages), the VQ-VAE encoding 2K more copies of the pieces (its
 # forward pass only, a minute or two) and half the guidance stage's sampling (two of its four
 # scales; the whole guidance stage took 33-51 min per seed): about twice the guided prior's
-# training, the budget this stage was given; more epochs would exceed it. A whole tone either way puts each piece in five keys and keeps it in its register,
-# so few pieces leave the dictionary's pitch range.
+# training, the budget this stage was given; more epochs would exceed it. A whole tone either
+# way puts each piece in five keys and keeps it in its register, so few pieces leave the
+# dictionary's pitch range.
 TRANSPOSE_SHIFT = 2
 TRANSPOSE_SCALES = (1.0, 2.0)
 
