@@ -55,6 +55,18 @@ def tiny_run(long_runs):
     return long_runs.result("tiny_run")
 
 
+@pytest.fixture(scope="session")
+def gpu_check_cpu(long_runs):
+    """bench/gpu_check.sh at tiny sizes on the CPU, run once beside the tests."""
+    return long_runs.result("gpu_check")
+
+
+@pytest.fixture(scope="session")
+def emopia_muspy_agreement(long_runs):
+    """Our song metrics against muspy's on every EMOPIA clip, checked beside the tests."""
+    return long_runs.result("muspy")
+
+
 @pytest.fixture(scope="module")
 def no_loss_curves():
     """In-process training runs of a module skip the loss-curve figure (about 1.5 s per

@@ -1,16 +1,19 @@
 """The suite's long shared runs, all of them subprocesses: the shipped sample encoded, a tiny
-MusER and prior trained by the four commands of the authors' README, and a reproduction
-study killed while it trains and then resumed.
+MusER and prior trained by the four commands of the authors' README, a reproduction study
+killed while it trains and then resumed, and two independent checks (bench/gpu_check.sh on
+the CPU, and our metrics against muspy's on all of EMOPIA).
 
-They start in a background thread as soon as the session does, so that they run on the
-second core while the in-process tests run on the first; each fixture waits for its run.
-Only the runs that the selected tests need are started, and the session's end stops any
-that are still going.
+They start in background threads as soon as the session does, so that they run on the
+second core while the in-process tests run on the first: one lane for the runs that build
+on each other (the study takes the longest), one for the independent checks, which fill the
+second core's time after that lane ends. Each fixture waits for its run. Only the runs that
+the selected tests need are started, and the session's end stops any that are still going.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import math
 import os
 import shlex
@@ -25,7 +28,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shared_path
 from tests.sample_cp import encode_sample
 
 # ---------------------------------------------------------------- the README's commands
@@ -117,21 +120,54 @@ def killed_study(runs: LongRuns, out: Path) -> SimpleNamespace:
     return SimpleNamespace(npz=npz, out=out, resumed=resumed, after_kill=after_kill)
 
 
+# ---------------------------------------------------------------- independent checks
+
+# bench/gpu_check.sh on the CPU at tiny sizes (tests/test_gpu_check.py).
+GPU_CHECK_TINY = ["--device", "cpu", "--preset", "tiny", "--epochs", "1", "--max_len", "64", "--per_quadrant", "1",
+                  "--train_batch", "2", "--train_steps", "1", "--gen_pieces", "4", "--gen_steps", "16",
+                  "--trace_pieces", "2", "--trace_steps", "8"]
+
+
+def gpu_check(*args, work: Path, runs: LongRuns | None = None) -> subprocess.CompletedProcess:
+    """bench/gpu_check.sh with `args`, its stdout and stderr captured (as a long run with `runs`)."""
+    command = ["bash", str(ROOT / "bench" / "gpu_check.sh"), *map(str, args), "--work", str(work)]
+    env = {**os.environ, "PYTHON": sys.executable}
+    if runs is not None:
+        return runs.run(command, cwd=ROOT, timeout=300, env=env)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+
+def gpu_check_run(runs: LongRuns, folder: Path) -> SimpleNamespace:
+    return SimpleNamespace(result=gpu_check(*GPU_CHECK_TINY, work=folder / "work", runs=runs), work=folder / "work")
+
+
+def muspy_agreement(runs: LongRuns, folder: Path) -> dict:
+    """tests/muspy_agreement.py on every clip of EMOPIA (../shared; skipped without it)."""
+    archive = shared_path("emopia", "midis.zip")
+    result = runs.run([sys.executable, "-m", "tests.muspy_agreement", str(archive)], cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
 # ---------------------------------------------------------------- the runner
 
-# Fixture name -> (run, runs it needs first); in the order the background thread runs them.
-RUNS = {"sample_npz": ("sample", ()), "tiny_run": ("tiny_run", ("sample",)),
-        "study": ("study", ("sample",))}
-BUILDERS = {"sample": lambda runs, folder: encode_sample(folder), "tiny_run": readme_run, "study": killed_study}
+# Fixture name -> (run, runs it needs first, lane); each lane's thread runs its runs in this order.
+RUNS = {"sample_npz": ("sample", (), "builds"), "tiny_run": ("tiny_run", ("sample",), "builds"),
+        "study": ("study", ("sample",), "builds"),
+        "gpu_check_cpu": ("gpu_check", (), "checks"),
+        "emopia_muspy_agreement": ("muspy", (), "checks")}
+BUILDERS = {"sample": lambda runs, folder: encode_sample(folder), "tiny_run": readme_run, "study": killed_study,
+            "gpu_check": gpu_check_run, "muspy": muspy_agreement}
+LANE = {name: lane for name, _, lane in RUNS.values()}
 
 
 class LongRuns:
-    """Runs the long runs one after another in a background thread; result(name) waits for
-    one and returns it, or raises what it raised (a skip included)."""
+    """Runs the long runs one after another in a background thread per lane; result(name)
+    waits for one and returns it, or raises what it raised (a skip included)."""
 
     def __init__(self, tmp_path_factory, fixture_names):
         plan = []
-        for fixture, (name, needs) in RUNS.items():
+        for fixture, (name, needs, _) in RUNS.items():
             if fixture in fixture_names:
                 plan += [n for n in (*needs, name) if n not in plan]
         self.plan = plan
@@ -143,12 +179,17 @@ class LongRuns:
         self._stopping = False
         self.seconds: dict[str, float] = {}          # each run's wall time
         self.waited: dict[str, float] = {}           # how long tests blocked waiting for it
-        self._thread = threading.Thread(target=self._run_all, name="long runs", daemon=True)
-        self._thread.start()
+        lanes = {}
+        for name in plan:
+            lanes.setdefault(LANE[name], []).append(name)
+        self._threads = [threading.Thread(target=self._run_all, args=(names,), name=f"long runs: {lane}", daemon=True)
+                         for lane, names in lanes.items()]
+        for thread in self._threads:
+            thread.start()
         atexit.register(self.stop)       # also when the session ends without its teardown
 
-    def _run_all(self) -> None:
-        for name in self.plan:
+    def _run_all(self, names) -> None:
+        for name in names:
             began = time.monotonic()
             try:
                 self._results[name] = (True, BUILDERS[name](self, self._folders[name]))
@@ -186,8 +227,8 @@ class LongRuns:
         with self._lock:
             self._procs.discard(proc)
 
-    def run(self, command, cwd, timeout=600) -> subprocess.CompletedProcess:
-        proc = self.popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def run(self, command, cwd, timeout=600, env=None) -> subprocess.CompletedProcess:
+        proc = self.popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -198,13 +239,14 @@ class LongRuns:
         return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
     def stop(self) -> None:
-        """Kill what still runs and wait for the thread to notice."""
+        """Kill what still runs and wait for the threads to notice."""
         with self._lock:
             self._stopping = True
             procs = list(self._procs)
         for proc in procs:
             self.kill(proc)
-        self._thread.join(timeout=60)
+        for thread in self._threads:
+            thread.join(timeout=60)
 
 
 @pytest.fixture(scope="session", autouse=True)

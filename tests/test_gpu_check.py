@@ -1,27 +1,14 @@
 """bench/gpu_check.sh end to end on the CPU with tiny sizes: every stage runs, and the summary
 line carries the device, the torch version and every figure; a failing stage is one line."""
-import os
 import re
-import subprocess
-import sys
 
 import torch
 
-from tests.conftest import ROOT
-
-TINY = ["--device", "cpu", "--preset", "tiny", "--epochs", "1", "--max_len", "64", "--per_quadrant", "1",
-        "--train_batch", "2", "--train_steps", "1", "--gen_pieces", "4", "--gen_steps", "16",
-        "--trace_pieces", "2", "--trace_steps", "8"]
+from tests.long_runs import GPU_CHECK_TINY as TINY, gpu_check
 
 
-def gpu_check(*args, tmp_path):
-    return subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), *args, "--work", str(tmp_path / "work")],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHON": sys.executable})
-
-
-def test_the_gpu_check_runs_every_stage_on_the_cpu_and_sums_up_in_one_line(tmp_path):
-    result = gpu_check(*TINY, tmp_path=tmp_path)
+def test_the_gpu_check_runs_every_stage_on_the_cpu_and_sums_up_in_one_line(gpu_check_cpu):
+    result, work = gpu_check_cpu.result, gpu_check_cpu.work
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("gpu_check: device cpu (") and f"torch {torch.__version__}" in lines[0]
@@ -39,12 +26,12 @@ def test_the_gpu_check_runs_every_stage_on_the_cpu_and_sums_up_in_one_line(tmp_p
     # On the CPU a traced step replays the eager step's kernels: the same numbers, the same pieces.
     assert float(fields["traced_diff"]) == 0 and fields["traced_identical"] == "2/2"
     for script in ("MusER", "Prior_train", "generate", "compute_metrics", "element_transfer"):
-        assert (tmp_path / "work" / "logs" / f"{script}.log").exists()
-    assert (tmp_path / "work" / "generated" / "check_data.data").exists()
+        assert (work / "logs" / f"{script}.log").exists()
+    assert (work / "generated" / "check_data.data").exists()
 
 
 def test_a_failing_stage_ends_the_check_with_one_error_line(tmp_path):
-    result = gpu_check(*TINY[:4], "--epochs", "0", tmp_path=tmp_path)      # MusER.py refuses --Epoch 0
+    result = gpu_check(*TINY[:4], "--epochs", "0", work=tmp_path / "work")      # MusER.py refuses --Epoch 0
     assert result.returncode == 1
     assert "gpu_check ok" not in result.stdout
     assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -1,13 +1,12 @@
 """Metrics against values computed by hand on small constructed pieces."""
-import io
 import math
-import zipfile
 
 import miditoolkit
 import numpy as np
 import pytest
 
 from tests.conftest import SAMPLE_MIDI_DIR
+from tests.muspy_agreement import disagreements, muspy_music, muspy_song, ours_song, same
 from tests.sample_cp import short_pieces
 from music.chords import CHORD_QUALITIES
 from music.midi_io import TICKS_PER_BEAT
@@ -127,32 +126,7 @@ def test_piece_from_midi_rescales_to_480(tmp_path):
 
 
 # ------------------------------------------------------------------ muspy 0.5 agreement
-# muspy (requirements-dev.txt) is the reference the song-level metrics re-code. Floats are
-# compared with ==: both divide the same two integers, so they agree to the last bit.
-
-def _muspy_music(notes, resolution=TICKS_PER_BEAT):
-    import muspy
-
-    track = muspy.Track(notes=[muspy.Note(time=int(s), pitch=int(p), duration=int(e - s))
-                               for p, s, e in np.asarray(notes).reshape(-1, 3)])
-    return muspy.Music(resolution=resolution, tracks=[track])
-
-
-def _muspy_song(music) -> dict:
-    import muspy
-
-    return {"pitch_range": muspy.pitch_range(music),
-            "pitch_classes": muspy.n_pitch_classes_used(music),
-            "polyphony": muspy.polyphony(music)}
-
-
-def _ours_song(notes) -> dict:
-    return {m: M.song_metrics(notes)[m] for m in M.SONG_METRICS}
-
-
-def _same(a: dict, b: dict) -> bool:
-    return all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
-
+# The comparison itself is in tests/muspy_agreement.py.
 
 def test_hand_made_pieces_match_muspy():
     rng = np.random.default_rng(0)
@@ -166,60 +140,30 @@ def test_hand_made_pieces_match_muspy():
         pieces.append(np.stack([rng.integers(55, 67, n), start,
                                 start + rng.integers(0, 900, n)], axis=1))
     for notes in pieces:
-        assert _same(_ours_song(notes), _muspy_song(_muspy_music(notes))), notes
+        assert same(ours_song(notes), muspy_song(muspy_music(notes))), notes
 
 
 def test_empty_piece_is_nan_where_muspy_gives_zero():
     # The one documented difference (see evaluation/metrics.py): muspy gives 0 for the pitch
     # range and pitch classes of an empty piece (and NaN for its polyphony); we give NaN.
-    assert _same(_muspy_song(_muspy_music([])),
-                 {"pitch_range": 0, "pitch_classes": 0, "polyphony": math.nan})
-    assert all(math.isnan(v) for v in _ours_song([]).values())
-
-
-def _muspy_disagreements(name: str, data: bytes) -> list[str]:
-    """How our song-level metrics differ from muspy's on one MIDI file (empty when equal).
-
-    muspy reads the file with its own reader (`muspy.read_midi` is `from_mido` of the
-    mido file) at the file's own resolution. We check: (1) the two readers see the same
-    notes; (2) our metrics on those notes equal muspy's; (3) through `piece_from_midi`
-    (rescaled to 480 ticks per beat) pitch range and classes equal muspy's and polyphony
-    equals muspy's on the same grid, i.e. after `adjust_resolution(480)`.
-    """
-    import mido
-    import muspy
-
-    music = muspy.from_mido(mido.MidiFile(file=io.BytesIO(data)))
-    midi = miditoolkit.MidiFile(file=io.BytesIO(data))
-    reference = _muspy_song(music)
-    problems = []
-    (track,) = [t for t in music.tracks if not t.is_drum]  # a Piece keeps one track
-    native = sorted((n.pitch, n.time, n.end) for n in track.notes)
-    if native != sorted((n.pitch, n.start, n.end) for n in midi.instruments[0].notes):
-        problems.append(f"{name}: muspy and miditoolkit read different notes")
-    if not _same(_ours_song(native), reference):
-        problems.append(f"{name}: same notes: ours {_ours_song(native)}, muspy {reference}")
-    ours = _ours_song(piece_from_midi(midi).notes)
-    reference["polyphony"] = muspy.polyphony(music.adjust_resolution(TICKS_PER_BEAT))
-    if not _same(ours, reference):
-        problems.append(f"{name}: at 480 ticks per beat: ours {ours}, muspy {reference}")
-    return problems
+    assert same(muspy_song(muspy_music([])),
+                {"pitch_range": 0, "pitch_classes": 0, "polyphony": math.nan})
+    assert all(math.isnan(v) for v in ours_song([]).values())
 
 
 def test_sample_clips_match_muspy():
     paths = sorted(SAMPLE_MIDI_DIR.glob("*.mid"))
     assert len(paths) == 32
-    problems = [p for path in paths for p in _muspy_disagreements(path.name, path.read_bytes())]
+    problems = [p for path in paths for p in disagreements(path.name, path.read_bytes())]
     assert not problems, "\n".join(problems)
 
 
 @pytest.mark.slow
-def test_all_emopia_clips_match_muspy(emopia_zip):
-    # About 20 s on one core: the files are read from the zip in memory.
-    with zipfile.ZipFile(emopia_zip) as archive:
-        names = sorted(n for n in archive.namelist() if n.endswith(".mid"))
-        assert len(names) == 1078
-        problems = [p for n in names for p in _muspy_disagreements(n, archive.read(n))]
+def test_all_emopia_clips_match_muspy(emopia_muspy_agreement):
+    # Checked beside the other tests by a process of its own (tests/long_runs.py).
+    result = emopia_muspy_agreement
+    assert result["files"] == 1078
+    problems = result["problems"]
     assert not problems, f"{len(problems)} disagreements:\n" + "\n".join(problems[:20])
 
 
