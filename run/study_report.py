@@ -938,8 +938,10 @@ def transpose_sections(files: StudyFiles) -> list[str]:
     table = []
     for scale, *interval in rows:
         point = interval[0]
-        guided = [m["runs"][scale] for m in files.per_seed("guidance", MUSER) if scale in m.get("runs", {})]
-        ours = [m["runs"][scale] for m in found if scale in m["runs"]]
+        # The seeds compared only, as the intervals read them.
+        guided = [m["runs"][scale] for m in (files.measure(s, "guidance", MUSER) for s in paired)
+                  if scale in m.get("runs", {})]
+        ours = [m["runs"][scale] for m in (files.measure(s, "transpose", MUSER) for s in paired) if scale in m["runs"]]
         table.append(("guided (guidance stage)", scale, *(_ci_at(interval, n + i) for i in range(n)),
                       _q2_major_share(guided), *(_f(point[3 * n + k + j]) for j in range(k))))
         table.append((f"transposed (--transpose {first['shift']})", scale, *(_ci_at(interval, i) for i in range(n)),

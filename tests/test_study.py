@@ -317,6 +317,17 @@ def test_the_transposition_section_compares_with_the_guided_prior(tmp_path, tran
     assert "4 epochs, as many optimizer steps as the guided prior's 20 epochs" in text
 
 
+def test_the_guided_prior_is_read_on_the_seeds_compared_only(tmp_path):
+    """The transposition stage ran on seed 13 only, the guidance stage on 13 and 14: every
+    cell of the guided prior's row, its Q2 major-key share included, reads seed 13."""
+    files = study_files(tmp_path, {"1": pieces(QUADRANT_OF), "2": pieces(QUADRANT_OF)})
+    (tmp_path / "seeds" / "14" / "measures" / "transpose_MusER_TRANS_CA_GE.json").unlink()
+    text = "\n".join(R.transpose_sections(files))
+    assert "seeds compared: 13)" in text
+    guided = [line for line in text.splitlines() if line.startswith("| guided (guidance stage) | 2 |")]
+    assert len(guided) == 1 and "| 1.00 (n=10) |" in guided[0]
+
+
 def test_the_remedy_is_inconclusive_without_the_guided_priors_pieces(tmp_path):
     files = study_files(tmp_path, {"1": pieces(QUADRANT_OF), "2": pieces(QUADRANT_OF)})
     for seed in (13, 14):
