@@ -240,20 +240,25 @@ def guided_prior(ctx: Context, spec: ModelSpec) -> Path:
     return ctx.paths.prior(spec.name).with_name(f"Prior_guided_{spec.name}")
 
 
-def guidance_words(ctx: Context, spec: ModelSpec, scale: float) -> Path:
-    return ctx.paths.seed_dir / "generated" / "guidance" / f"{spec.name}_S{scale:g}_data.data"
+def sample_scales(ctx: Context, spec: ModelSpec, prior_dir: Path, stage: str, scales, n: int,
+                  continuing) -> dict:
+    """A guided prior's pieces at each guidance scale (n per quadrant, the same generator seed),
+    in generated/{stage}/, measured: {"S": generation measures}. A scale finished before an
+    interruption stays."""
+    runs = {}
+    for scale in scales:
+        words = ctx.paths.seed_dir / "generated" / stage / f"{spec.name}_S{scale:g}_data.data"
+        if not (continuing and words.exists()):
+            generate(ctx, spec, prior_dir, words, n, f"{stage}_S{scale:g}", "--guidance", scale)
+        runs[f"{scale:g}"] = SM.generation_measures(words, ctx.paths.evaluator)
+    return runs
 
 
 def guidance_work(ctx: Context, spec: ModelSpec, continuing) -> None:
     prior_dir = guided_prior(ctx, spec)
     train_prior(ctx, spec, prior_dir, "guidance_prior", continuing, "--emotion_dropout", GUIDANCE_DROPOUT)
     n = guidance_per_quadrant(ctx.preset)
-    runs = {}
-    for scale in GUIDANCE_SCALES:
-        words = guidance_words(ctx, spec, scale)
-        if not (continuing and words.exists()):      # a scale finished before an interruption stays
-            generate(ctx, spec, prior_dir, words, n, f"guidance_S{scale:g}", "--guidance", scale)
-        runs[f"{scale:g}"] = SM.generation_measures(words, ctx.paths.evaluator)
+    runs = sample_scales(ctx, spec, prior_dir, "guidance", GUIDANCE_SCALES, n, continuing)
     write_json(ctx.paths.seed_measures / f"guidance_{spec.name}.json", {
         "scales": list(GUIDANCE_SCALES), "emotion_dropout": GUIDANCE_DROPOUT, "per_quadrant": n,
         "prior_history": training_history(prior_dir), "runs": runs})
@@ -263,22 +268,13 @@ def transposed_prior(ctx: Context, spec: ModelSpec) -> Path:
     return ctx.paths.prior(spec.name).with_name(f"Prior_transposed_{spec.name}")
 
 
-def transposed_words(ctx: Context, spec: ModelSpec, scale: float) -> Path:
-    return ctx.paths.seed_dir / "generated" / "transpose" / f"{spec.name}_S{scale:g}_data.data"
-
-
 def transpose_work(ctx: Context, spec: ModelSpec, continuing) -> None:
     prior_dir = transposed_prior(ctx, spec)
     epochs = transpose_epochs(ctx.preset)
     train_prior(ctx, spec, prior_dir, "transpose_prior", continuing, "--emotion_dropout", GUIDANCE_DROPOUT,
                 "--transpose", TRANSPOSE_SHIFT, epochs=epochs)
     n = guidance_per_quadrant(ctx.preset)
-    runs = {}
-    for scale in TRANSPOSE_SCALES:
-        words = transposed_words(ctx, spec, scale)
-        if not (continuing and words.exists()):      # a scale finished before an interruption stays
-            generate(ctx, spec, prior_dir, words, n, f"transpose_S{scale:g}", "--guidance", scale)
-        runs[f"{scale:g}"] = SM.generation_measures(words, ctx.paths.evaluator)
+    runs = sample_scales(ctx, spec, prior_dir, "transpose", TRANSPOSE_SCALES, n, continuing)
     write_json(ctx.paths.seed_measures / f"transpose_{spec.name}.json", {
         "shift": TRANSPOSE_SHIFT, "epochs": epochs, "scales": list(TRANSPOSE_SCALES),
         "emotion_dropout": GUIDANCE_DROPOUT, "per_quadrant": n,

@@ -725,17 +725,21 @@ def _guidance_statistic(data_means: dict):
     return statistic
 
 
+def scale_rows(files: StudyFiles, kind: str, model: str, units_of, statistic) -> list[tuple]:
+    """(scale, point, low, high) per guidance scale of a stage's measures (`kind`) that has
+    units (units_of(files, model, scale)), in the order of the statistic."""
+    found = files.per_seed(kind, model)
+    rows = []
+    for scale in (f"{s:g}" for s in (found[0]["scales"] if found else ())):
+        units = units_of(files, model, scale)
+        if units:
+            rows.append((scale, *bootstrap(units, statistic)))
+    return rows
+
+
 def guidance_rows(files: StudyFiles, model: str, data_means: dict) -> list[tuple]:
     """(scale, point, low, high) per scale of the guidance measures, in the order of the statistic."""
-    found = files.per_seed("guidance", model)
-    if not found:
-        return []
-    rows = []
-    for scale in (f"{s:g}" for s in found[0]["scales"]):
-        units = guidance_units(files, model, scale)
-        if units:
-            rows.append((scale, *bootstrap(units, _guidance_statistic(data_means))))
-    return rows
+    return scale_rows(files, "guidance", model, guidance_units, _guidance_statistic(data_means))
 
 
 def guidance_verdicts(rows) -> dict:
@@ -869,13 +873,7 @@ def _transpose_statistic(data_means: dict):
 
 def transpose_rows(files: StudyFiles, model: str, data_means: dict) -> list[tuple]:
     """(scale, point, low, high) per scale that both priors sampled, in the order of the statistic."""
-    found = files.per_seed("transpose", model)
-    rows = []
-    for scale in (f"{s:g}" for s in (found[0]["scales"] if found else ())):
-        units = transpose_units(files, model, scale)
-        if units:
-            rows.append((scale, *bootstrap(units, _transpose_statistic(data_means))))
-    return rows
+    return scale_rows(files, "transpose", model, transpose_units, _transpose_statistic(data_means))
 
 
 def transpose_verdict(rows) -> str:
