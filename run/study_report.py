@@ -23,8 +23,9 @@ from evaluation.metrics import SONG_METRICS
 from evaluation.pages import write_study_page
 from evaluation.probe import diagonal_share
 from evaluation.verdicts import GUIDANCE_CLAIM, GUIDANCE_KEPT_METRICS, GUIDANCE_TARGETS, PRODUCT_BASELINE, \
-    PRODUCT_MODEL, PRODUCT_RULES, STUDY_RULES, TRANSPOSE_KEPT_METRICS, TRANSPOSE_RULE, TRANSPOSE_SCALE, judge, \
-    judge_guidance, judge_guidance_scale, judge_transpose
+    PRODUCT_MODEL, PRODUCT_RULES, SLICE_SIZE_ACCURACY_TOLERANCE, SLICE_SIZE_DCI_TOLERANCE, SLICE_SIZE_SEED, \
+    SLICE_SIZES, STUDY_RULES, TRANSPOSE_KEPT_METRICS, TRANSPOSE_RULE, TRANSPOSE_SCALE, choose_slice_codebook_size, \
+    judge, judge_guidance, judge_guidance_scale, judge_transpose
 from music.atomic import atomic_write
 from music.elements import ELEMENTS, HIGH_AROUSAL, N_ELEMENTS, POSITIVE_VALENCE, QUADRANT_PAIRS, QUADRANTS
 from run.study import read_json
@@ -286,7 +287,45 @@ def codebook_section(files: StudyFiles) -> list[str]:
             rows.append((model, _codebook_text(latents[0]["config"]),
                          _f(np.mean([m["codebook"]["used_by_held_out"] for m in latents]), 0),
                          _f(np.mean([m["codebook"]["perplexity_held_out"] for m in latents]), 0)))
-    return lines + _table(("model", "codebook", "codes used", "perplexity"), rows) + [""]
+    return lines + _table(("model", "codebook", "codes used", "perplexity"), rows) + [""] \
+        + slice_size_lines(files)
+
+
+def slice_size_readings(files: StudyFiles) -> dict[int, dict]:
+    """{size: {model, accuracy, dci, codes, perplexity}} of the product MusER models (the
+    regulariser on) on SLICE_SIZE_SEED, for the rule that chooses the default size."""
+    out = {}
+    for model in files.models:
+        latent = files.measure(SLICE_SIZE_SEED, "latent", model)
+        config = (latent or {}).get("config", {})
+        if config.get("quantizer") != "product" or not config.get("reg_weight", 0) > 0:
+            continue
+        accuracy = final_validation_accuracy(files, model).get(SLICE_SIZE_SEED, math.nan)
+        out[config["slice_codebook_size"]] = {
+            "model": model, "accuracy": accuracy, "dci": latent["dci"]["disentanglement"],
+            "codes": latent["codebook"]["used_by_held_out"], "perplexity": latent["codebook"]["perplexity_held_out"]}
+    return out
+
+
+def slice_size_lines(files: StudyFiles) -> list[str]:
+    """The codes-per-slice table and the size its rule (evaluation/verdicts.py) chooses."""
+    readings = slice_size_readings(files)
+    if not readings:
+        return []
+    chosen = choose_slice_codebook_size({size: (r["accuracy"], r["dci"]) for size, r in readings.items()})
+    missing = [str(size) for size in SLICE_SIZES if size not in readings]
+    rows = [(size, r["model"], _f(r["accuracy"], 3), _f(r["dci"]), _f(r["codes"], 0), _f(r["perplexity"], 0))
+            for size, r in sorted(readings.items())]
+    rule = (f"Rule, fixed before the runs of the other sizes: the smallest of {', '.join(map(str, SLICE_SIZES))} "
+            f"codes per slice whose validation reconstruction accuracy is within "
+            f"{SLICE_SIZE_ACCURACY_TOLERANCE * 100:g} point of the best size's and whose DCI disentanglement "
+            f"is within {SLICE_SIZE_DCI_TOLERANCE:g} of the best size's.")
+    verdict = (f"Chosen: **{chosen}** codes per slice." if chosen is not None else
+               f"No size chosen yet: {', '.join(missing) or 'a size'} without readings on seed {SLICE_SIZE_SEED}.")
+    return [f"Codes per slice, product MusER on seed {SLICE_SIZE_SEED} (validation accuracy at the last epoch; "
+            "DCI and codes on the held-out songs; codes counted as (slice, code) pairs):", ""] \
+        + _table(("codes per slice", "model", "validation accuracy", "DCI disentanglement", "codes used",
+                  "perplexity"), rows) + ["", rule + " " + verdict, ""]
 
 
 def plot_training(files: StudyFiles, path: Path) -> None:

@@ -365,3 +365,25 @@ def test_codebook_column_names_a_product_models_codebooks():
     assert R._codebook_text({"quantizer": "joint", "codebook_size": 512, "slice_codebook_size": 64}) == "512"
     assert R._codebook_text({"quantizer": "product", "codebook_size": 512, "slice_codebook_size": 64}) == "7 x 64"
     assert R._codebook_text({"codebook_size": 256}) == "256"        # a study written before the product quantiser
+
+
+def test_the_report_applies_the_slice_size_rule_to_seed_13(tmp_path):
+    """Product MusER at 32, 64 and 128 codes per slice on seed 13: the table reads each model's
+    own measures, leaves out the regulariser-free model, and names the size the rule chooses."""
+    readings = {"MusER_TRANS_CA_GE_PQ32": (32, 0.1, 0.900, 0.44), "MusER_TRANS_CA_GE_PQ": (64, 0.1, 0.912, 0.45),
+                "MusER_TRANS_CA_GE_PQ128": (128, 0.1, 0.914, 0.46), "VQVAE_TRANS_CA_GE_PQ": (64, 0.0, 0.99, 0.99)}
+    measures = tmp_path / "seeds" / "13" / "measures"
+    measures.mkdir(parents=True)
+    for model, (size, reg_weight, accuracy, dci) in readings.items():
+        S.write_json(measures / f"latent_{model}.json", {
+            "config": {"quantizer": "product", "slice_codebook_size": size, "reg_weight": reg_weight},
+            "dci": {"disentanglement": dci}, "codebook": {"used_by_held_out": size * 6, "perplexity_held_out": 5.0}})
+        S.write_json(measures / f"training_{model}.json", {"history": [
+            {"split": "val", "epoch": 1, "acc_mean": 0.5}, {"split": "val", "epoch": 2, "acc_mean": accuracy}]})
+    files = R.StudyFiles(tmp_path, {}, {}, {}, [13], list(readings))
+    text = "\n".join(R.slice_size_lines(files))
+    assert "| 32 | MusER_TRANS_CA_GE_PQ32 | 0.900 | 0.44 | 192 |" in text
+    assert "| 128 | MusER_TRANS_CA_GE_PQ128 | 0.914 | 0.46 | 768 |" in text and "VQVAE" not in text
+    assert "Chosen: **64** codes per slice." in text            # 32 is 1.4 points behind 128
+    (measures / "latent_MusER_TRANS_CA_GE_PQ128.json").unlink()
+    assert "No size chosen yet: 128 without readings on seed 13." in "\n".join(R.slice_size_lines(files))

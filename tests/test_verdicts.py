@@ -3,8 +3,9 @@ import math
 
 import pytest
 
-from evaluation.verdicts import INCONCLUSIVE, NOT_SHOWN, SHOWN, STUDY_RULES, TRANSPOSE_KEPT_METRICS, \
-    TRANSPOSE_RULE, TRANSPOSE_SCALE, Rule, judge, judge_guidance, judge_guidance_scale, judge_interval, judge_transpose
+from evaluation.verdicts import INCONCLUSIVE, NOT_SHOWN, SHOWN, SLICE_SIZES, STUDY_RULES, TRANSPOSE_KEPT_METRICS, \
+    TRANSPOSE_RULE, TRANSPOSE_SCALE, Rule, choose_slice_codebook_size, judge, judge_guidance, judge_guidance_scale, \
+    judge_interval, judge_transpose
 
 
 @pytest.mark.parametrize("low, high, threshold, verdict", [
@@ -73,3 +74,17 @@ def test_the_remedy_needs_more_valence_than_guidance_and_no_metric_further(valen
     assert judge_transpose(valence, further) == verdict
     assert TRANSPOSE_RULE.measure in TRANSPOSE_RULE.describe() and TRANSPOSE_RULE.threshold == 0.0
     assert TRANSPOSE_SCALE == 2.0 and TRANSPOSE_KEPT_METRICS == ("pitch_classes", "polyphony")
+
+
+@pytest.mark.parametrize("readings, chosen", [
+    # the smallest size within 1 point of the best accuracy and 0.02 of the best DCI
+    ({32: (0.905, 0.44), 64: (0.912, 0.45), 128: (0.914, 0.46)}, 32),
+    ({32: (0.900, 0.44), 64: (0.912, 0.45), 128: (0.914, 0.46)}, 64),       # 32 is 1.4 points behind
+    ({32: (0.914, 0.40), 64: (0.912, 0.43), 128: (0.910, 0.46)}, 128),      # DCI decides
+    ({32: (0.95, 0.30), 64: (0.92, 0.50), 128: (0.96, 0.49)}, 128),         # neither 32 nor 64 is within both
+    ({32: (0.90, 0.45), 64: (0.91, 0.45)}, None),                           # 128 has not run
+    ({32: (0.90, 0.45), 64: (0.91, 0.45), 128: (math.nan, 0.45)}, None),
+])
+def test_the_slice_codebook_size_rule(readings, chosen):
+    assert SLICE_SIZES == (32, 64, 128)
+    assert choose_slice_codebook_size(readings) == chosen
