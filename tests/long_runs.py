@@ -4,9 +4,8 @@ killed while it trains and then resumed, and two independent checks (bench/gpu_c
 the CPU, and our metrics against muspy's on all of EMOPIA).
 
 They start in background threads as soon as the session does, so that they run on the
-second core while the in-process tests run on the first: one lane for the runs that build
-on each other (the study takes the longest), one for the independent checks, which fill the
-second core's time after that lane ends. Each fixture waits for its run. Only the runs that
+second core while the in-process tests run on the first: one lane for the study (it takes the
+longest, and the tests that read it come late), one for the others. Each fixture waits for its run. Only the runs that
 the selected tests need are started, and the session's end stops any that are still going.
 """
 from __future__ import annotations
@@ -151,11 +150,14 @@ def muspy_agreement(runs: LongRuns, folder: Path) -> dict:
 
 # ---------------------------------------------------------------- the runner
 
-# Fixture name -> (run, runs it needs first, lane); each lane's thread runs its runs in this order.
-RUNS = {"sample_npz": ("sample", (), "builds"), "tiny_run": ("tiny_run", ("sample",), "builds"),
-        "study": ("study", ("sample",), "builds"),
-        "gpu_check_cpu": ("gpu_check", (), "checks"),
-        "emopia_muspy_agreement": ("muspy", (), "checks")}
+# Fixture name -> (run, runs it needs first, lane); each lane's thread runs its runs in this order,
+# and a run waits for what it needs from the other lane. The study, the longest, has a lane to
+# itself; the other lane runs what the tests need first first (test_gpu_check, test_metrics,
+# then the tiny run of test_pipeline, test_prior_data and test_transfer).
+RUNS = {"sample_npz": ("sample", (), "study"), "study": ("study", ("sample",), "study"),
+        "gpu_check_cpu": ("gpu_check", (), "others"),
+        "emopia_muspy_agreement": ("muspy", (), "others"),
+        "tiny_run": ("tiny_run", ("sample",), "others")}
 BUILDERS = {"sample": lambda runs, folder: encode_sample(folder), "tiny_run": readme_run, "study": killed_study,
             "gpu_check": gpu_check_run, "muspy": muspy_agreement}
 LANE = {name: lane for name, _, lane in RUNS.values()}
