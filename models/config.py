@@ -42,6 +42,17 @@ class _ConfigDict:
         return cls(**d)
 
 
+def model_name(reduction: str, conditioning: str, decoding: str, regularised: bool = True,
+               quantizer: str = "joint", slice_codebook_size: int | None = None) -> str:
+    """MusER_TRANS_CA_GE; VQVAE_* without L_reg; _PQ at the end with one codebook per slice,
+    _PQ128 with 128 codes each where the default is not taken."""
+    suffix = ""
+    if quantizer == "product":
+        size = slice_codebook_size or MusERConfig.slice_codebook_size
+        suffix = "_PQ" if size == MusERConfig.slice_codebook_size else f"_PQ{size}"
+    return f"{'MusER' if regularised else 'VQVAE'}_{reduction}_{conditioning}_{decoding}{suffix}"
+
+
 @dataclass
 class MusERConfig(_ConfigDict):
     vocab_sizes: list[int]                # 8 ints in FIELDS order, from the dictionary
@@ -136,10 +147,10 @@ class MusERConfig(_ConfigDict):
     @property
     def name(self) -> str:
         """Model name in the authors' style, e.g. MusER_TRANS_CA_GE; VQVAE_* without L_reg;
-        _PQ at the end with one codebook per slice."""
-        prefix = "MusER" if self.reg_weight > 0 else "VQVAE"
-        suffix = "_PQ" if self.quantizer == "product" else ""     # one codebook per slice
-        return f"{prefix}_{self.reduction}_{self.conditioning}_{self.decoding}{suffix}"
+        _PQ at the end with one codebook per slice (_PQ128 with 128 codes each where the
+        default is not taken)."""
+        return model_name(self.reduction, self.conditioning, self.decoding, self.reg_weight > 0, self.quantizer,
+                          self.slice_codebook_size)
 
     @property
     def code_slots(self) -> int:

@@ -18,6 +18,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.config import CONDITIONINGS, DECODINGS, REDUCTIONS, MusERConfig, model_name
 from music.atomic import atomic_write
 from music.elements import QUADRANTS, song_of_name
 from music.errors import UserError
@@ -78,22 +80,29 @@ class ModelSpec:
 
 def model_specs(variants) -> list[ModelSpec]:
     """MusER_TRANS_CA_GE and the plain VQ-VAE baseline, then the requested variants, named as
-    models/config.py names models: [VQVAE_]REDUCTION_CONDITIONING_DECODING[_PQ], where VQVAE_
-    drops the regulariser (--reg_weight 0) and _PQ gives each slice its own codebook
-    (--quantizer product): e.g. MEAN_CA_GE, TRANS_CA_GE_PQ, VQVAE_TRANS_CA_GE_PQ."""
+    models/config.py names models: [VQVAE_]REDUCTION_CONDITIONING_DECODING[_PQ[SIZE]], where
+    VQVAE_ drops the regulariser (--reg_weight 0) and _PQ gives each slice its own codebook
+    (--quantizer product), of SIZE codes (--slice_codebook_size; the default without it):
+    e.g. MEAN_CA_GE, TRANS_CA_GE_PQ, VQVAE_TRANS_CA_GE_PQ, TRANS_CA_GE_PQ128."""
     specs = [ModelSpec("MusER_TRANS_CA_GE"), ModelSpec("VQVAE_TRANS_CA_GE", ("--reg_weight", "0"))]
     for variant in variants or ():
         parts = variant.upper().split("_")
         prefix = "VQVAE" if parts[0] == "VQVAE" else "MusER"
         parts = parts[1:] if parts[0] in ("VQVAE", "MUSER") else parts
-        product = parts[-1:] == ["PQ"]
+        product = re.fullmatch(r"PQ(\d*)", parts[-1]) if parts else None
         parts = parts[:-1] if product else parts
-        if len(parts) != 3:
-            raise UserError(f"--variants {variant}: expected [VQVAE_]REDUCTION_CONDITIONING_DECODING[_PQ], "
-                            f"e.g. MEAN_CA_GE or VQVAE_TRANS_CA_GE_PQ")
-        name = f"{prefix}_{'_'.join(parts)}" + ("_PQ" if product else "")
+        size = int(product.group(1)) if product and product.group(1) else MusERConfig.slice_codebook_size
+        if len(parts) != 3 or size < 1:
+            raise UserError(f"--variants {variant}: expected [VQVAE_]REDUCTION_CONDITIONING_DECODING[_PQ[SIZE]], "
+                            f"e.g. MEAN_CA_GE, VQVAE_TRANS_CA_GE_PQ or TRANS_CA_GE_PQ128")
+        for kind, part, allowed in zip(("reduction", "conditioning", "decoding"), parts,
+                                       (REDUCTIONS, CONDITIONINGS, DECODINGS)):
+            if part not in allowed:
+                raise UserError(f"--variants {variant}: {kind} must be one of {', '.join(allowed)}, got {part}")
+        name = model_name(*parts, prefix == "MusER", "product" if product else "joint", size)
         flags = ("--reduction", parts[0], "--conditioning", parts[1], "--decoding", parts[2]) \
-            + (("--reg_weight", "0") if prefix == "VQVAE" else ()) + (("--quantizer", "product") if product else ())
+            + (("--reg_weight", "0") if prefix == "VQVAE" else ()) + (("--quantizer", "product") if product else ()) \
+            + (("--slice_codebook_size", str(size)) if product and size != MusERConfig.slice_codebook_size else ())
         if name not in [s.name for s in specs]:
             specs.append(ModelSpec(name, flags))
     return specs

@@ -224,6 +224,18 @@ def test_variants_are_named_as_the_models_name_themselves():
         S.model_specs(["TRANS_PQ"])
 
 
+def test_product_variants_name_their_slice_codebook_size():
+    specs = {s.name: s.flags for s in S.model_specs(["TRANS_CA_GE_PQ128", "VQVAE_TRANS_CA_GE_PQ32", "TRANS_CA_GE_PQ64"])}
+    assert list(specs)[2:] == ["MusER_TRANS_CA_GE_PQ128", "VQVAE_TRANS_CA_GE_PQ32", "MusER_TRANS_CA_GE_PQ"]
+    assert specs["MusER_TRANS_CA_GE_PQ128"][-4:] == ("--quantizer", "product", "--slice_codebook_size", "128")
+    assert specs["VQVAE_TRANS_CA_GE_PQ32"][-6:] == ("--reg_weight", "0", "--quantizer", "product",
+                                                    "--slice_codebook_size", "32")
+    assert specs["MusER_TRANS_CA_GE_PQ"][-2:] == ("--quantizer", "product")     # 64 is the default
+    for bad in ("TRANS_CA_GE_PQ0", "FOO_CA_GE", "TRANS_CA_GE_PQX"):
+        with pytest.raises(UserError, match=f"--variants {bad}"):
+            S.model_specs([bad])
+
+
 def test_optional_stages_run_when_asked():
     from types import SimpleNamespace
 
