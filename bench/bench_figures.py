@@ -10,6 +10,7 @@ Usage: python bench/bench_figures.py [CHECKOUT ...] [--rounds 5] [--figures 4]
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -73,7 +74,8 @@ def main() -> None:
             ratio = statistics.median(values) / statistics.median(seconds[first][kind])
             print(f"| {checkout} | {kind} | {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f}) "
                   f"| {ratio:.2f} |")
-    print(f"load {load()} at the end; {args.rounds} rounds of {args.figures} figures each")
+    print(f"load {load()} at the end; {args.rounds} rounds of {args.figures} figures each; "
+          f'machine="{cpu_model()}, {os.cpu_count()} CPUs, 1 process at a time"')
 
 
 if __name__ == "__main__":
