@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds to run, one after another (each in OUT/seeds/SEED; the report reads all there)")
     p.add_argument("--split_seed", type=int, default=13, help="seed of the held-out song split (fixed per study)")
     p.add_argument("--variants", nargs="*", default=[],
-                   help="further models, [VQVAE_]REDUCTION_CONDITIONING_DECODING[_PQ]: e.g. MEAN_CA_GE, "
-                        "TRANS_CA_GE_PQ (one codebook per slice), VQVAE_TRANS_CA_GE_PQ (the same without L_reg)")
+                   help="further models, [VQVAE_]REDUCTION_CONDITIONING_DECODING[_PQ[SIZE]]: e.g. MEAN_CA_GE, "
+                        "TRANS_CA_GE_PQ (one codebook per slice), VQVAE_TRANS_CA_GE_PQ (the same without L_reg), "
+                        "TRANS_CA_GE_PQ128 (128 codes per slice)")
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help="run only these models' stages (e.g. variants added to seeds that ran before); "
                         "the report still covers every model of the study")

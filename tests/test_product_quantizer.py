@@ -78,7 +78,7 @@ def test_muser_with_product_codebooks_encodes_seven_codes_per_step():
     from tests.test_muser import batch_for, tiny
 
     config = tiny(quantizer="product", slice_codebook_size=8, reg_weight=0.1)
-    assert config.name.endswith("_PQ") and config.code_slots == 7 * 8
+    assert config.name.endswith("_PQ8") and config.code_slots == 7 * 8      # named by its size
     torch.manual_seed(0)
     model = MusER(config)
     batch = batch_for(config)
