@@ -56,6 +56,24 @@ def tiny_run(long_runs):
 
 
 @pytest.fixture(scope="session")
+def ddp_training(long_runs):
+    """MusER.py trained on the sample by two data-parallel processes, beside the tests."""
+    return long_runs.result("ddp")
+
+
+@pytest.fixture(scope="session")
+def emopia_corpus(long_runs):
+    """All of EMOPIA prepared by prepare_data.py (unsynchronised), beside the tests."""
+    return long_runs.result("corpus")
+
+
+@pytest.fixture(scope="session")
+def committed_report(long_runs):
+    """The committed study's report rebuilt by `reproduce.py --report_only`, beside the tests."""
+    return long_runs.result("committed_report")
+
+
+@pytest.fixture(scope="session")
 def gpu_check_cpu(long_runs):
     """bench/gpu_check.sh at tiny sizes on the CPU, run once beside the tests."""
     return long_runs.result("gpu_check")

@@ -1,7 +1,8 @@
 """The suite's long shared runs, all of them subprocesses: the shipped sample encoded, a tiny
 MusER and prior trained by the four commands of the authors' README, a reproduction study
-killed while it trains and then resumed, and two independent checks (bench/gpu_check.sh on
-the CPU, and our metrics against muspy's on all of EMOPIA).
+killed while it trains and then resumed, and independent runs that tests check: two-process
+training, bench/gpu_check.sh on the CPU, our metrics against muspy's and prepare_data.py on
+all of EMOPIA, and the committed study's report rebuilt.
 
 They start in background threads as soon as the session does, so that they run on the
 second core while the in-process tests run on the first: one lane for the study (it takes the
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -121,6 +123,68 @@ def killed_study(runs: LongRuns, out: Path) -> SimpleNamespace:
 
 # ---------------------------------------------------------------- independent checks
 
+# MusER.py as torchrun starts it, except that each rank also saves its own weights and
+# buffers when training ends (only rank 0 writes checkpoints, and what must be shown is
+# that the replicas stayed the same model), and no loss curves are drawn (tested elsewhere).
+EACH_RANK_SAVES = """
+import os, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import MusER
+import run.training
+from run.cli import run_main
+
+run.training._plot_history = lambda *args: None
+
+out, trained = sys.argv[2], MusER.fit
+
+def fit(**kwargs):
+    code = trained(**kwargs)
+    torch.save(kwargs["model"].state_dict(), os.path.join(out, f"rank{os.environ['RANK']}.pt"))
+    return code
+
+MusER.fit = fit
+run_main(MusER.main, sys.argv[3:])
+"""
+
+
+def ddp_run(runs: LongRuns, folder: Path) -> SimpleNamespace:
+    """MusER.py on the sample with two data-parallel CPU processes (tests/test_distributed.py)."""
+    npz = runs.result("sample")
+    driver = folder / "muser_each_rank_saves.py"
+    driver.write_text(EACH_RANK_SAVES)
+    out = folder / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(driver), str(ROOT), str(folder), "--data_path", str(npz), "--preset", "tiny", "--Epoch", "2",
+               "--batch_size", "4", "--model_path", str(out), "--device", "cpu"]
+    result = runs.run(command, cwd=folder, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return SimpleNamespace(result=result, out=out, ranks=[folder / f"rank{r}.pt" for r in (0, 1)])
+
+
+def emopia_corpus(runs: LongRuns, folder: Path) -> SimpleNamespace:
+    """prepare_data.py on all 1,078 EMOPIA clips (../shared; skipped without it), two workers,
+    unsynchronised as the reference is (tests/test_prepare_data.py)."""
+    archive, reference = shared_path("emopia", "midis.zip"), shared_path("reference_cp")
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(folder)
+    result = runs.run([sys.executable, str(ROOT / "prepare_data.py"), "--midi_dir", str(folder / "midis"),
+                       "--out_dir", str(folder / "out"), "--workers", "2", "--sync", "none"], cwd=ROOT, timeout=300)
+    return SimpleNamespace(out=folder / "out", reference=reference, result=result)
+
+
+COMMITTED_STUDY = ROOT / "results" / "emopia_small"
+
+
+def committed_report(runs: LongRuns, folder: Path) -> SimpleNamespace:
+    """`reproduce.py --report_only` on a copy of the committed study (tests/test_reproduce.py)."""
+    if not (COMMITTED_STUDY / "measures" / "study.json").exists():
+        pytest.skip(f"{COMMITTED_STUDY} holds no study measures yet")
+    copy = folder / COMMITTED_STUDY.name
+    shutil.copytree(COMMITTED_STUDY, copy)
+    result = runs.run([sys.executable, "reproduce.py", "--report_only", "--out", str(copy)], cwd=ROOT, timeout=300)
+    return SimpleNamespace(result=result, report=copy / "REPORT.md")
+
+
 # bench/gpu_check.sh on the CPU at tiny sizes (tests/test_gpu_check.py).
 GPU_CHECK_TINY = ["--device", "cpu", "--preset", "tiny", "--epochs", "1", "--max_len", "64", "--per_quadrant", "1",
                   "--train_batch", "2", "--train_steps", "1", "--gen_pieces", "4", "--gen_steps", "16",
@@ -152,14 +216,17 @@ def muspy_agreement(runs: LongRuns, folder: Path) -> dict:
 
 # Fixture name -> (run, runs it needs first, lane); each lane's thread runs its runs in this order,
 # and a run waits for what it needs from the other lane. The study, the longest, has a lane to
-# itself; the other lane runs what the tests need first first (test_gpu_check, test_metrics,
-# then the tiny run of test_pipeline, test_prior_data and test_transfer).
+# itself; the other lane runs the rest in the order the tests (in file order) need them.
 RUNS = {"sample_npz": ("sample", (), "study"), "study": ("study", ("sample",), "study"),
+        "ddp_training": ("ddp", ("sample",), "others"),
         "gpu_check_cpu": ("gpu_check", (), "others"),
         "emopia_muspy_agreement": ("muspy", (), "others"),
-        "tiny_run": ("tiny_run", ("sample",), "others")}
+        "tiny_run": ("tiny_run", ("sample",), "others"),
+        "emopia_corpus": ("corpus", (), "others"),
+        "committed_report": ("committed_report", (), "others")}
 BUILDERS = {"sample": lambda runs, folder: encode_sample(folder), "tiny_run": readme_run, "study": killed_study,
-            "gpu_check": gpu_check_run, "muspy": muspy_agreement}
+            "ddp": ddp_run, "gpu_check": gpu_check_run, "muspy": muspy_agreement, "corpus": emopia_corpus,
+            "committed_report": committed_report}
 LANE = {name: lane for name, _, lane in RUNS.values()}
 
 

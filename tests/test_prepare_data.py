@@ -317,22 +317,10 @@ def test_a_new_clip_is_tracked_once_then_read_from_the_cache(tmp_path, monkeypat
 # ---------------------------------------------------------------------------------------
 # the full EMOPIA corpus against the reference
 # ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def full_corpus(tmp_path_factory):
-    """All 1,078 clips from ../shared prepared once with two workers, unsynchronised (as the reference)."""
-    archive = shared_path("emopia", "midis.zip")
-    reference = shared_path("reference_cp")
-    work = tmp_path_factory.mktemp("emopia")
-    with zipfile.ZipFile(archive) as zf:
-        zf.extractall(work)
-    result = run_prepare("--midi_dir", work / "midis", "--out_dir", work / "out", "--workers", "2", "--sync", "none")
-    assert result.returncode == 0, result.stderr
-    return work / "out", reference, result
-
-
 @pytest.mark.slow
-def test_full_corpus_dictionary_equals_the_reference(full_corpus):
-    out, reference, result = full_corpus
+def test_full_corpus_dictionary_equals_the_reference(emopia_corpus):
+    out, reference, result = emopia_corpus.out, emopia_corpus.reference, emopia_corpus.result
+    assert result.returncode == 0, result.stderr[-2000:]
     assert "wrote 1078 clips" in result.stdout and "Q1 250, Q2 265, Q3 253, Q4 310" in result.stdout
     with open(out / "dictionary.pkl", "rb") as f:
         ours = pickle.load(f)
@@ -345,8 +333,9 @@ def test_full_corpus_dictionary_equals_the_reference(full_corpus):
 
 
 @pytest.mark.slow
-def test_full_corpus_rows_equal_the_reference_subset(full_corpus):
-    out, reference, _ = full_corpus
+def test_full_corpus_rows_equal_the_reference_subset(emopia_corpus):
+    out, reference = emopia_corpus.out, emopia_corpus.reference
+    assert emopia_corpus.result.returncode == 0, emopia_corpus.result.stderr[-2000:]
     with np.load(out / "emopia_data.npz") as ours, np.load(reference / "reference_subset.npz") as ref:
         rows = {name: i for i, name in enumerate(ours["names"])}
         for i, name in enumerate(ref["names"]):

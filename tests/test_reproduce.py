@@ -18,14 +18,13 @@ from run.study import committed_files
 from run.study_plan import Context, transpose_work
 from run.study_report import StudyFiles, transpose_sections
 from tests.conftest import ROOT
-from tests.long_runs import STUDY, STUDY_EPOCHS
+from tests.long_runs import COMMITTED_STUDY, STUDY, STUDY_EPOCHS
 
 pytestmark = pytest.mark.slow    # each test starts reproduce.py; the study fixture runs a whole study
 
 MODELS = ("MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE")
 MODEL_STAGES = ("train", "codes", "silhouettes", "prior", "generate", "generation", "latent", "interventions",
                 "decoded")
-COMMITTED_STUDY = ROOT / "results" / "emopia_small"
 
 
 def run_study(npz, out, *extra, check=True):
@@ -258,13 +257,11 @@ def test_product_models_are_judged_by_their_own_rules(study, tmp_path):
     assert verdicts["pq_dci_disentanglement_over_twice_joint"][2] != "n/a"
 
 
-def test_the_committed_study_report_regenerates_identically(tmp_path):
-    if not (COMMITTED_STUDY / "measures" / "study.json").exists():
-        pytest.skip(f"{COMMITTED_STUDY} holds no study measures yet")
-    copy = tmp_path / COMMITTED_STUDY.name
-    shutil.copytree(COMMITTED_STUDY, copy)
-    assert report_only(copy) == (COMMITTED_STUDY / "REPORT.md").read_text()
-    assert filecmp.cmp(copy / "REPORT.md", COMMITTED_STUDY / "REPORT.md", shallow=False)
+def test_the_committed_study_report_regenerates_identically(committed_report):
+    """`reproduce.py --report_only` on a copy of results/emopia_small (tests/long_runs.py)."""
+    assert committed_report.result.returncode == 0, committed_report.result.stderr[-2000:]
+    assert committed_report.report.read_text() == (COMMITTED_STUDY / "REPORT.md").read_text()
+    assert filecmp.cmp(committed_report.report, COMMITTED_STUDY / "REPORT.md", shallow=False)
 
 
 def test_bad_input_is_one_line(tmp_path):
