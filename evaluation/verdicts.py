@@ -107,16 +107,25 @@ SLICE_SIZE_SEED, SLICE_SIZES = 13, (32, 64, 128)
 SLICE_SIZE_ACCURACY_TOLERANCE, SLICE_SIZE_DCI_TOLERANCE = 0.01, 0.02
 
 
-def choose_slice_codebook_size(readings: dict) -> int | None:
-    """The size the rule chooses from readings {size: (validation accuracy, DCI disentanglement)}
-    on SLICE_SIZE_SEED, or None while a size of SLICE_SIZES has no finite readings."""
+def slice_sizes_within(readings: dict) -> list[int] | None:
+    """The sizes within both tolerances of the best size's readings, from readings {size:
+    (validation accuracy, DCI disentanglement)} on SLICE_SIZE_SEED; None while a size of
+    SLICE_SIZES has no finite readings. Empty when no size is within both."""
     if not all(size in readings and all(map(math.isfinite, readings[size])) for size in SLICE_SIZES):
         return None
     best_accuracy = max(readings[size][0] for size in SLICE_SIZES)
     best_dci = max(readings[size][1] for size in SLICE_SIZES)
-    return min(size for size in SLICE_SIZES
-               if readings[size][0] >= best_accuracy - SLICE_SIZE_ACCURACY_TOLERANCE
-               and readings[size][1] >= best_dci - SLICE_SIZE_DCI_TOLERANCE)
+    return [size for size in SLICE_SIZES
+            if readings[size][0] >= best_accuracy - SLICE_SIZE_ACCURACY_TOLERANCE
+            and readings[size][1] >= best_dci - SLICE_SIZE_DCI_TOLERANCE]
+
+
+def choose_slice_codebook_size(readings: dict) -> int | None:
+    """The size the rule chooses: the smallest of slice_sizes_within; None while readings are
+    missing, or when the most accurate sizes and the most disentangled ones are too far
+    apart for any size to be within both tolerances (then the rule chooses none)."""
+    within = slice_sizes_within(readings)
+    return min(within) if within else None
 
 
 # Beyond the paper: classifier-free guidance of MusER's prior (generate.py --guidance S),

@@ -25,7 +25,7 @@ from evaluation.probe import diagonal_share
 from evaluation.verdicts import GUIDANCE_CLAIM, GUIDANCE_KEPT_METRICS, GUIDANCE_TARGETS, PRODUCT_BASELINE, \
     PRODUCT_MODEL, PRODUCT_RULES, SLICE_SIZE_ACCURACY_TOLERANCE, SLICE_SIZE_DCI_TOLERANCE, SLICE_SIZE_SEED, \
     SLICE_SIZES, STUDY_RULES, TRANSPOSE_KEPT_METRICS, TRANSPOSE_RULE, TRANSPOSE_SCALE, choose_slice_codebook_size, \
-    judge, judge_guidance, judge_guidance_scale, judge_transpose
+    judge, judge_guidance, judge_guidance_scale, judge_transpose, slice_sizes_within
 from music.atomic import atomic_write
 from music.elements import ELEMENTS, HIGH_AROUSAL, N_ELEMENTS, POSITIVE_VALENCE, QUADRANT_PAIRS, QUADRANTS
 from run.study import read_json
@@ -312,7 +312,8 @@ def slice_size_lines(files: StudyFiles) -> list[str]:
     readings = slice_size_readings(files)
     if not readings:
         return []
-    chosen = choose_slice_codebook_size({size: (r["accuracy"], r["dci"]) for size, r in readings.items()})
+    pairs = {size: (r["accuracy"], r["dci"]) for size, r in readings.items()}
+    chosen = choose_slice_codebook_size(pairs)
     missing = [str(size) for size in SLICE_SIZES if size not in readings]
     rows = [(size, r["model"], _f(r["accuracy"], 3), _f(r["dci"]), _f(r["codes"], 0), _f(r["perplexity"], 0))
             for size, r in sorted(readings.items())]
@@ -320,8 +321,13 @@ def slice_size_lines(files: StudyFiles) -> list[str]:
             f"codes per slice whose validation reconstruction accuracy is within "
             f"{SLICE_SIZE_ACCURACY_TOLERANCE * 100:g} point of the best size's and whose DCI disentanglement "
             f"is within {SLICE_SIZE_DCI_TOLERANCE:g} of the best size's.")
-    verdict = (f"Chosen: **{chosen}** codes per slice." if chosen is not None else
-               f"No size chosen yet: {', '.join(missing) or 'a size'} without readings on seed {SLICE_SIZE_SEED}.")
+    if chosen is not None:
+        verdict = f"Chosen: **{chosen}** codes per slice."
+    elif slice_sizes_within(pairs) == []:
+        verdict = ("Chosen: **none**: no size is within both tolerances (the most accurate sizes are not "
+                   "the most disentangled ones).")
+    else:
+        verdict = f"No size chosen yet: {', '.join(missing) or 'a size'} without readings on seed {SLICE_SIZE_SEED}."
     return [f"Codes per slice, product MusER on seed {SLICE_SIZE_SEED} (validation accuracy at the last epoch; "
             "DCI and codes on the held-out songs; codes counted as (slice, code) pairs):", ""] \
         + _table(("codes per slice", "model", "validation accuracy", "DCI disentanglement", "codes used",

@@ -399,3 +399,17 @@ def test_the_report_applies_the_slice_size_rule_to_seed_13(tmp_path):
     assert "Chosen: **64** codes per slice." in text            # 32 is 1.4 points behind 128
     (measures / "latent_MusER_TRANS_CA_GE_PQ128.json").unlink()
     assert "No size chosen yet: 128 without readings on seed 13." in "\n".join(R.slice_size_lines(files))
+
+
+def test_the_slice_size_table_says_when_no_size_meets_both_tolerances(tmp_path):
+    measures = tmp_path / "seeds" / "13" / "measures"
+    measures.mkdir(parents=True)
+    readings = {"MusER_TRANS_CA_GE_PQ32": (32, 0.88, 0.50), "MusER_TRANS_CA_GE_PQ": (64, 0.92, 0.45),
+                "MusER_TRANS_CA_GE_PQ128": (128, 0.95, 0.40)}
+    for model, (size, accuracy, dci) in readings.items():
+        S.write_json(measures / f"latent_{model}.json", {
+            "config": {"quantizer": "product", "slice_codebook_size": size, "reg_weight": 0.1},
+            "dci": {"disentanglement": dci}, "codebook": {"used_by_held_out": 1, "perplexity_held_out": 1.0}})
+        S.write_json(measures / f"training_{model}.json", {"history": [{"split": "val", "epoch": 1, "acc_mean": accuracy}]})
+    text = "\n".join(R.slice_size_lines(R.StudyFiles(tmp_path, {}, {}, {}, [13], list(readings))))
+    assert "Chosen: **none**: no size is within both tolerances" in text

@@ -5,7 +5,7 @@ import pytest
 
 from evaluation.verdicts import INCONCLUSIVE, NOT_SHOWN, SHOWN, SLICE_SIZES, STUDY_RULES, TRANSPOSE_KEPT_METRICS, \
     TRANSPOSE_RULE, TRANSPOSE_SCALE, Rule, choose_slice_codebook_size, judge, judge_guidance, judge_guidance_scale, \
-    judge_interval, judge_transpose
+    judge_interval, judge_transpose, slice_sizes_within
 
 
 @pytest.mark.parametrize("low, high, threshold, verdict", [
@@ -76,15 +76,17 @@ def test_the_remedy_needs_more_valence_than_guidance_and_no_metric_further(valen
     assert TRANSPOSE_SCALE == 2.0 and TRANSPOSE_KEPT_METRICS == ("pitch_classes", "polyphony")
 
 
-@pytest.mark.parametrize("readings, chosen", [
+@pytest.mark.parametrize("readings, within, chosen", [
     # the smallest size within 1 point of the best accuracy and 0.02 of the best DCI
-    ({32: (0.905, 0.44), 64: (0.912, 0.45), 128: (0.914, 0.46)}, 32),
-    ({32: (0.900, 0.44), 64: (0.912, 0.45), 128: (0.914, 0.46)}, 64),       # 32 is 1.4 points behind
-    ({32: (0.914, 0.40), 64: (0.912, 0.43), 128: (0.910, 0.46)}, 128),      # DCI decides
-    ({32: (0.95, 0.30), 64: (0.92, 0.50), 128: (0.96, 0.49)}, 128),         # neither 32 nor 64 is within both
-    ({32: (0.90, 0.45), 64: (0.91, 0.45)}, None),                           # 128 has not run
-    ({32: (0.90, 0.45), 64: (0.91, 0.45), 128: (math.nan, 0.45)}, None),
+    ({32: (0.905, 0.44), 64: (0.912, 0.45), 128: (0.914, 0.46)}, [32, 64, 128], 32),
+    ({32: (0.900, 0.44), 64: (0.912, 0.45), 128: (0.914, 0.46)}, [64, 128], 64),   # 32 is 1.4 points behind
+    ({32: (0.914, 0.40), 64: (0.912, 0.43), 128: (0.910, 0.46)}, [128], 128),       # DCI decides
+    ({32: (0.95, 0.30), 64: (0.92, 0.50), 128: (0.96, 0.49)}, [128], 128),
+    ({32: (0.88, 0.50), 64: (0.92, 0.45), 128: (0.95, 0.40)}, [], None),           # no size is within both
+    ({32: (0.90, 0.45), 64: (0.91, 0.45)}, None, None),                            # 128 has not run
+    ({32: (0.90, 0.45), 64: (0.91, 0.45), 128: (math.nan, 0.45)}, None, None),
 ])
-def test_the_slice_codebook_size_rule(readings, chosen):
+def test_the_slice_codebook_size_rule(readings, within, chosen):
     assert SLICE_SIZES == (32, 64, 128)
+    assert slice_sizes_within(readings) == within
     assert choose_slice_codebook_size(readings) == chosen
