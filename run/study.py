@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.config import CONDITIONINGS, DECODINGS, REDUCTIONS, MusERConfig, model_name
+from models.config import CONDITIONINGS, DECODINGS, REDUCTIONS, UNSIZED_PQ_CODES, model_name
 from music.atomic import atomic_write
 from music.elements import QUADRANTS, song_of_name
 from music.errors import UserError
@@ -82,8 +82,8 @@ def model_specs(variants) -> list[ModelSpec]:
     """MusER_TRANS_CA_GE and the plain VQ-VAE baseline, then the requested variants, named as
     models/config.py names models: [VQVAE_]REDUCTION_CONDITIONING_DECODING[_PQ[SIZE]], where
     VQVAE_ drops the regulariser (--reg_weight 0) and _PQ gives each slice its own codebook
-    (--quantizer product), of SIZE codes (--slice_codebook_size; the default without it):
-    e.g. MEAN_CA_GE, TRANS_CA_GE_PQ, VQVAE_TRANS_CA_GE_PQ, TRANS_CA_GE_PQ128."""
+    (--quantizer product), of SIZE codes (--slice_codebook_size; models.config.UNSIZED_PQ_CODES
+    without it): e.g. MEAN_CA_GE, TRANS_CA_GE_PQ, VQVAE_TRANS_CA_GE_PQ, TRANS_CA_GE_PQ128."""
     specs = [ModelSpec("MusER_TRANS_CA_GE"), ModelSpec("VQVAE_TRANS_CA_GE", ("--reg_weight", "0"))]
     for variant in variants or ():
         parts = variant.upper().split("_")
@@ -91,7 +91,7 @@ def model_specs(variants) -> list[ModelSpec]:
         parts = parts[1:] if parts[0] in ("VQVAE", "MUSER") else parts
         product = re.fullmatch(r"PQ(\d*)", parts[-1]) if parts else None
         parts = parts[:-1] if product else parts
-        size = int(product.group(1)) if product and product.group(1) else MusERConfig.slice_codebook_size
+        size = int(product.group(1)) if product and product.group(1) else UNSIZED_PQ_CODES
         if len(parts) != 3 or size < 1:
             raise UserError(f"--variants {variant}: expected [VQVAE_]REDUCTION_CONDITIONING_DECODING[_PQ[SIZE]], "
                             f"e.g. MEAN_CA_GE, VQVAE_TRANS_CA_GE_PQ or TRANS_CA_GE_PQ128")
@@ -102,7 +102,7 @@ def model_specs(variants) -> list[ModelSpec]:
         name = model_name(*parts, prefix == "MusER", "product" if product else "joint", size)
         flags = ("--reduction", parts[0], "--conditioning", parts[1], "--decoding", parts[2]) \
             + (("--reg_weight", "0") if prefix == "VQVAE" else ()) + (("--quantizer", "product") if product else ()) \
-            + (("--slice_codebook_size", str(size)) if product and size != MusERConfig.slice_codebook_size else ())
+            + (("--slice_codebook_size", str(size)) if product else ())
         if name not in [s.name for s in specs]:
             specs.append(ModelSpec(name, flags))
     return specs

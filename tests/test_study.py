@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
+from models.config import MusERConfig, model_name
 from music.elements import N_ELEMENTS, song_of_name
 from music.errors import UserError
 from run import study as S
@@ -217,9 +218,9 @@ def test_variants_are_named_as_the_models_name_themselves():
                                                       "VQVAE_TRANS_CA_GE"])}
     assert list(specs) == ["MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE", "MusER_MEAN_CA_GE", "MusER_TRANS_CA_GE_PQ",
                            "VQVAE_TRANS_CA_GE_PQ"]
-    assert specs["MusER_TRANS_CA_GE_PQ"][-2:] == ("--quantizer", "product")
+    assert specs["MusER_TRANS_CA_GE_PQ"][-4:-2] == ("--quantizer", "product")
     assert "--reg_weight" not in specs["MusER_TRANS_CA_GE_PQ"]
-    assert specs["VQVAE_TRANS_CA_GE_PQ"][-4:] == ("--reg_weight", "0", "--quantizer", "product")
+    assert specs["VQVAE_TRANS_CA_GE_PQ"][-6:-2] == ("--reg_weight", "0", "--quantizer", "product")
     with pytest.raises(UserError, match="REDUCTION_CONDITIONING_DECODING"):
         S.model_specs(["TRANS_PQ"])
 
@@ -230,7 +231,11 @@ def test_product_variants_name_their_slice_codebook_size():
     assert specs["MusER_TRANS_CA_GE_PQ128"][-4:] == ("--quantizer", "product", "--slice_codebook_size", "128")
     assert specs["VQVAE_TRANS_CA_GE_PQ32"][-6:] == ("--reg_weight", "0", "--quantizer", "product",
                                                     "--slice_codebook_size", "32")
-    assert specs["MusER_TRANS_CA_GE_PQ"][-2:] == ("--quantizer", "product")     # 64 is the default
+    assert specs["MusER_TRANS_CA_GE_PQ"][-4:] == ("--quantizer", "product", "--slice_codebook_size", "64")
+    # A bare _PQ keeps meaning the first product models' 64 codes per slice; the default is 128.
+    assert S.model_specs(["TRANS_CA_GE_PQ"])[2] == S.ModelSpec("MusER_TRANS_CA_GE_PQ", specs["MusER_TRANS_CA_GE_PQ"])
+    assert MusERConfig.slice_codebook_size == 128
+    assert model_name("TRANS", "CA", "GE", quantizer="product") == "MusER_TRANS_CA_GE_PQ128"
     for bad in ("TRANS_CA_GE_PQ0", "FOO_CA_GE", "TRANS_CA_GE_PQX"):
         with pytest.raises(UserError, match=f"--variants {bad}"):
             S.model_specs([bad])
