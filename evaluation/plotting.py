@@ -45,8 +45,8 @@ def _save(fig, path) -> Path:
 # ------------------------------------------------------------------------ piano roll
 
 def _note_rectangles(pitches, starts, durations, colors, height=0.8) -> PolyCollection:
-    """One rectangle per note, drawn as one collection (a bar per note is an artist each and
-    draws about twice as slowly on a long piece)."""
+    """One rectangle per note, drawn as one collection: a bar artist per note draws much more
+    slowly (bench/bench_figures.py)."""
     x0, x1 = starts, starts + durations
     y0, y1 = pitches - height / 2, pitches + height / 2
     corners = np.stack([np.stack(xy, axis=1) for xy in ((x0, y0), (x0, y1), (x1, y1), (x1, y0))], axis=1)
@@ -238,7 +238,7 @@ def plot_tsne_pairs(points, labels, title: str, path, pairs=TSNE_PAIRS) -> Path:
         ax.set_title(f"Q{a} vs Q{b}")
         ax.set_xlabel("t-SNE 1")
         ax.set_ylabel("t-SNE 2")
-        ax.set_xticks([])       # t-SNE coordinates have no unit; unticked, a figure draws 2x faster
+        ax.set_xticks([])       # t-SNE coordinates have no unit (and ticks are slow to lay out)
         ax.set_yticks([])
         ax.legend(fontsize=8)
     fig.suptitle(title)
