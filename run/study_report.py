@@ -1074,9 +1074,12 @@ def verdict_lines(files: StudyFiles) -> list[str]:
              "minus the baseline.", ""]
     if PRODUCT_MODEL in files.models:
         product_seeds = [s for s in files.seeds_with("latent", PRODUCT_MODEL) if s in files.seeds_with("latent", MUSER)]
-        lines += [f"The rules of one codebook per slice read the seeds where the product models have run: "
-                        f"{len(product_seeds)} seed(s), {', '.join(map(str, product_seeds)) or 'none'}; with one "
-                        "seed, the claims whose interval is over seeds (DCI, reconstruction) have none.", ""]
+        config = (files.per_seed("latent", PRODUCT_MODEL) or [{}])[0].get("config", {})
+        size_text = f", {config['slice_codebook_size']} codes per slice" if config.get("quantizer") == "product" else ""
+        lines += [f"The rules of one codebook per slice judge {PRODUCT_MODEL} and {PRODUCT_BASELINE}{size_text}, "
+                  f"on the seeds where they have run: "
+                  f"{len(product_seeds)} seed(s), {', '.join(map(str, product_seeds)) or 'none'}; with one "
+                  "seed, the claims whose interval is over seeds (DCI, reconstruction) have none.", ""]
     rows = []
     for rule in STUDY_RULES + (PRODUCT_RULES if PRODUCT_MODEL in files.models else ()):
         value = intervals.get(rule.measure)

@@ -249,7 +249,7 @@ def test_product_models_are_judged_by_their_own_rules(study, tmp_path):
     recorded = json.loads(study_json.read_text())
     study_json.write_text(json.dumps({**recorded, "models": [*recorded["models"], PRODUCT_MODEL, PRODUCT_BASELINE]}))
     text = report_only(copy)
-    assert "the product models have run: 1 seed(s), 13;" in text
+    assert "on the seeds where they have run: 1 seed(s), 13;" in text
     verdicts = {row[1].split("`")[1]: row for row in table_after(text, "## Verdicts")}
     assert len(verdicts) == 9 + len(PRODUCT_RULES)
     assert verdicts["pq_gap_difference"][2] == verdicts["ordering_gap_difference"][2]
