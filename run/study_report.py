@@ -1074,7 +1074,7 @@ def verdict_lines(files: StudyFiles) -> list[str]:
              "minus the baseline.", ""]
     if PRODUCT_MODEL in files.models:
         product_seeds = [s for s in files.seeds_with("latent", PRODUCT_MODEL) if s in files.seeds_with("latent", MUSER)]
-        config = (files.per_seed("latent", PRODUCT_MODEL) or [{}])[0].get("config", {})
+        config = files.measure(product_seeds[0], "latent", PRODUCT_MODEL)["config"] if product_seeds else {}
         size_text = f", {config['slice_codebook_size']} codes per slice" if config.get("quantizer") == "product" else ""
         lines += [f"The rules of one codebook per slice judge {PRODUCT_MODEL} and {PRODUCT_BASELINE}{size_text}, "
                   f"on the seeds where they have run: "

@@ -6,8 +6,9 @@ all of EMOPIA, and the committed study's report rebuilt.
 
 They start in background threads as soon as the session does, so that they run on the
 second core while the in-process tests run on the first: one lane for the study (it takes the
-longest, and the tests that read it come late), one for the others. Each fixture waits for its run. Only the runs that
-the selected tests need are started, and the session's end stops any that are still going.
+longest, and the tests that read it come late), one for the others. Each fixture waits for its
+run. Only the runs that the selected tests need are started, and the session's end stops any
+that are still going.
 """
 from __future__ import annotations
 
