@@ -209,7 +209,8 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[str]:
+@lru_cache(maxsize=None)          # a study asks for each module's imports once per stage
+def _imports(path: Path) -> frozenset[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -217,7 +218,7 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{a.name}" for a in node.names)   # from run import study
-    return names
+    return frozenset(names)
 
 
 @lru_cache(maxsize=None)

@@ -31,6 +31,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import ROOT, shared_path
+from tests import warm_python
 from tests.sample_cp import encode_sample
 
 # ---------------------------------------------------------------- the README's commands
@@ -229,6 +230,9 @@ BUILDERS = {"sample": lambda runs, folder: encode_sample(folder), "tiny_run": re
             "ddp": ddp_run, "gpu_check": gpu_check_run, "muspy": muspy_agreement, "corpus": emopia_corpus,
             "committed_report": committed_report}
 LANE = {name: lane for name, _, lane in RUNS.values()}
+# The runs yield the cores to the tests, whose thread is the session's longest chain; the study
+# yields less than the others, since the last tests wait for it.
+NICENESS = {"long runs: study": 5, "long runs: others": 10}
 
 
 class LongRuns:
@@ -285,8 +289,10 @@ class LongRuns:
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the test session has ended")
-            proc = subprocess.Popen(command, start_new_session=True, **kwargs)
+            proc = warm_python.Popen(command, start_new_session=True, **kwargs)
             self._procs.add(proc)
+        with contextlib.suppress(ProcessLookupError):      # set before it starts processes of its own
+            os.setpriority(os.PRIO_PROCESS, proc.pid, NICENESS.get(threading.current_thread().name, 0))
         return proc
 
     def kill(self, proc: subprocess.Popen) -> None:
@@ -323,6 +329,7 @@ class LongRuns:
 def long_runs(request, tmp_path_factory):
     """Starts the runs that the session's selected tests need, before the first test."""
     names = set().union(*(getattr(item, "fixturenames", ()) for item in request.session.items))
+    warm_python.launcher()            # imports torch beside the first runs, ready for the tests' scripts
     runs = LongRuns(tmp_path_factory, names)
     request.config.stash[LONG_RUNS] = runs
     yield runs

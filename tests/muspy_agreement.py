@@ -41,7 +41,8 @@ def muspy_song(music) -> dict:
 
 
 def ours_song(notes) -> dict:
-    return {m: M.song_metrics(notes)[m] for m in M.SONG_METRICS}
+    metrics = M.song_metrics(notes)
+    return {m: metrics[m] for m in M.SONG_METRICS}
 
 
 def same(a: dict, b: dict) -> bool:

@@ -1,13 +1,13 @@
 """The shipped sample clips encoded as CP data (the session's fixture sample_npz, read-only:
 copy it to change it)."""
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from tests.conftest import ROOT, SAMPLE_MIDI_DIR
+from tests import warm_python
 
 
 def encode_sample(out_dir):
@@ -15,7 +15,7 @@ def encode_sample(out_dir):
     Named as the README's layout: emopia_data.npz, dictionary.pkl, emopia_idx.npz."""
     if not SAMPLE_MIDI_DIR.is_dir():
         pytest.skip(f"{SAMPLE_MIDI_DIR} is absent")
-    subprocess.run([sys.executable, "prepare_data.py", "--midi_dir", str(SAMPLE_MIDI_DIR),
+    warm_python.run([sys.executable, "prepare_data.py", "--midi_dir", str(SAMPLE_MIDI_DIR),
                     "--out_dir", str(out_dir), "--name", "emopia", "--workers", "1"],
                    cwd=ROOT, check=True, capture_output=True, timeout=300)
     return out_dir / "emopia_data.npz"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import random
 import re
-import subprocess
 import sys
 from functools import lru_cache
 
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from miditoolkit.midi.containers import Instrument, Note, TempoChange
 
 from tests.conftest import ROOT, SAMPLE_MIDI_DIR
+from tests import warm_python
 from music import cp
 from music.elements import token_number
 from tests.test_cp import collect_values
@@ -187,7 +187,7 @@ def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
 
 
 def run_prepare(*args):
-    return subprocess.run([sys.executable, str(ROOT / "prepare_data.py"), *map(str, args)],
+    return warm_python.run([sys.executable, str(ROOT / "prepare_data.py"), *map(str, args)],
                           capture_output=True, text=True, timeout=300)
 
 

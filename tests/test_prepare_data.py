@@ -1,7 +1,6 @@
 """prepare_data.py as a user runs it: outputs, bad clips, exit codes, the full EMOPIA corpus."""
 import pickle
 import shutil
-import subprocess
 import sys
 import zipfile
 
@@ -11,6 +10,7 @@ import pytest
 from miditoolkit.midi.containers import Instrument, Note
 
 from tests.conftest import ROOT, SAMPLE_MIDI_DIR, shared_path
+from tests import warm_python
 from tests.rubato import midi_bytes, rubato_beats, rubato_piece
 from tests.test_beats import no_madmom
 from music import cp
@@ -22,7 +22,7 @@ KEYS = {"x", "y", "mask", "seq_len", "num_groups", "names"}
 
 
 def run_prepare(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "prepare_data.py"), *map(str, args)],
+    return warm_python.run([sys.executable, str(ROOT / "prepare_data.py"), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=300)
 
 

@@ -1,6 +1,5 @@
 """The shipped pretrained models load like any checkpoint and generate in seconds."""
 import pickle
-import subprocess
 import sys
 
 import miditoolkit
@@ -9,6 +8,7 @@ import torch
 from music.cp import words_to_midi
 from run.checkpoint import build_muser, build_prior, load_checkpoint
 from tests.conftest import ROOT
+from tests import warm_python
 
 PRETRAINED = ROOT / "pretrained"
 
@@ -31,7 +31,7 @@ def midi_notes(path):
 
 
 def test_generate_from_pretrained(tmp_path):
-    result = subprocess.run([sys.executable, "generate.py", "--VQ_prior", str(PRETRAINED / "prior.pt"),
+    result = warm_python.run([sys.executable, "generate.py", "--VQ_prior", str(PRETRAINED / "prior.pt"),
                              "--VQ_VAE", str(PRETRAINED / "muser.pt"), "--music_file", "p",
                              "--out_root", str(tmp_path), "--n_per_emotion", "1", "--max_steps", "48",
                              "--audio", "False", "--piano_rolls", "False"],

@@ -30,6 +30,7 @@ import prepare_data
 import Prior_train
 import VQ_explore
 from tests.conftest import ROOT, SAMPLE_MIDI_DIR
+from tests import warm_python
 from music import cp
 from run.checkpoint import load_checkpoint
 from run.cli import run_main
@@ -71,7 +72,7 @@ def start(tmp_path: Path, name: str, script: str, argv, cwd: Path = ROOT) -> sub
     """Start `python SCRIPT ARGV` with stdout/stderr in files (a full pipe would block the child)."""
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        return subprocess.Popen([sys.executable, *([str(ROOT / script)] if script else []), *map(str, argv)],
+        return warm_python.Popen([sys.executable, *([str(ROOT / script)] if script else []), *map(str, argv)],
                                 cwd=cwd, stdout=stdout, stderr=stderr)
 
 
@@ -699,7 +700,7 @@ def test_pathological_midi_files_are_skipped_with_a_reason_or_encoded(tmp_path):
     far.instruments = [piano]
     far.dump(str(clips / "Q1_far_apart.mid"))
 
-    result = subprocess.run([sys.executable, str(ROOT / "prepare_data.py"), "--midi_dir", str(clips),
+    result = warm_python.run([sys.executable, str(ROOT / "prepare_data.py"), "--midi_dir", str(clips),
                              "--out_dir", str(tmp_path / "out"), "--workers", "1", "--sync", "none"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr

@@ -6,7 +6,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -18,6 +17,7 @@ from run.study import committed_files
 from run.study_plan import Context, transpose_work
 from run.study_report import StudyFiles, transpose_sections
 from tests.conftest import ROOT
+from tests import warm_python
 from tests.long_runs import COMMITTED_STUDY, STUDY, STUDY_EPOCHS
 
 pytestmark = pytest.mark.slow    # each test starts reproduce.py; the study fixture runs a whole study
@@ -28,7 +28,7 @@ MODEL_STAGES = ("train", "codes", "silhouettes", "prior", "generate", "generatio
 
 
 def run_study(npz, out, *extra, check=True):
-    result = subprocess.run([sys.executable, "reproduce.py", *STUDY, "--data_path", str(npz),
+    result = warm_python.run([sys.executable, "reproduce.py", *STUDY, "--data_path", str(npz),
                              "--out", str(out), *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -36,7 +36,7 @@ def run_study(npz, out, *extra, check=True):
 
 
 def report_only(out):
-    result = subprocess.run([sys.executable, "reproduce.py", "--report_only", "--out", str(out)], cwd=ROOT,
+    result = warm_python.run([sys.executable, "reproduce.py", "--report_only", "--out", str(out)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return (out / "REPORT.md").read_text()
@@ -265,12 +265,12 @@ def test_the_committed_study_report_regenerates_identically(committed_report):
 
 
 def test_bad_input_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "reproduce.py", "--preset", "tiny", "--data_path",
+    result = warm_python.run([sys.executable, "reproduce.py", "--preset", "tiny", "--data_path",
                              str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o")],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "missing.npz" in result.stderr
-    result = subprocess.run([sys.executable, "reproduce.py", "--report_only", "--out", str(tmp_path / "none")],
+    result = warm_python.run([sys.executable, "reproduce.py", "--report_only", "--out", str(tmp_path / "none")],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "study.json" in result.stderr
 
@@ -294,7 +294,7 @@ def test_export_pretrained_is_small_and_generates(study, tmp_path):
             assert torch.equal(small["model"][name], tensor.half())
     assert sum(p.stat().st_size for p in written) < 0.7 * sum(
         (models / m / "best.pt").stat().st_size for m in ("MusER_TRANS_CA_GE", "Prior_MusER_TRANS_CA_GE"))
-    result = subprocess.run([sys.executable, "generate.py", "--VQ_prior", str(written[1]), "--VQ_VAE", str(written[0]),
+    result = warm_python.run([sys.executable, "generate.py", "--VQ_prior", str(written[1]), "--VQ_VAE", str(written[0]),
                              "--music_file", "p", "--out_root", str(tmp_path / "gen"), "--n_per_emotion", "1",
                              "--audio", "False"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-1500:]
