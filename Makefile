@@ -17,6 +17,9 @@ export OMP_NUM_THREADS ?= 1
 # short spin, so that a waiting thread soon yields a core that another process needs
 # (run/threads.py; scripts launched directly take it from the environment too).
 export GOMP_SPINCOUNT ?= 30000
+# The tests start many Python processes: bytecode caches let each one skip compiling the
+# project again, so an environment that turns them off (PYTHONDONTWRITEBYTECODE) stops here.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test venv clean-demo reproduce
 

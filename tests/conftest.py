@@ -34,7 +34,11 @@ def reference_cp() -> Path:
 
 
 # The long shared runs start in the background as the session begins (tests/long_runs.py).
-from tests.long_runs import LONG_RUNS, long_runs, summary_line  # noqa: E402,F401
+from tests.long_runs import LONG_RUNS, long_runs, summary_line, tests_in_order_of_readiness  # noqa: E402,F401
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items[:] = tests_in_order_of_readiness(items)
 
 
 def pytest_terminal_summary(terminalreporter, config):

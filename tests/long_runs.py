@@ -1,14 +1,15 @@
 """The suite's long shared runs, all of them subprocesses: the shipped sample encoded, a tiny
 MusER and prior trained by the four commands of the authors' README, a reproduction study
-killed while it trains and then resumed, and independent runs that tests check: two-process
-training, bench/gpu_check.sh on the CPU, our metrics against muspy's and prepare_data.py on
-all of EMOPIA, and the committed study's report rebuilt.
+killed while it trains, then resumed, then run again as a user would, and independent runs
+that tests check: two-process training, bench/gpu_check.sh on the CPU, our metrics against
+muspy's and prepare_data.py on all of EMOPIA, and the committed study's report rebuilt.
 
 They start in background threads as soon as the session does, so that they run on the
-second core while the in-process tests run on the first: one lane for the study (it takes the
-longest, and the tests that read it come late), one for the others. Each fixture waits for its
-run. Only the runs that the selected tests need are started, and the session's end stops any
-that are still going.
+second core while the tests run on the first: one lane for the study (it takes the longest,
+and the tests that read it come late), one for the others. Their processes run at a lower
+priority than the tests' (NICENESS): the tests' thread is the session's longest chain. Each
+fixture waits for its run. Only the runs that the selected tests need are started, and the
+session's end stops any that are still going.
 """
 from __future__ import annotations
 
@@ -120,7 +121,40 @@ def killed_study(runs: LongRuns, out: Path) -> SimpleNamespace:
                                  output=killed_log.read_text())
     resumed = runs.run(command, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    return SimpleNamespace(npz=npz, out=out, resumed=resumed, after_kill=after_kill)
+    # What the tests read of the study as it first finished; the reruns below change `out`.
+    finished = shutil.copytree(out, out.parent / f"{out.name}_finished", symlinks=True)
+    return SimpleNamespace(npz=npz, out=out, finished=finished, resumed=resumed, after_kill=after_kill)
+
+
+def study_reruns(runs: LongRuns, folder: Path) -> SimpleNamespace:
+    """reproduce.py again on the finished study, as tests/test_reproduce.py checks it: a second
+    run with nothing to do; one stage of one model asked for, its measure gone; a misspelled
+    stage; a changed input (--pairs 1); and the transposition stage (--only transpose) on a copy,
+    so that the study's own report stays without it."""
+    study = runs.result("study")
+    out, seed = study.out, study.out / "seeds" / "13"
+
+    def again(*extra, out=out):
+        return runs.run([sys.executable, "reproduce.py", *STUDY, "--data_path", str(study.npz), "--out", str(out),
+                         *extra], cwd=ROOT)
+
+    def markers():
+        return {p: p.stat().st_mtime_ns for p in [*(out / "stages").glob("*.json"), *(seed / "stages").glob("*.json")]}
+
+    before = markers()
+    second = again("--jobs", "1")            # the stages in process (the next run: in workers)
+    second_markers = (before, markers())
+    measure = seed / "measures" / "generation_MusER_TRANS_CA_GE.json"
+    measure.unlink()                         # a finished stage whose output is gone
+    only = again("--only", "generation", "--models", "MusER_TRANS_CA_GE")
+    only_wrote = measure.exists() and (seed / "stages" / "generation_MusER_TRANS_CA_GE.json").exists()
+    misspelled = again("--only", "latnet")
+    changed = again("--pairs", "1")
+    transposed = shutil.copytree(out, folder / out.name, symlinks=True)
+    transpose = again("--only", "transpose", "--models", "MusER_TRANS_CA_GE", out=transposed)
+    return SimpleNamespace(out=out, second=second, second_markers=second_markers, measure=measure, only=only,
+                           only_wrote=only_wrote, misspelled=misspelled, changed=changed, transposed=transposed,
+                           transpose=transpose)
 
 
 # ---------------------------------------------------------------- independent checks
@@ -220,6 +254,7 @@ def muspy_agreement(runs: LongRuns, folder: Path) -> dict:
 # and a run waits for what it needs from the other lane. The study, the longest, has a lane to
 # itself; the other lane runs the rest in the order the tests (in file order) need them.
 RUNS = {"sample_npz": ("sample", (), "study"), "study": ("study", ("sample",), "study"),
+        "study_reruns": ("study_reruns", ("study",), "study"),
         "ddp_training": ("ddp", ("sample",), "others"),
         "gpu_check_cpu": ("gpu_check", (), "others"),
         "emopia_muspy_agreement": ("muspy", (), "others"),
@@ -227,6 +262,7 @@ RUNS = {"sample_npz": ("sample", (), "study"), "study": ("study", ("sample",), "
         "emopia_corpus": ("corpus", (), "others"),
         "committed_report": ("committed_report", (), "others")}
 BUILDERS = {"sample": lambda runs, folder: encode_sample(folder), "tiny_run": readme_run, "study": killed_study,
+            "study_reruns": study_reruns,
             "ddp": ddp_run, "gpu_check": gpu_check_run, "muspy": muspy_agreement, "corpus": emopia_corpus,
             "committed_report": committed_report}
 LANE = {name: lane for name, _, lane in RUNS.values()}
@@ -337,6 +373,18 @@ def long_runs(request, tmp_path_factory):
 
 
 LONG_RUNS = pytest.StashKey[LongRuns]()
+
+# The study's runs end last: the tests that read them run after all the others, which keeps
+# the tests' thread busy meanwhile instead of waiting.
+LATE_RUNS = ("study", "study_reruns")
+
+
+def tests_in_order_of_readiness(items: list) -> list:
+    """The tests in their file order, except that those that need a late run come at the end,
+    in the order the late runs finish."""
+    def readiness(item) -> int:
+        return max((LATE_RUNS.index(n) + 1 for n in getattr(item, "fixturenames", ()) if n in LATE_RUNS), default=0)
+    return sorted(items, key=readiness)          # a stable sort: file order within each group
 
 
 def summary_line(runs: LongRuns) -> str:

@@ -11,28 +11,18 @@ import sys
 import pytest
 
 from evaluation.verdicts import PRODUCT_BASELINE, PRODUCT_MODEL, PRODUCT_RULES
-from run import study as S
 from run.checkpoint import load_checkpoint
 from run.study import committed_files
-from run.study_plan import Context, transpose_work
 from run.study_report import StudyFiles, transpose_sections
 from tests.conftest import ROOT
 from tests import warm_python
-from tests.long_runs import COMMITTED_STUDY, STUDY, STUDY_EPOCHS
+from tests.long_runs import COMMITTED_STUDY, STUDY_EPOCHS
 
 pytestmark = pytest.mark.slow    # each test starts reproduce.py; the study fixture runs a whole study
 
 MODELS = ("MusER_TRANS_CA_GE", "VQVAE_TRANS_CA_GE")
 MODEL_STAGES = ("train", "codes", "silhouettes", "prior", "generate", "generation", "latent", "interventions",
                 "decoded")
-
-
-def run_study(npz, out, *extra, check=True):
-    result = warm_python.run([sys.executable, "reproduce.py", *STUDY, "--data_path", str(npz),
-                             "--out", str(out), *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return result
 
 
 def report_only(out):
@@ -72,9 +62,15 @@ def finite(cell: str) -> bool:
 @pytest.fixture(scope="module")
 def study(long_runs):
     """The session's study (tests/long_runs.py), killed while MusER trained and run again to
-    the end: the report tests below read a resumed study."""
+    the end: the tests below read a copy of it as it finished (the reruns change the study)."""
     run = long_runs.result("study")
-    return run.npz, run.out, run.resumed, run.after_kill
+    return run.npz, run.finished, run.resumed, run.after_kill
+
+
+@pytest.fixture(scope="module")
+def study_reruns(long_runs):
+    """reproduce.py run again on the session's study (tests/long_runs.py), beside the tests."""
+    return long_runs.result("study_reruns")
 
 
 def test_study_writes_a_report_with_finite_tables(study):
@@ -135,50 +131,45 @@ def test_held_out_songs_are_never_trained_on(study):
     assert "study_train.npz" in log and "study_held_out.npz" not in log
 
 
-def test_second_run_skips_every_finished_stage(study):
-    npz, out, *_ = study
-    markers = {p: p.stat().st_mtime_ns for p in [*(out / "stages").glob("*.json"),
-                                                 *(out / "seeds" / "13" / "stages").glob("*.json")]}
-    second = run_study(npz, out, "--jobs", "1")        # the stages in process (the next test: in workers)
-    assert "started" not in second.stdout and "continuing" not in second.stdout
-    assert second.stdout.count("skipped") == len(markers)
-    assert {p: p.stat().st_mtime_ns for p in markers} == markers
+def passed(result) -> str:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
 
 
-def test_only_runs_the_named_stages_of_the_named_models(study):
-    npz, out, *_ = study
-    marker = out / "seeds" / "13" / "stages" / "generation_MusER_TRANS_CA_GE.json"
-    measure = out / "seeds" / "13" / "measures" / "generation_MusER_TRANS_CA_GE.json"
-    measure.unlink()                                   # a finished stage whose output is gone
-    result = run_study(npz, out, "--only", "generation", "--models", "MusER_TRANS_CA_GE")
-    assert re.findall(r"\[(\w+)\] (?:started|finished earlier)", result.stdout) == ["generation_MusER_TRANS_CA_GE"]
-    assert f"[generation_MusER_TRANS_CA_GE] {measure} is missing: redone" in result.stdout
-    assert "[generation_MusER_TRANS_CA_GE] started" in result.stdout and marker.exists() and measure.exists()
-    bad = run_study(npz, out, "--only", "latnet", check=False)
+def test_second_run_skips_every_finished_stage(study_reruns):
+    second = passed(study_reruns.second)
+    before, after = study_reruns.second_markers
+    assert "started" not in second and "continuing" not in second
+    assert second.count("skipped") == len(before)
+    assert after == before
+
+
+def test_only_runs_the_named_stages_of_the_named_models(study_reruns):
+    r = study_reruns
+    only = passed(r.only)
+    assert re.findall(r"\[(\w+)\] (?:started|finished earlier)", only) == ["generation_MusER_TRANS_CA_GE"]
+    assert f"[generation_MusER_TRANS_CA_GE] {r.measure} is missing: redone" in only
+    assert "[generation_MusER_TRANS_CA_GE] started" in only and r.only_wrote
+    bad = r.misspelled
     assert bad.returncode == 2 and "latnet" in bad.stderr and "interventions" in bad.stderr
 
 
-def test_changed_input_redoes_only_the_stages_it_feeds(study):
-    npz, out, *_ = study
-    third = run_study(npz, out, "--pairs", "1")
-    redone = set(re.findall(r"\[(\w+)\] started", third.stdout))
+def test_changed_input_redoes_only_the_stages_it_feeds(study_reruns):
+    redone = set(re.findall(r"\[(\w+)\] started", passed(study_reruns.changed)))
     assert redone == {"interventions_MusER_TRANS_CA_GE", "interventions_VQVAE_TRANS_CA_GE"}
-    interventions = json.loads((out / "seeds" / "13" / "measures" / "interventions_MusER_TRANS_CA_GE.json").read_text())
+    interventions = json.loads((study_reruns.out / "seeds" / "13" / "measures" /
+                                "interventions_MusER_TRANS_CA_GE.json").read_text())
     assert len(interventions["transfers"][0]["rows_a"]) == 1
 
 
-def test_the_transposition_stage_runs_on_a_finished_study(study, tmp_path):
-    """The transposition stage's work on a finished study (a copy of the session's, so that
-    the study's own report stays without it): MusER's guided prior trained again on the
-    training pieces and their transposed copies, sampled at S = 1 and 2 from the guidance
-    stage's seed and count, and the report's comparison with the guided prior."""
-    npz, out, *_ = study
-    copy = tmp_path / out.name
-    shutil.copytree(out, copy)
-    ctx = Context(paths=S.StudyPaths(copy.resolve(), 13), source=npz, preset=S.STUDY_PRESETS["tiny"],
-                  preset_name="tiny", model_flags=(), seed=13, split_seed=13, threads=1, device="cpu", length=64)
-    transpose_work(ctx, S.ModelSpec(MODELS[0]), False)
-
+def test_the_transposition_stage_runs_on_a_finished_study(study_reruns):
+    """`--only transpose` on a copy of the finished study (so that the study's own report stays
+    without it): MusER's guided prior trained again on the training pieces and their transposed
+    copies, sampled at S = 1 and 2 from the guidance stage's seed and count, and the report's
+    comparison with the guided prior."""
+    copy = study_reruns.transposed
+    run = passed(study_reruns.transpose)
+    assert re.findall(r"\[(\w+)\] started", run) == ["transpose_MusER_TRANS_CA_GE"]
     seed = copy / "seeds" / "13"
     measure = json.loads((seed / "measures" / "transpose_MusER_TRANS_CA_GE.json").read_text())
     guidance = json.loads((seed / "measures" / "guidance_MusER_TRANS_CA_GE.json").read_text())
@@ -195,6 +186,7 @@ def test_the_transposition_stage_runs_on_a_finished_study(study, tmp_path):
     assert "copies added" in (seed / "logs" / "transpose_prior_MusER_TRANS_CA_GE.log").read_text()
 
     text = "\n".join(transpose_sections(StudyFiles.read(copy)))
+    assert text in (copy / "REPORT.md").read_text()
     rows = table_after(text, "## Beyond the paper: transposition augmentation")
     assert [(r[0], r[1]) for r in rows] == [
         (prior_name, scale) for scale in ("1", "2")
