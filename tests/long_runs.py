@@ -142,7 +142,7 @@ def study_reruns(runs: LongRuns, folder: Path) -> SimpleNamespace:
         return {p: p.stat().st_mtime_ns for p in [*(out / "stages").glob("*.json"), *(seed / "stages").glob("*.json")]}
 
     before = markers()
-    second = again("--jobs", "1")            # the stages in process (the next run: in workers)
+    second = again("--jobs", "1")            # the stages in process (the changed input's: in workers)
     second_markers = (before, markers())
     measure = seed / "measures" / "generation_MusER_TRANS_CA_GE.json"
     measure.unlink()                         # a finished stage whose output is gone
