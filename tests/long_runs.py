@@ -365,7 +365,7 @@ class LongRuns:
 def long_runs(request, tmp_path_factory):
     """Starts the runs that the session's selected tests need, before the first test."""
     names = set().union(*(getattr(item, "fixturenames", ()) for item in request.session.items))
-    warm_python.launcher()            # imports torch beside the first runs, ready for the tests' scripts
+    warm_python.start()               # imports torch beside the first runs, ready for the tests' scripts
     runs = LongRuns(tmp_path_factory, names)
     request.config.stash[LONG_RUNS] = runs
     yield runs

@@ -7,10 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests import warm_python
 from tests.conftest import ROOT
 
 PY = sys.executable
+pytestmark = pytest.mark.skipif(not warm_python.AVAILABLE, reason="no warm Python here (not Linux, or MUSER_TESTS_COLD)")
 
 
 def test_a_run_is_a_process_of_its_own_with_its_arguments_folder_and_environment(tmp_path):

@@ -9,7 +9,7 @@ importing torch, over eighty times a session. `Popen` and `run` take subprocess'
 A run goes to a real `subprocess.Popen` when the warm Python cannot stand for a fresh one:
 another program than this Python, `-m`, or an environment that differs in what is read when
 torch or Python loads (OpenMP's and MKL's settings, PYTHON*, LD_*), which a fork would keep
-from the warm Python. Set MUSER_TESTS_COLD=1 to run everything in fresh processes.
+from the warm Python. Off Linux, or with MUSER_TESTS_COLD=1, every run is a fresh process.
 
 The warm Python (`serve`) is single-threaded and never runs a torch operation, so forking it is
 safe; it forks one child per request, hands it the caller's file descriptors, and reports each
@@ -40,6 +40,8 @@ PRELOAD = ("torch", "numpy", "MusER", "Prior_train", "VQ_explore", "generate", "
 # Environment read when Python, torch or its libraries load: a child must not differ in them.
 LOAD_TIME_ENV = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "PYTHON", "LD_", "MALLOC_", "CUDA_", "TORCH_")
 MAX_MESSAGE = 1 << 20
+# Forking a Python that has imported torch is what Linux's multiprocessing does by default.
+AVAILABLE = sys.platform == "linux" and not os.environ.get("MUSER_TESTS_COLD")
 
 
 def _load_time(env) -> dict:
@@ -211,7 +213,7 @@ class Launcher:
 
     def can_run(self, args, env) -> bool:
         args = [str(a) for a in args]
-        if os.environ.get("MUSER_TESTS_COLD") or len(args) < 2 or args[0] != sys.executable:
+        if len(args) < 2 or args[0] != sys.executable:
             return False
         if args[1] != "-c" and not (args[1].endswith(".py") and not args[1].startswith("-")):
             return False
@@ -352,9 +354,15 @@ class WarmPopen:
         self.wait()
 
 
+def start() -> None:
+    """Start the warm Python now (it imports for a few seconds), where there is one."""
+    if AVAILABLE:
+        launcher()
+
+
 def Popen(args, **kwargs):
     """subprocess.Popen, from the warm Python when it can stand for a fresh one."""
-    if launcher().can_run(args, kwargs.get("env")):
+    if AVAILABLE and launcher().can_run(args, kwargs.get("env")):
         return WarmPopen(args, **kwargs)
     return subprocess.Popen(args, **kwargs)
 
