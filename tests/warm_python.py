@@ -283,16 +283,21 @@ class WarmPopen:
 
     def __init__(self, args, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False,
                  start_new_session=False):
-        self.args, self.returncode, self._text = args, None, text
-        pipes, devnull = [], []
+        self.args, self.returncode = args, None
+        pipes, devnull, out, err = [], [], None, None
         try:
             fd_in, _ = _fd(stdin if stdin is not None else subprocess.DEVNULL, 0, pipes, devnull)
             fd_out, out = _fd(stdout, 1, pipes, devnull)
             if stderr == subprocess.STDOUT:
-                fd_err, err = fd_out, None
+                fd_err = fd_out
             else:
                 fd_err, err = _fd(stderr, 2, pipes, devnull)
             self.pid = launcher().start(args, cwd, env, [fd_in, fd_out, fd_err], start_new_session)
+        except BaseException:
+            for fd in (out, err):
+                if fd is not None:
+                    os.close(fd)
+            raise
         finally:
             for fd in (*pipes, *devnull):
                 os.close(fd)
